@@ -1,0 +1,190 @@
+"""Run folders: atomic safetensors checkpoints, config and environment.
+
+A run folder holds ``config.json`` (the resolved config),
+``environment.json`` (versions and commands of every session),
+``metrics.jsonl`` (one line per epoch), ``checkpoint.safetensors`` (model
+weights, optimizer state and RNG state, with the epoch in its metadata) and,
+when training has finished, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from vaelab import __version__
+from vaelab.config import Config
+from vaelab.errors import VaelabError
+from vaelab.model import build_model
+
+CHECKPOINT = "checkpoint.safetensors"
+CONFIG = "config.json"
+ENVIRONMENT = "environment.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+FORMAT = "vaelab-checkpoint-1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename, so readers never see half a
+    file and a kill mid-write leaves the old one intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise VaelabError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VaelabError(f"{path}: not valid JSON ({e})") from None
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a number."""
+    import numpy
+
+    return {
+        "vaelab": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def record_session(run_dir: Path, device: str, start_epoch: int) -> None:
+    """Append this session (command, versions, device) to environment.json."""
+    path = run_dir / ENVIRONMENT
+    sessions = read_json(path)["sessions"] if path.exists() else []
+    info = {
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "start_epoch": start_epoch,
+        "device": device,
+        "versions": versions(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    sessions.append(info)
+    write_json(path, {"sessions": sessions})
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    generator: torch.Generator | None,
+    epoch: int,
+    config: Config,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write model, optimizer and RNG state for ``epoch``, atomically."""
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    if optimizer is not None:
+        for idx, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(
+                    value
+                ).detach().cpu().contiguous()
+    if generator is not None:
+        tensors["rng.train"] = generator.get_state()
+    meta = {
+        "format": FORMAT,
+        "epoch": str(epoch),
+        "config": json.dumps(config.to_dict()),
+        "extra": json.dumps(extra or {}),
+    }
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / CHECKPOINT)
+
+
+def read_checkpoint(
+    run_dir: Path,
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """(epoch, tensors, extra) from a run folder's checkpoint."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise VaelabError(f"{run_dir}: no {CHECKPOINT} (not a trained run?)")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VaelabError(f"{path}: unreadable checkpoint ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise VaelabError(f"{path}: not a vaelab checkpoint")
+    return int(meta["epoch"]), tensors, json.loads(meta.get("extra", "{}"))
+
+
+def restore(
+    tensors: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Load model, optimizer and RNG state saved by ``save_checkpoint``."""
+    device = next(model.parameters()).device
+    model.load_state_dict(
+        {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    )
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                # 'step' stays on the CPU as torch keeps it there.
+                state.setdefault(int(idx), {})[name] = (
+                    value if name == "step" else value.to(device)
+                )
+        sd["state"] = state
+        optimizer.load_state_dict(sd)
+    if generator is not None and "rng.train" in tensors:
+        generator.set_state(tensors["rng.train"])
+
+
+def load_config(run_dir: Path) -> Config:
+    """The resolved config a run was trained with."""
+    return Config.from_dict(
+        read_json(Path(run_dir) / CONFIG), source=str(run_dir / CONFIG)
+    )
+
+
+def load_model(
+    run_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Config]:
+    """The trained model of a run folder (eval mode) and its config."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VaelabError(f"run folder not found: {run_dir}")
+    config = load_config(run_dir)
+    _, tensors, _ = read_checkpoint(run_dir)
+    model = build_model(config).to(device)
+    restore(tensors, model)
+    model.eval()
+    return model, config

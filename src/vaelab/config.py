@@ -1,0 +1,181 @@
+"""One flat, validated configuration for a run (model and training).
+
+Every field is a CLI flag (``--batch-size`` for ``batch_size``) and a key of
+a TOML file (``--config FILE.toml``); the resolved config is written as
+``config.json`` into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaelab.errors import ConfigError
+
+DATASETS = ("mnist", "fashion-mnist")
+LIKELIHOODS = ("gaussian", "bernoulli")
+VARIANCES = ("pixel", "shared", "fixed")
+PREPROCESS = ("auto", "scale", "dequantize", "binarize")
+OPTIMIZERS = ("adam", "adagrad")
+PRIORS = ("gaussian", "laplace")
+LATENTS = ("gaussian", "categorical")
+ESTIMATORS = ("gumbel", "straight-through", "reinforce", "enumerate")
+INFERENCE = ("amortized", "vem")
+DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
+
+# Variance of the uniform dequantization noise, U(0, 1/256): no pixel of
+# dequantized data can have less, so it is the natural floor for Sigma.
+DEQUANTIZATION_VARIANCE = 1.0 / (12.0 * 256.0**2)
+
+
+@dataclass
+class Config:
+    """Everything that defines a run. Units: nats, pixels in [0, 1]."""
+
+    # data
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    preprocess: str = "auto"
+    val_size: int = 10_000
+    # model: p(z) p(x|z) and q(z|x), as in the spec's Problem 2
+    latent_dim: int = 2
+    hidden: int = 512
+    init_std: float = 0.1
+    likelihood: str = "gaussian"
+    variance: str = "pixel"
+    init_var: float = 0.1
+    var_floor: float = DEQUANTIZATION_VARIANCE
+    prior: str = "gaussian"
+    tau: float = 1.0
+    latent: str = "gaussian"
+    groups: int = 1
+    classes: int = 10
+    estimator: str = "gumbel"
+    temperature: float = 1.0
+    min_temperature: float = 0.5
+    # training
+    inference: str = "amortized"
+    e_steps: int = 5
+    e_lr: float = 1e-2
+    optimizer: str = "adam"
+    lr: float | None = None
+    epochs: int = 20
+    batch_size: int = 100
+    n_samples: int = 1
+    seed: int = 0
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> Config:
+        """A copy with ``auto`` and ``None`` defaults made explicit."""
+        c = dataclasses.replace(self, extra=dict(self.extra))
+        if c.preprocess == "auto":
+            c.preprocess = (
+                "binarize" if c.likelihood == "bernoulli" else "dequantize"
+            )
+        if c.lr is None and c.optimizer in DEFAULT_LR:
+            c.lr = DEFAULT_LR[c.optimizer]
+        if c.device == "auto":
+            import torch
+
+            c.device = "cuda" if torch.cuda.is_available() else "cpu"
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        """Raise ConfigError with a one-line message for a bad value."""
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("preprocess", self.preprocess, PREPROCESS)
+        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        _choice("variance", self.variance, VARIANCES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("prior", self.prior, PRIORS)
+        _choice("latent", self.latent, LATENTS)
+        _choice("estimator", self.estimator, ESTIMATORS)
+        _choice("inference", self.inference, INFERENCE)
+        for name in ("latent_dim", "hidden", "epochs", "batch_size",
+                     "n_samples", "groups", "classes", "e_steps"):
+            _positive(name, getattr(self, name))
+        if not isinstance(self.val_size, int) or self.val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
+        for name in ("init_std", "init_var", "tau", "temperature",
+                     "min_temperature", "e_lr"):
+            _positive(name, getattr(self, name), real=True)
+        if self.lr is not None:
+            _positive("lr", self.lr, real=True)
+        _positive("var_floor", self.var_floor, real=True, allow_zero=True)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.likelihood == "bernoulli" and self.preprocess not in (
+            "binarize", "auto"
+        ):
+            raise ConfigError(
+                "the bernoulli likelihood needs binary pixels: use "
+                "--preprocess binarize (BCE on grey pixels is not a "
+                "likelihood)"
+            )
+        if self.likelihood == "gaussian" and self.preprocess == "binarize":
+            raise ConfigError(
+                "a gaussian likelihood on binarized pixels is degenerate: "
+                "use --likelihood bernoulli"
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not (
+            self.device.startswith("cuda:")
+        ):
+            raise ConfigError(
+                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+        """Build from a mapping; unknown keys are an error naming ``source``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown option(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(names - {'extra'}))}"
+            )
+        return cls(**values)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
+def _positive(
+    name: str, value: Any, real: bool = False, allow_zero: bool = False
+) -> None:
+    kinds = (int, float) if real else (int,)
+    ok = isinstance(value, kinds) and not isinstance(value, bool)
+    if ok and real:
+        ok = math.isfinite(value)
+    if ok:
+        ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        what = "a number" if real else "an integer"
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {what} {bound}, got {value!r}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a flat mapping (dashes become _)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        with p.open("rb") as f:
+            raw = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
