@@ -109,7 +109,9 @@ class Config:
             _positive("lr", self.lr, real=True)
         _positive("var_floor", self.var_floor, real=True, allow_zero=True)
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise ConfigError(
+                f"seed must be an integer >= 0, got {self.seed!r}"
+            )
         if self.likelihood == "bernoulli" and self.preprocess not in (
             "binarize", "auto"
         ):
@@ -134,7 +136,9 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+    def from_dict(
+        cls, values: dict[str, Any], source: str = "config"
+    ) -> Config:
         """Build from a mapping; unknown keys are an error naming ``source``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)

@@ -1,0 +1,88 @@
+"""The command line: error paths give one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaelab.cli import main
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own exits
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--lr", "-0.1"], "lr"),
+        (["--latent-dim", "0"], "latent_dim"),
+        (["--likelihood", "poisson"], "likelihood"),
+        (["--epochs", "many"], "--epochs"),
+        (["--config", "no/such/file.toml"], "not found"),
+        (["--data-dir", "no/such/folder"], "no/such/folder"),
+        (["--optimizer", "sgd"], "optimizer"),
+        (["--device", "quantum"], "device"),
+    ],
+)
+def test_bad_options_one_line_exit_2(
+    flags: list[str], words: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code, err = _run(["train", "--out", str(tmp_path / "r"), *flags],
+                     capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("vaelab: error:")
+    assert words in err
+
+
+def test_config_file_with_unknown_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("latent_size = 3\n")
+    code, err = _run(["train", "--out", str(tmp_path / "r"), "--config",
+                      str(cfg)], capsys)
+    assert code == 2 and "latent_size" in err and err.count("\n") == 1
+
+
+def test_missing_subcommand_and_version(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code, err = _run([], capsys)
+    assert code == 2 and err.count("\n") == 1
+    out = subprocess.run([sys.executable, "-m", "vaelab.cli", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("vaelab ")
+
+
+def test_info_names_the_data_and_versions(
+    mnist_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["info", "--data-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    assert str(mnist_dir) in out and "torch" in out and "device" in out
+
+
+def test_train_one_epoch_on_mnist_then_resume_is_a_no_op(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--quiet",
+            "--data-dir", str(mnist_dir), "--hidden", "64"]
+    assert main(argv) == 0
+    assert "test ELBO" in capsys.readouterr().out
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+    code, err = _run(argv, capsys)
+    assert code == 2 and "--resume" in err
+    assert main([*argv, "--resume"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

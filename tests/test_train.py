@@ -1,0 +1,205 @@
+"""Training: rising ELBO, determinism, resume (also after SIGKILL),
+divergence handling and run-folder contents."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import synthetic_dataset
+
+from vaelab import checkpoint as ckpt
+from vaelab import train as train_module
+from vaelab.config import Config
+from vaelab.errors import ConfigError, TrainingDiverged
+from vaelab.train import read_metrics, train
+
+TESTS = Path(__file__).parent
+SMALL = dict(hidden=64, batch_size=50, device="cpu")
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    _, tensors, _ = ckpt.read_checkpoint(run_dir)
+    return tensors
+
+
+def _same_numbers(a: list[dict], b: list[dict]) -> bool:
+    drop = ("seconds", "images_per_second")
+    strip = [{k: v for k, v in m.items() if k not in drop} for m in a + b]
+    return strip[: len(a)] == strip[len(a):]
+
+
+def test_elbo_is_finite_and_rises(tmp_path: Path) -> None:
+    ds = synthetic_dataset(600, 200, 200)
+    train(Config(epochs=6, **SMALL), tmp_path, dataset=ds, progress=False)
+    m = read_metrics(tmp_path)
+    assert [r["epoch"] for r in m] == list(range(1, 7))
+    for r in m:
+        for key in ("train_elbo", "val_elbo", "train_kl", "seconds"):
+            assert math.isfinite(r[key])
+        assert r["train_kl"] >= 0 and r["val_kl"] >= 0
+        assert r["val_elbo"] == pytest.approx(
+            r["val_log_lik"] - r["val_kl"], abs=1e-3)
+    assert m[-1]["val_elbo"] > m[0]["val_elbo"] + 50
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) >= {"train", "val", "test", "train_seconds"}
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path: Path) -> None:
+    ds = synthetic_dataset(300, 100, 100)
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train(Config(epochs=2, seed=seed, **SMALL), tmp_path / name,
+              dataset=ds, progress=False)
+    wa, wb, wc = (_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["model.decoder_out.weight"],
+                           wc["model.decoder_out.weight"])
+    assert _same_numbers(read_metrics(tmp_path / "a"),
+                         read_metrics(tmp_path / "b"))
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+    ds = synthetic_dataset(300, 100, 100)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(Config(epochs=4, **SMALL), full, dataset=ds, progress=False)
+    train(Config(epochs=2, **SMALL), part, dataset=ds, progress=False)
+    train(Config(epochs=4, **SMALL), part, dataset=ds, progress=False,
+          resume=True)
+    wf, wp = _weights(full), _weights(part)
+    # Model, Adam moments and the RNG state all match bit for bit.
+    assert set(wf) == set(wp)
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    assert _same_numbers(read_metrics(full), read_metrics(part))
+
+
+def test_interrupt_mid_epoch_then_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = synthetic_dataset(300, 100, 100)
+    cfg = Config(epochs=3, **SMALL)
+    train(cfg, tmp_path / "full", dataset=ds, progress=False)
+
+    calls = {"n": 0}
+    real = train_module.compute_elbo
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6 * 2 + 3:  # three steps into epoch 3
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_elbo", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", dataset=ds, progress=False)
+    assert len(read_metrics(tmp_path / "cut")) == 2
+    monkeypatch.setattr(train_module, "compute_elbo", real)
+    train(cfg, tmp_path / "cut", dataset=ds, progress=False, resume=True)
+    wf, wc = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.equal(wf[k], wc[k]) for k in wf)
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import synthetic_dataset
+from vaelab.config import Config
+from vaelab.train import train
+train(Config(epochs={epochs}, hidden=64, batch_size=50, device="cpu"),
+      {out!r}, dataset=synthetic_dataset(300, 100, 100), progress=False,
+      resume={resume})
+"""
+
+
+def _script(out: Path, epochs: int, resume: bool) -> list[str]:
+    code = KILL_SCRIPT.format(tests=str(TESTS), out=str(out),
+                              epochs=epochs, resume=resume)
+    return [sys.executable, "-c", code]
+
+
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    kill, full = tmp_path / "kill", tmp_path / "full"
+    proc = subprocess.Popen(_script(kill, 400, False))
+    try:
+        deadline = time.time() + 120
+        while len(read_metrics(kill)) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = ckpt.read_checkpoint(kill)[0]
+    assert 3 <= done < 400
+    target = done + 1
+    subprocess.run(_script(kill, target, True), check=True)
+    subprocess.run(_script(full, target, False), check=True)
+    wk, wf = _weights(kill), _weights(full)
+    assert all(torch.equal(wk[k], wf[k]) for k in wf)
+    assert _same_numbers(read_metrics(kill), read_metrics(full))
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = synthetic_dataset(300, 100, 100)
+    calls = {"n": 0}
+    real = train_module.compute_elbo
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        terms = real(*args, **kwargs)
+        if calls["n"] > 6 * 2:  # epoch 3 onward
+            terms.elbo = terms.elbo * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "compute_elbo", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 3") as e:
+        train(Config(epochs=5, **SMALL), tmp_path, dataset=ds,
+              progress=False)
+    assert "\n" not in str(e.value)
+    epoch, tensors, _ = ckpt.read_checkpoint(tmp_path)
+    assert epoch == 2 and len(read_metrics(tmp_path)) == 2
+    assert all(torch.isfinite(t.float()).all() for t in tensors.values())
+
+
+def test_existing_run_needs_resume_and_same_options(tmp_path: Path) -> None:
+    ds = synthetic_dataset(200, 50, 50)
+    train(Config(epochs=1, **SMALL), tmp_path, dataset=ds, progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(Config(epochs=2, **SMALL), tmp_path, dataset=ds,
+              progress=False)
+    with pytest.raises(ConfigError, match="latent_dim"):
+        train(Config(epochs=2, latent_dim=3, **SMALL), tmp_path,
+              dataset=ds, progress=False, resume=True)
+
+
+def test_run_folder_records_config_versions_and_metrics(
+    tmp_path: Path,
+) -> None:
+    ds = synthetic_dataset(200, 50, 50)
+    train(Config(epochs=1, seed=7, **SMALL), tmp_path, dataset=ds,
+          progress=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["seed"] == 7 and config["lr"] == 1e-3
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["sessions"][0]["versions"]["torch"] == torch.__version__
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_round_trip_gives_the_same_model(tmp_path: Path) -> None:
+    ds = synthetic_dataset(200, 50, 50)
+    train(Config(epochs=1, **SMALL), tmp_path, dataset=ds, progress=False)
+    model, config = ckpt.load_model(tmp_path)
+    assert config.hidden == 64 and not model.training
+    _, tensors, _ = ckpt.read_checkpoint(tmp_path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, tensors["model." + k])
+    x = ds.test.images[:5]
+    mean, var = model.infer(x)
+    assert mean.shape == (5, 2) and (var > 0).all()
