@@ -146,6 +146,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from vaelab.plots import make_figures
+
+    paths = make_figures(
+        args.run_dir, args.out, title=args.title, device=args.device,
+        noise=args.noise, manifold=args.manifold, seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vaelab.run import run_zoo
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] \
+        if args.only else None
+    run_zoo(
+        args.out, quick=args.quick, device=args.device,
+        data_dir=args.data_dir, zoo=args.zoo, only=only, pdf=args.pdf,
+        replot=args.replot, progress=not args.quiet,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from vaelab.errors import ConfigError
+    from vaelab.evaluate import evaluate_run, format_table
+
+    for name in ("n", "k", "gap_n"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, "
+                              f"got {value}")
+    result = evaluate_run(
+        args.run_dir, n=args.n, k=args.k, device=args.device,
+        progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
+        data_dir=args.data_dir,
+    )
+    print(json.dumps(result, indent=2) if args.json
+          else format_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vaelab",
@@ -168,6 +215,61 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="where the data is, device, versions")
     p.add_argument("--data-dir", default=None, metavar="DIR")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("plot", help="the figures of one trained run")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder for the PNGs (default: RUN_DIR)")
+    p.add_argument("--noise", action=argparse.BooleanOptionalAction,
+                   default=True, help="also samples_noise.png: draws from "
+                   "p(x|z) with the likelihood's noise (default: yes)")
+    p.add_argument("--manifold", choices=("range", "quantiles", "both"),
+                   default="both", help="manifold grid over the encoded "
+                   "test set's range, the prior's quantiles, or both")
+    p.add_argument("--title", default=None, help="model name in titles")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the samples and of the digits shown")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None, metavar="DIR")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("run", help="train, plot, evaluate and compare a zoo "
+                       "of models; writes DIR/report.html")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder; finished models in it are reused")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: few epochs on a subset of the "
+                   "training images, small evaluation")
+    p.add_argument("--zoo", type=Path, default=None, metavar="FILE.toml",
+                   help="the models to train (default: the built-in zoo)")
+    p.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                   help="train only these models of the zoo")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--data-dir", default=None, metavar="DIR")
+    p.add_argument("--pdf", action="store_true",
+                   help="also report.pdf (needs Chromium)")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw figures of reused models")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="ELBO, IWAE, exact log p(x) and "
+                       "inference gaps of a run; writes evaluation.json")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--n", type=int, default=None,
+                   help="evaluate the first N test images (default: all)")
+    p.add_argument("--k", type=int, default=5000,
+                   help="importance samples per image (default: 5000)")
+    p.add_argument("--gap-n", type=int, default=None, metavar="N",
+                   help="images for the amortization gap (default: 1000)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: <= 1000 images, k <= 500")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None, metavar="DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,10 +1,11 @@
 """The spec's VAE: p(z) = N(0, I), p(x|z) = N(f(z, w), Sigma), and the
-recognition network q(z; g(x, phi)) (Problem 2a).
+recognition network q(z; g(x, phi)) (Problem 2a); its Laplace-prior variant
+(Problem 4a) and the discrete-latent VAE (Problem 4b).
 
 The generative parameters Theta = (w, Sigma) are the decoder and the
 likelihood's variance; the variational parameters phi are the encoder.
 Nothing here is a pre-made VAE: two one-hidden-layer MLPs and the
-likelihood written out.
+likelihood written out. ``build_model(config)`` picks the class.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from torch import Tensor, nn
 from vaelab.config import Config
 from vaelab.distributions import (
     LOG_2PI,
+    Categorical,
     DiagGaussian,
+    Laplace,
+    LaplacePrior,
     StandardNormal,
+    UniformCategorical,
     bernoulli_log_prob,
 )
-from vaelab.objectives import ElboTerms, compute_elbo
+from vaelab.errors import ConfigError
+from vaelab.objectives import ENUMERATE_LIMIT, ElboTerms, compute_elbo
 
 IMAGE_SIZE = 28
 DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
@@ -63,7 +69,8 @@ class GaussianLikelihood(nn.Module):
         """log N(x; sigmoid(logits), Sigma), summed over pixels: (...,).
 
         x: (B, D); logits: (..., B, D). The squared error is weighted by
-        1/Sigma through one matrix-vector product.
+        1/Sigma through one matrix-vector product (docs/derivations.md,
+        eq. (1a.4)).
         """
         var = self.variance()
         sq = (x - torch.sigmoid(logits)).square()
@@ -110,11 +117,24 @@ def _init_linear(layer: nn.Linear, std: float) -> nn.Linear:
     return layer
 
 
+def _make_likelihood(config: Config) -> nn.Module:
+    if config.likelihood == "gaussian":
+        return GaussianLikelihood(
+            DATA_DIM, config.variance, config.init_var, config.var_floor
+        )
+    return BernoulliLikelihood(DATA_DIM)
+
+
 class VAE(nn.Module):
     """Encoder x -> H ReLU -> (mu, sigma^2); decoder z -> H ReLU -> D sigmoid.
 
     Shapes: images x are (B, D) with D = 784 and pixels in [0, 1]; latents
     z are (..., P). All log-densities are in nats per image.
+
+    ``config.prior``: "gaussian" is the spec's N(0, I) prior with a
+    diagonal Gaussian posterior; "laplace" is Problem 4a's Lap(0, tau)
+    prior with a Laplace posterior Lap(mu, b), whose second encoder head
+    is log b instead of log sigma^2.
     """
 
     def __init__(self, config: Config | None = None) -> None:
@@ -124,30 +144,34 @@ class VAE(nn.Module):
         p, h, std = config.latent_dim, config.hidden, config.init_std
         self.latent_dim = p
         self.encoder_hidden = _init_linear(nn.Linear(DATA_DIM, h), std)
-        # One layer for both heads: columns [:P] are mu, [P:] log sigma^2.
+        # One layer for both heads: columns [:P] are mu, [P:] log sigma^2
+        # (gaussian) or log b (laplace).
         self.encoder_out = _init_linear(nn.Linear(h, 2 * p), std)
         self.decoder_hidden = _init_linear(nn.Linear(p, h), std)
         self.decoder_out = _init_linear(nn.Linear(h, DATA_DIM), std)
-        if config.likelihood == "gaussian":
-            self.likelihood: nn.Module = GaussianLikelihood(
-                DATA_DIM, config.variance, config.init_var, config.var_floor
-            )
+        self.likelihood = _make_likelihood(config)
+        self.prior: StandardNormal | LaplacePrior
+        if config.prior == "laplace":
+            self.prior = LaplacePrior(p, config.tau)
         else:
-            self.likelihood = BernoulliLikelihood(DATA_DIM)
-        self.prior = StandardNormal(p)
+            self.prior = StandardNormal(p)
 
     # -- q(z; g(x, phi)) ---------------------------------------------------
     def infer(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters g(x; phi): mean (B, P) and variance (B, P).
+        """Posterior parameters g(x; phi), each (B, P): (mean, variance)
+        for the gaussian prior, (loc, scale b) for the laplace prior.
 
-        The variance is exp of the network output, hence non-negative.
+        The variance (or scale) is exp of the network output, hence
+        positive.
         """
         out = self.encoder_out(F.relu(self.encoder_hidden(x)))
-        mean, log_var = out.split(self.latent_dim, dim=-1)
-        return mean, log_var.exp()
+        mean, log_spread = out.split(self.latent_dim, dim=-1)
+        return mean, log_spread.exp()
 
-    def posterior(self, x: Tensor) -> DiagGaussian:
+    def posterior(self, x: Tensor) -> DiagGaussian | Laplace:
         """q(z | x) as a distribution object over (B, P)."""
+        if isinstance(self.prior, LaplacePrior):
+            return Laplace(*self.infer(x))
         return DiagGaussian(*self.infer(x))
 
     # -- p(x | z, Theta) ---------------------------------------------------
@@ -187,6 +211,131 @@ class VAE(nn.Module):
         return compute_elbo(self, x, n_samples, generator)
 
 
+class CategoricalVAE(nn.Module):
+    """VAE with M independent K-way categorical latents (Problem 4b).
+
+    Encoder x (B, D) -> H ReLU -> M*K logits, viewed (B, M, K); uniform
+    prior; decoder: the M one-hot (or relaxed) codes concatenated, M*K
+    inputs -> H ReLU -> D sigmoid. Codes z are (..., M, K). How the ELBO's
+    gradient is estimated is ``config.estimator`` (see
+    ``vaelab.objectives.compute_elbo``); the reported ELBO is always a
+    proper, unrelaxed estimate in nats per image.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        m, k = config.groups, config.classes
+        h, std = config.hidden, config.init_std
+        self.groups, self.classes = m, k
+        self.latent_dim = m * k  # the decoder's input size
+        self.estimator = config.estimator
+        self.temperature = config.temperature
+        self.encoder_hidden = _init_linear(nn.Linear(DATA_DIM, h), std)
+        self.encoder_out = _init_linear(nn.Linear(h, m * k), std)
+        self.decoder_hidden = _init_linear(nn.Linear(m * k, h), std)
+        self.decoder_out = _init_linear(nn.Linear(h, DATA_DIM), std)
+        self.likelihood = _make_likelihood(config)
+        self.prior = UniformCategorical(m, k)
+        if self.estimator == "reinforce":
+            # Control variate b(x) = running mean + w^T x + c. The running
+            # mean follows the scale of log p(x|z) (hundreds of nats) at
+            # once; the zero-initialized linear part, trained to minimize
+            # the squared error, learns the per-image residual.
+            self.baseline_net = nn.Linear(DATA_DIM, 1)
+            nn.init.zeros_(self.baseline_net.weight)
+            nn.init.zeros_(self.baseline_net.bias)
+            self.register_buffer("baseline_mean", torch.zeros(()))
+            self.register_buffer("baseline_steps", torch.zeros(()))
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        """Anneal the relaxation's temperature exponentially from
+        ``config.temperature`` (epoch 1) to ``config.min_temperature``
+        (epoch ``n_epochs``); called by the training loop."""
+        t0, t1 = self.config.temperature, self.config.min_temperature
+        frac = (epoch - 1) / max(n_epochs - 1, 1)
+        self.temperature = t0 * (t1 / t0) ** min(max(frac, 0.0), 1.0)
+
+    # -- q(z; g(x, phi)) ---------------------------------------------------
+    def infer(self, x: Tensor) -> Tensor:
+        """Posterior logits g(x; phi), (B, M, K) (unnormalized)."""
+        out = self.encoder_out(F.relu(self.encoder_hidden(x)))
+        return out.unflatten(-1, (self.groups, self.classes))
+
+    def posterior(self, x: Tensor) -> Categorical:
+        """q(z | x) = prod_m Cat(z_m; softmax(logits_m)), over (B, M, K)."""
+        return Categorical(self.infer(x))
+
+    def baseline(self, x: Tensor, signal: Tensor | None = None) -> Tensor:
+        """The REINFORCE control variate b(x), (B,) in nats.
+
+        ``signal`` (B,), when given in training mode, updates the running
+        mean AFTER b is computed, so b never depends on the draws it is
+        used with (which would bias the estimator).
+        """
+        b = self.baseline_mean + self.baseline_net(x).squeeze(-1)
+        if signal is not None and self.training:
+            with torch.no_grad():
+                self.baseline_steps += 1
+                # 1/n at first (a plain mean), then an EMA over ~100 steps;
+                # tensor ops, so no device sync per step.
+                rate = self.baseline_steps.reciprocal().clamp(min=0.01)
+                self.baseline_mean += rate * (
+                    signal.mean() - self.baseline_mean
+                )
+        return b
+
+    # -- p(x | z, Theta) ---------------------------------------------------
+    def decode_logits(self, z: Tensor) -> Tensor:
+        """Pre-sigmoid decoder output, codes (..., M, K) -> (..., D)."""
+        return self.decoder_out(F.relu(self.decoder_hidden(z.flatten(-2))))
+
+    def generate(self, z: Tensor) -> Tensor:
+        """Mean image f(z, w): codes (..., M, K) -> (..., D) in (0, 1)."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z, Theta) in nats per image: x (B, D), z (S, B, M, K)
+        -> (S, B)."""
+        return self.likelihood.log_prob(x, self.decode_logits(z))
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None,
+        noise: bool = False,
+    ) -> Tensor:
+        """n images from the model, (n, D): uniform codes, then f(z, w)."""
+        w = self.decoder_hidden.weight
+        z = self.prior.sample(n, generator, w.device, w.dtype)
+        logits = self.decode_logits(z)
+        if noise:
+            return self.likelihood.sample(logits, generator)
+        return torch.sigmoid(logits)
+
+    def compute_elbo(
+        self, x: Tensor, n_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> ElboTerms:
+        """ELBO per image of the minibatch x (B, D); see
+        ``vaelab.objectives.compute_elbo``."""
+        return compute_elbo(self, x, n_samples, generator)
+
+
 def build_model(config: Config) -> nn.Module:
-    """The model a config describes, freshly initialized."""
+    """The model a config describes, freshly initialized: ``VAE``
+    (gaussian or laplace prior) or ``CategoricalVAE``."""
+    if config.latent == "categorical":
+        if config.prior != "gaussian":
+            raise ConfigError(
+                "--prior applies to continuous latents; the categorical "
+                "latent has a uniform prior (leave --prior unset)"
+            )
+        n_codes = config.classes ** config.groups
+        if config.estimator == "enumerate" and n_codes > ENUMERATE_LIMIT:
+            raise ConfigError(
+                f"--estimator enumerate sums over classes^groups = "
+                f"{config.classes}^{config.groups} = {n_codes} codes; "
+                f"at most {ENUMERATE_LIMIT} are allowed (use gumbel, "
+                "straight-through or reinforce)"
+            )
+        return CategoricalVAE(config)
     return VAE(config)

@@ -9,6 +9,11 @@ For a minibatch {x_n} of B of the N images and S samples per image,
 ``compute_elbo`` returns the bracket per image (nats per image), with its
 two terms; ``dataset_elbo`` applies the N/B scaling. Autodiff of these
 estimates gives the gradients of Problems 1b (Theta) and 1d (phi).
+
+Discrete latents (Problem 4b) cannot be reparameterized; for them
+``compute_elbo`` dispatches on the model's ``estimator`` (Gumbel-softmax,
+straight-through, REINFORCE with a baseline, or exact enumeration) and
+``exact_log_marginal`` gives log p(x) by summing over all codes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from vaelab.distributions import kl_divergence
+from vaelab.distributions import (
+    Categorical,
+    UniformCategorical,
+    kl_divergence,
+)
+
+# Largest number of codes K^M that enumeration sums over: each code costs
+# one decoder pass per minibatch (and a (K^M, B, D) tensor of residuals).
+ENUMERATE_LIMIT = 1024
 
 
 class LatentVariableModel(Protocol):
@@ -68,12 +81,18 @@ def compute_elbo(
     n_samples: int = 1,
     generator: torch.Generator | None = None,
 ) -> ElboTerms:
-    """Monte Carlo ELBO of each image in the minibatch ``x`` (B, D).
+    """Monte Carlo ELBO of each image in the minibatch ``x`` (B, D), in nats
+    per image (docs/derivations.md, eq. (1a.2); its autodiff gradients are
+    eqs. (1b.1) and (1d.2)).
 
-    Uses ``n_samples`` reparameterized draws per image and the closed-form
-    KL where one exists (else a Monte Carlo KL from the same draws).
+    Continuous posteriors (Gaussian, Laplace): ``n_samples`` reparameterized
+    draws per image and the closed-form KL where one exists (else a Monte
+    Carlo KL from the same draws). Categorical posteriors: see
+    ``categorical_elbo``.
     """
     q = model.posterior(x)  # q(z_n; g(x_n, phi))
+    if isinstance(q, Categorical):
+        return categorical_elbo(model, q, x, n_samples, generator)
     z = q.rsample(n_samples, generator)  # (S, B, P), differentiable in phi
     log_lik = model.log_likelihood(x, z).mean(0)  # 1/S sum_s log p(x|z_s)
     kl = kl_divergence(q, model.prior)
@@ -82,8 +101,114 @@ def compute_elbo(
     return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
 
 
+def categorical_elbo(
+    model: Any,
+    q: Categorical,
+    x: Tensor,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> ElboTerms:
+    """ELBO per image (B,) for a categorical posterior q (B, M, K).
+
+    ``elbo`` is ALWAYS a proper, unrelaxed estimate in nats per image:
+    E_q[log p(x|z)] is estimated with hard one-hot draws z ~ q (or computed
+    exactly by enumeration), and KL(q || uniform) is exact (eq. (4b.2)).
+    The gradient follows ``model.estimator`` (docs/derivations.md, 4b):
+
+    - "gumbel": ``surrogate`` = log p(x | relaxed z) - KL with the
+      Gumbel-softmax relaxation at ``model.temperature`` (eq. (4b.5));
+      biased, low variance.
+    - "straight-through": hard z in the forward pass, the relaxed
+      gradient in the backward pass (eq. (4b.6)); ``elbo`` is ascended.
+    - "reinforce": score-function estimator with the control variate
+      ``model.baseline(x)`` (eq. (4b.3)); ``surrogate`` also carries the
+      baseline's squared-error loss. Unbiased.
+    - "enumerate": the exact expectation over all K^M codes (eq. (4b.7));
+      no estimator variance, ``n_samples`` is ignored.
+
+    The value of ``surrogate`` is meaningless; only its gradient is used.
+    Without autograd (evaluation) every sampling estimator reduces to the
+    plain hard-sample estimate.
+    """
+    estimator = getattr(model, "estimator", "gumbel")
+    kl = kl_divergence(q, model.prior)
+    if estimator == "enumerate":
+        log_lik = enumerated_log_lik(model, x, q)
+        return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
+    if not torch.is_grad_enabled():
+        z = q.sample(n_samples, generator)
+        log_lik = model.log_likelihood(x, z).mean(0)
+        return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
+    temperature = getattr(model, "temperature", 1.0)
+    hard, relaxed = q.gumbel(n_samples, temperature, generator)
+    if estimator == "straight-through":
+        # Forward value is exactly ``hard``; the gradient is relaxed's.
+        z = hard + relaxed - relaxed.detach()
+        log_lik = model.log_likelihood(x, z).mean(0)
+        return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
+    if estimator == "gumbel":
+        with torch.no_grad():  # the reported, unrelaxed estimate
+            log_lik = model.log_likelihood(x, hard).mean(0)
+        relaxed_lik = model.log_likelihood(x, relaxed).mean(0)
+        return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl,
+                         surrogate=relaxed_lik - kl)
+    if estimator == "reinforce":
+        ll = model.log_likelihood(x, hard)  # (S, B); gradient to Theta
+        signal = ll.detach()
+        b = model.baseline(x, signal.mean(0))  # (B,)
+        log_q = q.log_prob(hard)  # (S, B); gradient to phi
+        score = ((signal - b.detach()) * log_q).mean(0)
+        # Ascending -0.5 (f - b)^2 fits the baseline by least squares; the
+        # term's gradient reaches only b's parameters.
+        fit = -0.5 * (signal - b).square().mean(0)
+        log_lik = ll.mean(0)
+        elbo = log_lik - kl
+        return ElboTerms(elbo=elbo.detach(), log_lik=log_lik.detach(),
+                         kl=kl, surrogate=elbo + score + fit)
+    raise ValueError(f"unknown estimator {estimator!r}")
+
+
+def code_log_lik(model: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    """log p(x | c) for every code c: (codes (C, M, K), table (C, B)).
+
+    C = K^M; raises ValueError beyond ``ENUMERATE_LIMIT`` codes.
+    """
+    prior = model.prior
+    if not isinstance(prior, UniformCategorical):
+        raise ValueError("enumeration needs a categorical latent")
+    if prior.n_codes > ENUMERATE_LIMIT:
+        raise ValueError(
+            f"{prior.classes}^{prior.groups} = {prior.n_codes} codes is "
+            f"too many to enumerate (limit {ENUMERATE_LIMIT})"
+        )
+    codes = prior.all_codes(x.device, x.dtype)
+    return codes, model.log_likelihood(x, codes.unsqueeze(1))
+
+
+def enumerated_log_lik(model: Any, x: Tensor, q: Categorical) -> Tensor:
+    """E_q[log p(x|z)] exactly, sum_c q(c|x) log p(x|c): (B,) in nats
+    (docs/derivations.md, eq. (4b.7)); differentiable in phi and Theta."""
+    codes, table = code_log_lik(model, x)
+    log_q = (codes.unsqueeze(1) * q.logits.unsqueeze(0)).sum((-2, -1))
+    return (log_q.exp() * table).sum(0)
+
+
+def exact_log_marginal(model: Any, x: Tensor) -> Tensor:
+    """log p(x) = log sum_c p(c) p(x|c) of a categorical-latent model,
+    exactly, (B,) in nats per image (docs/derivations.md, eq. (4b.8)).
+
+    For ``CategoricalVAE`` with K^M <= ``ENUMERATE_LIMIT``; the exact
+    counterpart of an importance-sampled log-likelihood.
+    """
+    codes, table = code_log_lik(model, x)
+    log_prior = model.prior.log_prob(codes).unsqueeze(1)  # (C, 1)
+    return torch.logsumexp(table + log_prior, dim=0)
+
+
 def dataset_elbo(terms: ElboTerms, n_data: int) -> Tensor:
-    """Unbiased estimate of the whole-dataset ELBO, N/B sum_n ELBO_n (nats)."""
+    """Unbiased estimate of the whole-dataset ELBO, N/B sum_n ELBO_n, in
+    nats (docs/derivations.md, eq. (1a.2)), from the per-image terms of a
+    minibatch drawn uniformly without replacement from N images."""
     return terms.elbo.sum() * (n_data / terms.elbo.shape[0])
 
 

@@ -113,6 +113,11 @@ def train(
     Returns the results (final train/val/test ELBO with their terms).
     """
     config = config.resolved()
+    if config.inference == "vem":  # per-image lambda instead of an encoder
+        from vaelab.vem import train_vem
+
+        return train_vem(config, out_dir, resume=resume, dataset=dataset,
+                         progress=progress, log=log)
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_epoch = _prepare_run_dir(config, run_dir, resume)

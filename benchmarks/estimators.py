@@ -1,0 +1,277 @@
+"""Gradient estimators for discrete latents, compared on one model.
+
+The categorical VAE (M groups of K classes; default M = 1, K = 10) on
+MNIST, with K^M small enough that enumeration gives the exact ELBO, its
+exact gradient and the exact log p(x). Two parts:
+
+1. Gradient noise at a fixed point. A model is trained for a few hundred
+   steps with exact (enumerated) gradients; there, for each estimator, the
+   gradient of the minibatch objective wrt the ENCODER's parameters is drawn
+   ``--repeats`` times (a fresh random minibatch and fresh noise each time)
+   next to the exact gradient on the same minibatch. Printed: the total
+   variance of the estimate across draws (trace of its covariance, which
+   includes the minibatch's own variance), and its mean squared error
+   against the exact minibatch gradient, split into bias^2 + variance of
+   the estimator alone. REINFORCE's baseline is first fitted at the fixed
+   point (the rest of the model frozen); "reinforce-nobaseline" is the same
+   estimator with b(x) = 0.
+2. Training. A fresh model per estimator, ``--epochs`` epochs through
+   ``vaelab.train.train`` (as ``vaelab train`` runs it); then on the test
+   set: the ELBO as training reports it (hard samples), the exact ELBO and
+   the exact log p(x) by enumeration, the number of classes in use and
+   their purity (how well the most probable class predicts the digit).
+
+    VAELAB_DATA=/path/to/mnist python benchmarks/estimators.py
+
+Units: nats per image; gradients of the per-image mean objective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from vaelab.config import Config
+from vaelab.data import Split, dequantize
+from vaelab.objectives import compute_elbo, exact_log_marginal
+from vaelab.train import load_data, make_optimizer, train
+
+ESTIMATORS = ("enumerate", "gumbel", "straight-through", "reinforce")
+
+
+def encoder_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [*model.encoder_hidden.parameters(),
+            *model.encoder_out.parameters()]
+
+
+def grad_vector(
+    model: torch.nn.Module, x: torch.Tensor, g: torch.Generator,
+    n_samples: int,
+) -> torch.Tensor:
+    """Gradient of the mean objective wrt the encoder, flattened."""
+    terms = compute_elbo(model, x, n_samples, g)
+    grads = torch.autograd.grad(terms.objective().mean(),
+                                encoder_params(model))
+    return torch.cat([gr.flatten() for gr in grads])
+
+
+def minibatches(
+    images: torch.Tensor, batch: int, g: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Endless random minibatches, dequantized afresh."""
+    while True:
+        idx = torch.randint(images.shape[0], (batch,), generator=g)
+        yield dequantize(images[idx], g)
+
+
+def fixed_point(
+    config: Config, images: torch.Tensor, steps: int, seed: int
+) -> torch.nn.Module:
+    """A model after ``steps`` Adam steps on the exact (enumerated) ELBO."""
+    from vaelab.model import build_model
+
+    exact = config_for(config, "enumerate")
+    torch.manual_seed(seed)
+    model = build_model(exact)
+    opt = make_optimizer(model.parameters(), exact)
+    g = torch.Generator().manual_seed(seed)
+    batches = minibatches(images, config.batch_size, g)
+    for _ in range(steps):
+        loss = -compute_elbo(model, next(batches)).elbo.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def config_for(config: Config, estimator: str) -> Config:
+    values = config.to_dict()
+    values["estimator"] = estimator
+    return Config.from_dict(values)
+
+
+def as_estimator(
+    base: torch.nn.Module, config: Config, estimator: str,
+) -> torch.nn.Module:
+    """The fixed point's weights in a model using ``estimator``."""
+    from vaelab.model import build_model
+
+    model = build_model(config_for(config, estimator))
+    model.load_state_dict(base.state_dict(), strict=False)
+    model.temperature = config.temperature
+    return model
+
+
+def fit_baseline(
+    model: torch.nn.Module, images: torch.Tensor, steps: int, seed: int
+) -> None:
+    """Train only the REINFORCE baseline at the model's fixed point."""
+    model.train()
+    opt = torch.optim.Adam(model.baseline_net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    batches = minibatches(images, 100, g)
+    for _ in range(steps):
+        terms = compute_elbo(model, next(batches), 1, g)
+        # the surrogate's gradient wrt the baseline is its squared error's
+        loss = -terms.objective().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def gradient_noise(
+    base: torch.nn.Module, config: Config, images: torch.Tensor,
+    repeats: int, n_samples: int, seed: int,
+) -> dict[str, dict[str, float]]:
+    """Variance, bias^2 and MSE of each estimator's encoder gradient."""
+    exact = as_estimator(base, config, "enumerate")
+    out: dict[str, dict[str, float]] = {}
+    for name in (*ESTIMATORS, "reinforce-nobaseline"):
+        est = name.removesuffix("-nobaseline")
+        model = as_estimator(base, config, est)
+        if name == "reinforce":
+            fit_baseline(model, images, 300, seed)
+        model.eval()  # no running-mean updates while measuring
+        g = torch.Generator().manual_seed(seed + 1)
+        batches = minibatches(images, config.batch_size, g)
+        grad_vector(model, next(batches), g, n_samples)  # warm-up
+        draws, errors = [], []
+        seconds = 0.0
+        for _ in range(repeats):
+            x = next(batches)
+            t0 = time.perf_counter()
+            grad = grad_vector(model, x, g, n_samples)
+            seconds += time.perf_counter() - t0
+            draws.append(grad)
+            errors.append(grad - grad_vector(exact, x, g, 1))
+        seconds /= repeats
+        d, e = torch.stack(draws).double(), torch.stack(errors).double()
+        bias = e.mean(0)
+        out[name] = {
+            "total_var": d.var(0).sum().item(),
+            "mse": e.square().sum(1).mean().item(),
+            "bias2": bias.square().sum().item(),
+            "est_var": e.var(0).sum().item(),
+            "exact_norm2": (d - e).square().sum(1).mean().item(),
+            "seconds": seconds,
+        }
+    return out
+
+
+@torch.no_grad()
+def test_metrics(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    seed: int,
+) -> dict[str, float]:
+    """Exact ELBO and log p(x) by enumeration, classes used, purity."""
+    from vaelab.objectives import enumerated_log_lik
+
+    g = torch.Generator().manual_seed(seed)
+    sums = np.zeros(2)
+    codes = []
+    for i in range(0, images.shape[0], 500):
+        x = dequantize(images[i:i + 500], g)
+        q = model.posterior(x)
+        kl = compute_elbo(model, x, 1, g).kl
+        sums[0] += (enumerated_log_lik(model, x, q) - kl).sum().item()
+        sums[1] += exact_log_marginal(model, x).sum().item()
+        codes.append(q.logits.argmax(-1)[:, 0])
+    c = torch.cat(codes).numpy()
+    y = labels.numpy()
+    counts = np.zeros((10, model.classes))
+    np.add.at(counts, (y, c), 1)
+    n = images.shape[0]
+    return {
+        "exact_elbo": sums[0] / n,
+        "log_px": sums[1] / n,
+        "used": int((counts.sum(0) > 0).sum()),
+        "purity": float(counts.max(0).sum() / n),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--groups", type=int, default=1)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--warmup-steps", default="5,50",
+                    help="exact-gradient steps before each fixed point "
+                    "(comma-separated)")
+    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--n-samples", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--train-images", type=int, default=None,
+                    help="use only the first N training images")
+    args = ap.parse_args()
+
+    config = Config(
+        latent="categorical", groups=args.groups, classes=args.classes,
+        epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+        n_samples=args.n_samples,
+    ).resolved()
+    data = load_data(config)
+    if args.train_images is not None:
+        n = args.train_images
+        data = dataclasses.replace(data, train=Split(
+            data.train.images[:n], data.train.labels[:n]))
+    train_x = data.train.images
+    print(f"categorical VAE, M={args.groups}, K={args.classes}, "
+          f"{config.likelihood} likelihood, batch {config.batch_size}, "
+          f"S={args.n_samples}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+    for i, steps in enumerate(int(v) for v in args.warmup_steps.split(",")):
+        base = fixed_point(config, train_x, steps, args.seed)
+        with torch.no_grad():
+            x = dequantize(data.val.images[:1000],
+                           torch.Generator().manual_seed(0))
+            maxp = base.posterior(x).probs.amax(-1).mean().item()
+        print(f"\n1{'abcdefgh'[i]}. encoder-gradient noise after {steps} "
+              f"exact steps (mean max_k q(k|x) = {maxp:.2f}); "
+              f"{args.repeats} minibatches; sums over the encoder's "
+              "parameters")
+        noise = gradient_noise(base, config, train_x, args.repeats,
+                               args.n_samples, args.seed)
+        ref = noise["enumerate"]["exact_norm2"]
+        print(f"   mean ||exact minibatch gradient||^2 = {ref:.4g}")
+        print(f"   {'estimator':22s} {'total var':>11s} "
+              f"{'MSE vs exact':>13s} {'bias^2':>10s} {'est. var':>10s} "
+              f"{'ms/grad':>8s}")
+        for name, r in noise.items():
+            print(f"   {name:22s} {r['total_var']:11.4g} {r['mse']:13.4g} "
+                  f"{r['bias2']:10.4g} {r['est_var']:10.4g} "
+                  f"{1000 * r['seconds']:8.1f}", flush=True)
+
+    print(f"\n2. training {args.epochs} epochs per estimator; test set "
+          f"({len(data.test):,} images), nats per image")
+    print(f"   {'estimator':18s} {'ELBO (hard)':>11s} {'exact ELBO':>11s}"
+          f" {'log p(x)':>9s} {'used':>5s} {'purity':>7s} {'s/epoch':>8s}")
+    for est in ESTIMATORS:
+        cfg = config_for(config, est)
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train(cfg, tmp, dataset=data, progress=False)
+            from vaelab.checkpoint import load_model
+
+            model, _ = load_model(tmp)
+        m = test_metrics(model, data.test.images, data.test.labels,
+                         args.seed)
+        per_epoch = res["train_seconds"] / max(res["epochs"], 1)
+        print(f"   {est:18s} {res['test']['elbo']:11.2f} "
+              f"{m['exact_elbo']:11.2f} {m['log_px']:9.2f} {m['used']:5d} "
+              f"{m['purity']:7.1%} {per_epoch:8.1f}", flush=True)
+    print("\nbias^2 + est. var = MSE; bias^2 is ||mean error||^2, which "
+          "also holds est. var / repeats;\ntotal var also holds the "
+          "minibatch's own variance; ms/grad: the estimator's gradient "
+          "alone")
+
+
+if __name__ == "__main__":
+    main()

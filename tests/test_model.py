@@ -1,0 +1,229 @@
+"""The models of vaelab.model: shapes, initialization, the likelihood's
+variance options, the Laplace and categorical variants, and short
+training runs on synthetic digits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import synthetic_dataset
+
+from vaelab import checkpoint as ckpt
+from vaelab.config import Config
+from vaelab.distributions import (
+    Categorical,
+    DiagGaussian,
+    Laplace,
+    LaplacePrior,
+    StandardNormal,
+    gaussian_log_prob,
+    kl_laplace,
+)
+from vaelab.model import (
+    DATA_DIM,
+    VAE,
+    CategoricalVAE,
+    GaussianLikelihood,
+    build_model,
+)
+from vaelab.objectives import average_elbo
+from vaelab.train import EVAL_SEED, read_metrics, train
+
+Z = 5.0
+B, S = 4, 3
+
+CONFIGS = {
+    "gaussian": {},
+    "laplace": {"prior": "laplace", "tau": 0.5},
+    "bernoulli": {"likelihood": "bernoulli"},
+    "categorical": {"latent": "categorical", "groups": 2, "classes": 5},
+}
+
+
+def make(name: str, **extra: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(Config(**{**CONFIGS[name], **extra}))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_shapes_of_infer_generate_log_likelihood_and_elbo(name: str) -> None:
+    model = make(name)
+    x = torch.rand(B, DATA_DIM)
+    q = model.posterior(x)
+    z = q.rsample(S, torch.Generator().manual_seed(1))
+    if name == "categorical":
+        assert isinstance(model, CategoricalVAE)
+        assert model.infer(x).shape == (B, 2, 5)
+        assert isinstance(q, Categorical)
+        assert z.shape == (S, B, 2, 5)
+    else:
+        assert isinstance(model, VAE)
+        a, b = model.infer(x)
+        assert a.shape == b.shape == (B, 2)
+        assert z.shape == (S, B, 2)
+    assert q.log_prob(z).shape == (S, B)
+    assert model.generate(z).shape == (S, B, DATA_DIM)
+    img = model.generate(z)
+    assert torch.all((img > 0) & (img < 1))
+    assert model.log_likelihood(x, z).shape == (S, B)
+    t = model.compute_elbo(x, S)
+    assert t.elbo.shape == t.log_lik.shape == t.kl.shape == (B,)
+    assert torch.all(t.kl >= -1e-5)
+    assert model.sample(6).shape == (6, DATA_DIM)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "categorical"])
+def test_initial_weights_are_n_0_001_and_biases_zero(name: str) -> None:
+    """The spec: weights ~ N(0, 0.01), i.e. std 0.1; biases 0. A sample
+    std of n normal draws has standard error sigma / sqrt(2n)."""
+    model = make(name)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 4
+    for layer in layers:
+        w = layer.weight.detach().double().flatten()
+        n = w.numel()
+        assert abs(w.mean().item()) < Z * 0.1 / math.sqrt(n)
+        assert abs(w.std().item() - 0.1) < Z * 0.1 / math.sqrt(2 * n)
+        assert torch.all(layer.bias == 0)
+    # another init_std is honoured
+    wide = build_model(Config(init_std=0.3)).decoder_out.weight
+    assert abs(wide.std().item() - 0.3) < Z * 0.3 / math.sqrt(2 * wide.numel())
+
+
+def test_posterior_spread_is_positive_even_for_extreme_inputs() -> None:
+    for name in ("gaussian", "laplace"):
+        model = make(name)
+        x = torch.rand(B, DATA_DIM) * torch.tensor([1.0, 10.0, -10.0, 0.0])[
+            :, None]
+        _, spread = model.infer(x)
+        assert torch.all(spread >= 0) and torch.isfinite(spread).all()
+
+
+def test_laplace_model_uses_laplace_posterior_and_prior() -> None:
+    model = make("laplace")
+    x = torch.rand(B, DATA_DIM)
+    q = model.posterior(x)
+    assert isinstance(q, Laplace) and isinstance(model.prior, LaplacePrior)
+    assert model.prior.tau == 0.5
+    loc, scale = model.infer(x)
+    t = model.compute_elbo(x)
+    torch.testing.assert_close(t.kl, kl_laplace(loc, scale, 0.0, 0.5))
+    # prior quantiles for the manifold grid: symmetric, increasing
+    grid = model.prior.icdf(torch.linspace(0.05, 0.95, 7))
+    assert torch.all(grid.diff() > 0)
+    torch.testing.assert_close(grid, -grid.flip(0))
+    gauss = make("gaussian")
+    assert isinstance(gauss.posterior(x), DiagGaussian)
+    assert isinstance(gauss.prior, StandardNormal)
+
+
+# -- the likelihood's variance Sigma -----------------------------------------
+
+def test_variance_options_pixel_shared_fixed() -> None:
+    x = torch.rand(B, DATA_DIM)
+    logits = torch.randn(S, B, DATA_DIM)
+    shapes = {"pixel": (DATA_DIM,), "shared": (1,), "fixed": (1,)}
+    for variance, shape in shapes.items():
+        lik = GaussianLikelihood(DATA_DIM, variance, init_var=0.1,
+                                 floor=1e-3)
+        assert lik.variance().shape == shape
+        torch.testing.assert_close(lik.variance(), torch.full(shape, 0.1))
+        learned = [n for n, _ in lik.named_parameters()]
+        assert learned == ([] if variance == "fixed" else ["rho"])
+        # log p equals the diagonal Gaussian density with Sigma broadcast
+        with torch.no_grad():
+            lik.rho.copy_(torch.randn(shape))
+        var = lik.variance().expand(DATA_DIM)
+        torch.testing.assert_close(
+            lik.log_prob(x, logits),
+            gaussian_log_prob(x, torch.sigmoid(logits), var),
+        )
+
+
+def test_fixed_variance_does_not_train_and_learned_ones_do() -> None:
+    x = torch.rand(20, DATA_DIM)
+    for variance in ("pixel", "shared", "fixed"):
+        model = make("gaussian", variance=variance, hidden=16)
+        before = model.likelihood.variance().clone()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(3):
+            loss = -model.compute_elbo(x).elbo.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        moved = not torch.equal(model.likelihood.variance(), before)
+        assert moved == (variance != "fixed")
+    assert "likelihood.rho" in make("gaussian", variance="fixed").state_dict()
+
+
+def test_variance_floor_is_respected() -> None:
+    lik = GaussianLikelihood(DATA_DIM, "pixel", init_var=0.1, floor=1e-4)
+    with torch.no_grad():
+        lik.rho.fill_(-1e4)  # exp underflows to 0: Sigma = floor exactly
+    assert torch.all(lik.variance() == 1e-4)
+    x = torch.full((1, DATA_DIM), 0.5)
+    # a perfect fit gives a finite log-likelihood, bounded by the floor
+    logp = lik.log_prob(x, torch.zeros(1, 1, DATA_DIM))
+    bound = -0.5 * DATA_DIM * (math.log(1e-4) + math.log(2 * math.pi))
+    assert torch.isfinite(logp).all()
+    assert logp.item() == pytest.approx(bound, rel=1e-5)
+    with pytest.raises(ValueError, match="floor"):
+        GaussianLikelihood(DATA_DIM, "pixel", init_var=1e-4, floor=1e-4)
+    # the model's default floor is the dequantization noise's variance
+    default = make("gaussian").likelihood
+    assert default.floor == pytest.approx(1 / (12 * 256**2))
+
+
+# -- categorical model -------------------------------------------------------
+
+def test_categorical_decoder_takes_concatenated_codes() -> None:
+    model = make("categorical")
+    assert model.decoder_hidden.in_features == 10  # M * K
+    assert model.encoder_out.out_features == 10
+    codes = model.prior.all_codes()
+    assert codes.shape == (25, 2, 5)
+    assert model.generate(codes).shape == (25, DATA_DIM)
+
+
+def test_temperature_anneals_exponentially_over_epochs() -> None:
+    model = make("categorical", temperature=2.0, min_temperature=0.5)
+    temps = []
+    for epoch in range(1, 4):
+        model.start_epoch(epoch, 3)
+        temps.append(model.temperature)
+    assert temps == pytest.approx([2.0, 1.0, 0.5])
+    model.start_epoch(1, 1)  # a one-epoch run starts at the initial value
+    assert model.temperature == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"prior": "laplace"},
+        {"latent": "categorical", "estimator": "gumbel"},
+        {"latent": "categorical", "estimator": "straight-through"},
+        {"latent": "categorical", "estimator": "reinforce"},
+        {"latent": "categorical", "estimator": "enumerate"},
+    ],
+    ids=["laplace", "gumbel", "straight-through", "reinforce", "enumerate"],
+)
+def test_new_models_train_save_and_reload(
+    overrides: dict, tmp_path: Path
+) -> None:
+    """Three epochs on synthetic digits: the ELBO rises, and the reloaded
+    checkpoint reproduces the final test ELBO."""
+    data = synthetic_dataset(300, 50, 50)
+    config = Config(hidden=64, epochs=3, batch_size=50, lr=3e-3,
+                    val_size=50, **overrides)
+    results = train(config, tmp_path, dataset=data, progress=False)
+    metrics = read_metrics(tmp_path)
+    elbos = [m["train_elbo"] for m in metrics]
+    assert all(math.isfinite(e) for e in elbos)
+    assert elbos[-1] > elbos[0]
+    model, _ = ckpt.load_model(tmp_path)
+    again = average_elbo(model, data.test.images, dequantized=True,
+                         seed=EVAL_SEED)
+    assert again["elbo"] == pytest.approx(results["test"]["elbo"], rel=1e-5)

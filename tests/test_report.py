@@ -1,0 +1,172 @@
+"""Tests for vaelab.report on hand-made run folders (no training)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaelab import report
+from vaelab.config import Config
+from vaelab.errors import VaelabError
+from vaelab.plots import plot_tiles, tile_grid
+
+
+def fake_run(
+    out: Path, name: str, test_elbo: float, *, likelihood: str = "gaussian",
+    evaluation: dict | None = None, figures: tuple[str, ...] = (
+        "samples.png", "manifold.png"),
+) -> Path:
+    """A run folder with config, results and figures, as training leaves."""
+    run = out / name
+    run.mkdir(parents=True)
+    config = Config(likelihood=likelihood, device="cpu").resolved()
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    split = {"elbo": test_elbo, "log_lik": test_elbo + 5.0, "kl": 5.0}
+    results = {
+        "epochs": 3, "train_seconds": 12.5, "units": "nats per image",
+        "train": {**split, "elbo": test_elbo + 10.0},
+        "val": split, "test": split,
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    rng = np.random.default_rng(len(name))
+    for f in figures:
+        plot_tiles([tile_grid(rng.random((4, 784)), 2, 2)], run / f, name)
+    (run / "figures.json").write_text(json.dumps(list(figures)))
+    if evaluation is not None:
+        (run / "evaluation.json").write_text(json.dumps(evaluation))
+    return run
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_report_embeds_every_figure_and_escapes_text(tmp_path):
+    a = fake_run(tmp_path, "a", 100.0)
+    b = fake_run(tmp_path, "b", 120.0, figures=("samples.png",
+                                                "extra_kind.png"))
+    real = tmp_path / "real_digits.png"
+    plot_tiles([tile_grid(np.ones((4, 784)), 2, 2)], real, "real")
+    path, summary = report.write_report(
+        tmp_path, [("a", "Model <A> & co"), ("b", "Model B")],
+        command="vaelab run --out '<x>'", real_digits=real,
+        notes=["quick <note>"],
+    )
+    text = path.read_text()
+    for f in ("samples.png", "manifold.png"):
+        assert b64(a / f) in text
+    for f in ("samples.png", "extra_kind.png"):
+        assert b64(b / f) in text
+    assert b64(real) in text
+    # Self-contained: no file or network references, only data URIs.
+    assert 'src="data:image/png;base64,' in text
+    assert "src=\"http" not in text and "src=\"file" not in text
+    assert "Model &lt;A&gt; &amp; co" in text and "<A>" not in text
+    assert "quick &lt;note&gt;" in text
+    assert "vaelab run --out &#x27;&lt;x&gt;&#x27;" in text
+    assert "nats per image" in text
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["models"][1]["results"]["test"]["elbo"] == 120.0
+    assert saved["command"] == summary["command"]
+    assert saved["models"][0]["figures"] == ["samples.png", "manifold.png"]
+
+
+def test_comparison_is_computed_from_the_numbers(tmp_path):
+    fake_run(tmp_path, "low", -50.0)
+    fake_run(tmp_path, "high", 30.25)
+    fake_run(tmp_path, "bern", -140.0, likelihood="bernoulli")
+    _, summary = report.write_report(
+        tmp_path, [("low", "Low"), ("high", "High"), ("bern", "Bern")],
+        command="x",
+    )
+    text = " ".join(summary["comparison"])
+    assert "High has the best test ELBO, 30.25" in text
+    assert "80.25 above Low" in text
+    assert "Bern is the only model of binarized MNIST" in text
+    assert "not comparable" in text
+    # Swapping the numbers swaps the sentence: nothing is hard-coded.
+    shutil.rmtree(tmp_path)
+    fake_run(tmp_path, "low", 99.0)
+    fake_run(tmp_path, "high", 30.25)
+    _, summary = report.write_report(
+        tmp_path, [("low", "Low"), ("high", "High")], command="x"
+    )
+    assert "Low has the best test ELBO, 99.00" in summary["comparison"][0]
+    assert not any("comparable" in s for s in summary["comparison"])
+
+
+def test_report_renders_evaluation_gaps_when_present(tmp_path):
+    # The keys vaelab.evaluate documents for evaluation.json.
+    evaluation = {
+        "units": "nats per image", "n_images": 300, "k": 5000,
+        "elbo": 101.5, "elbo_se": 0.25,
+        "iwae": {"value": 104.25, "se": 0.5, "k": 5000, "mc_se": 0.01},
+        "log_px": {"value": 104.75, "error": 0.125, "method": "quadrature",
+                   "coverage": {"ok": False}},
+        "bpd": {"elbo": 1.5, "iwae": 1.25, "log_px": 1.125},
+        "gaps": {"n_images": 100, "encoder_elbo": 101.5,
+                 "optimized_elbo": 103.0, "log_px": 104.75,
+                 "amortization_gap": 1.5, "approximation_gap": 1.75},
+        "gaps_log_px_method": "quadrature",
+        "notes": ["a <warning>"], "timings": {"iwae": 1.0},
+    }
+    fake_run(tmp_path, "a", 100.0, evaluation=evaluation)
+    fake_run(tmp_path, "b", 90.0)
+    path, summary = report.write_report(
+        tmp_path, [("a", "A"), ("b", "B")], command="x"
+    )
+    text = path.read_text()
+    assert "amortization gap</td><td class=\"num\">1.50" in text
+    assert "approximation gap</td><td class=\"num\">1.75" in text
+    assert "Inference gaps on 100 images (log p(x) by quadrature)" in text
+    assert "Evaluation on 300 test images, k = 5,000" in text
+    assert "on the first test images only (A: 300 images, k = 5,000)" in text
+    assert "104.25 &plusmn; 0.50 (k = 5000)" in text  # IWAE
+    assert "104.75 &plusmn; 0.12" in text  # log p(x) and its error bound
+    assert "101.50 &plusmn; 0.25" in text  # ELBO
+    assert "1.1250" in text  # bits per dim
+    assert "coverage not ok" in text
+    assert "a &lt;warning&gt;" in text
+    assert "Not evaluated" in text  # model b has no evaluation.json
+    assert summary["models"][0]["evaluation"] == evaluation
+    assert summary["models"][1]["evaluation"] is None
+    assert any("A has the largest amortization gap: 1.50" in s
+               for s in summary["comparison"])
+
+
+def test_pdf_without_chromium_is_one_line_error(tmp_path):
+    html = tmp_path / "r.html"
+    html.write_text("<p>x</p>")
+    with pytest.raises(VaelabError, match="Chromium") as e:
+        report.write_pdf(html, tmp_path / "r.pdf", None)
+    assert "\n" not in str(e.value)
+
+
+def test_pdf_failure_of_the_browser_is_reported(tmp_path):
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\necho 'it broke' >&2\nexit 3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    html = tmp_path / "r.html"
+    html.write_text("<p>x</p>")
+    (tmp_path / "r.pdf").write_text("stale")
+    with pytest.raises(VaelabError, match="exited with 3: it broke"):
+        report.write_pdf(html, tmp_path / "r.pdf", str(fake))
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_pdf_with_chromium(tmp_path):
+    from vaelab.run import chromium
+
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium installed")
+    fake_run(tmp_path, "a", 1.0)
+    path, _ = report.write_report(tmp_path, [("a", "A")], command="x")
+    pdf = report.write_pdf(path, tmp_path / "report.pdf", browser)
+    assert pdf.read_bytes()[:5] == b"%PDF-"

@@ -1,0 +1,275 @@
+"""Tests for vaelab.run (the zoo and the one-command run) on a tiny zoo
+of synthetic data, and ``vaelab run`` / ``vaelab plot`` on real MNIST."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from helpers import synthetic_dataset
+
+import vaelab.train
+from vaelab import run
+from vaelab.cli import main
+from vaelab.errors import ConfigError, VaelabError
+
+CONTINUOUS = ["real_digits.png", "samples.png", "samples_noise.png",
+              "reconstructions.png", "latent_scatter.png", "manifold.png",
+              "manifold_quantiles.png", "training_curves.png"]
+
+TINY_ZOO = """
+[evaluate]
+images = 20
+k = 5
+
+[quick]
+train_images = 100
+eval_images = 10
+eval_k = 3
+
+[quick.config]
+epochs = 1
+
+[[model]]
+name = "g-adam"
+title = "Gaussian <adam>"
+hidden = 16
+epochs = 2
+
+[[model]]
+name = "g-adagrad"
+title = "Gaussian adagrad"
+hidden = 16
+optimizer = "adagrad"
+epochs = 2
+
+[[model]]
+name = "bern"
+title = "Bernoulli"
+likelihood = "bernoulli"
+hidden = 16
+epochs = 1
+"""
+
+
+REAL_EVALUATOR = run._evaluator
+
+
+@pytest.fixture(autouse=True)
+def _no_evaluation(monkeypatch):
+    # vaelab.evaluate is slow at its defaults; tests that want it say so.
+    monkeypatch.setattr(run, "_evaluator", lambda: None)
+
+
+@pytest.fixture()
+def zoo_file(tmp_path) -> Path:
+    path = tmp_path / "zoo.toml"
+    path.write_text(TINY_ZOO)
+    return path
+
+
+class Loader:
+    """Synthetic data by preprocessing, counting the loads."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, config):
+        self.calls.append(config.preprocess)
+        return synthetic_dataset(n_train=200, n_val=50, n_test=100,
+                                 preprocess=config.preprocess)
+
+
+def quiet(**kw):
+    return {"progress": False, "log": lambda s: None, "command": "test",
+            **kw}
+
+
+def test_builtin_zoo_is_valid():
+    zoo = run.load_zoo()
+    names = [m.name for m in zoo.models]
+    assert names[:3] == ["gaussian-adam", "gaussian-adagrad",
+                         "bernoulli-adam"]
+    for m in zoo.models:
+        full = run.model_config(m, zoo)
+        quick = run.model_config(m, zoo, quick=True)
+        assert full.epochs > quick.epochs
+        assert quick.extra["quick"] is True
+    spec = run.model_config(zoo.models[0], zoo)
+    assert (spec.latent_dim, spec.hidden, spec.likelihood) == (
+        2, 512, "gaussian")
+    assert run.model_config(zoo.models[1], zoo).optimizer == "adagrad"
+    bern = run.model_config(zoo.models[2], zoo)
+    assert bern.preprocess == "binarize"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[model]]\nname = "a"\nbogus = 1\n', "model 'a'.*bogus"),
+    ('[[model]]\nname = "a"\n[[model]]\nname = "a"\n', "used twice"),
+    ('[[model]]\ntitle = "no name"\n', "needs a name"),
+    ('[[model]]\nname = "../up"\n', "needs a name"),
+    ('[[model]]\nname = "a"\nlikelihood = "poisson"\n', "likelihood"),
+    ('[quick]\nepochs = 1\n[[model]]\nname = "a"\n', "unknown \\[quick\\]"),
+    ('[models]\n', "unknown top-level"),
+    ('[[model]\n', "not valid TOML"),
+])
+def test_bad_zoo_files_are_named_errors(tmp_path, text, message):
+    path = tmp_path / "z.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        run.load_zoo(path)
+
+
+def test_run_makes_every_file_and_reuses_trained_models(
+    tmp_path, zoo_file, monkeypatch
+):
+    out = tmp_path / "out"
+    load = Loader()
+    summary = run.run_zoo(out, zoo=zoo_file, load=load, **quiet())
+    # One load per preprocessing, shared by the two Gaussian models.
+    assert sorted(load.calls) == ["binarize", "dequantize"]
+    html = (out / "report.html").read_text()
+    for name in ("g-adam", "g-adagrad", "bern"):
+        for fig in CONTINUOUS:
+            path = out / name / fig
+            assert path.is_file(), path
+            assert base64.b64encode(path.read_bytes()).decode() in html
+        assert (out / name / "results.json").is_file()
+    real = out / "real_digits.png"
+    assert base64.b64encode(real.read_bytes()).decode() in html
+    assert "Gaussian &lt;adam&gt;" in html
+    saved = json.loads((out / "summary.json").read_text())
+    assert [m["name"] for m in saved["models"]] == ["g-adam", "g-adagrad",
+                                                    "bern"]
+    assert saved == json.loads(json.dumps(summary))
+    epochs = [m["epochs"] for m in saved["models"]]
+    assert epochs == [2, 2, 1]
+
+    # Run again: nothing is retrained or redrawn, the report is rewritten.
+    ckpts = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint*")}
+    figs = {p: p.stat().st_mtime_ns for p in out.glob("*/samples.png")}
+
+    def no_training(*a, **k):
+        raise AssertionError("train() called for a finished model")
+
+    monkeypatch.setattr(vaelab.train, "train", no_training)
+    (out / "report.html").unlink()
+    run.run_zoo(out, zoo=zoo_file, load=Loader(), **quiet())
+    assert (out / "report.html").is_file()
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
+    assert {p: p.stat().st_mtime_ns for p in figs} == figs
+
+
+def test_interrupted_model_is_resumed(tmp_path, zoo_file, monkeypatch):
+    out = tmp_path / "out"
+    run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
+                **quiet())
+    # As if killed after epoch 1 of 2: results.json not yet written.
+    (out / "g-adam" / "results.json").unlink()
+    calls = []
+    real_train = vaelab.train.train
+
+    def spy(config, out_dir, **kw):
+        calls.append((Path(out_dir).name, kw["resume"]))
+        return real_train(config, out_dir, **kw)
+
+    monkeypatch.setattr(vaelab.train, "train", spy)
+    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(),
+                          only=["g-adam", "bern"], **quiet())
+    assert calls == [("g-adam", True), ("bern", False)]
+    assert [m["name"] for m in summary["models"]] == ["g-adam", "bern"]
+    metrics = (out / "g-adam" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2
+
+
+def test_quick_uses_a_subset_and_cannot_mix_with_full(tmp_path, zoo_file):
+    out = tmp_path / "out"
+    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
+                          only=["g-adam"], **quiet())
+    model = summary["models"][0]
+    assert model["epochs"] == 1
+    assert model["config"]["extra"]["train_images"] == 100
+    assert "--quick" in " ".join(summary["notes"])
+    assert "first 100 training images" in (out / "report.html").read_text()
+    with pytest.raises(VaelabError, match="other options.*extra"):
+        run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
+                    **quiet())
+
+
+def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
+    calls = []
+
+    def evaluate_run(run_dir, **kw):
+        calls.append((Path(run_dir).name, kw))
+        result = {"elbo": 1.0, "gaps": {"amortization_gap": 2.5,
+                                        "approximation_gap": 0.5}}
+        (Path(run_dir) / "evaluation.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(run, "_evaluator", lambda: evaluate_run)
+    out = tmp_path / "out"
+    run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
+                only=["bern"], **quiet())
+    assert calls == [("bern", {"device": "cpu", "progress": False,
+                               "n": 10, "k": 3, "quick": True})]
+    html = (out / "report.html").read_text()
+    assert "amortization gap" in html and "2.50" in html
+    assert "on the first 10 test images, k = 3" in html
+    # Evaluated already: not again.
+    run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
+                only=["bern"], **quiet())
+    assert len(calls) == 1
+    # A full run evaluates with the zoo's [evaluate] settings.
+    run.run_zoo(tmp_path / "full", zoo=zoo_file, load=Loader(),
+                only=["bern"], **quiet())
+    assert calls[1][1] == {"device": "cpu", "progress": False, "n": 20,
+                           "k": 5}
+
+
+def test_only_and_pdf_errors(tmp_path, zoo_file, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="no model named nope"):
+        run.run_zoo(tmp_path, zoo=zoo_file, only=["nope"], **quiet())
+    monkeypatch.setattr(run, "chromium", lambda: None)
+    code = main(["run", "--out", str(tmp_path / "o"), "--zoo",
+                 str(zoo_file), "--pdf"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Chromium" in err
+    assert not (tmp_path / "o").exists()  # failed before any work
+
+
+def test_the_real_evaluator_accepts_the_hook_arguments():
+    evaluate_run = REAL_EVALUATOR()
+    if evaluate_run is None:
+        pytest.skip("vaelab.evaluate not present")
+    # What run_zoo passes, in quick and full runs (run without the cost).
+    sig = inspect.signature(evaluate_run)
+    sig.bind(Path("r"), device="cpu", progress=False, n=10, k=3, quick=True)
+    sig.bind(Path("r"), device="cpu", progress=False, n=None, k=1000)
+
+
+def test_cli_run_quick_and_plot_on_mnist(tmp_path, zoo_file, mnist_dir,
+                                         capsys):
+    out = tmp_path / "out"
+    code = main(["run", "--quick", "--quiet", "--out", str(out), "--zoo",
+                 str(zoo_file), "--only", "g-adam,bern", "--data-dir",
+                 str(mnist_dir)])
+    assert code == 0
+    assert (out / "report.html").is_file()
+    assert (out / "bern" / "manifold.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["name"] for m in summary["models"]] == ["g-adam", "bern"]
+    figs = tmp_path / "figs"
+    capsys.readouterr()
+    code = main(["plot", str(out / "g-adam"), "--out", str(figs),
+                 "--no-noise", "--manifold", "range", "--data-dir",
+                 str(mnist_dir)])
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in printed) == sorted(
+        f for f in CONTINUOUS
+        if f not in ("samples_noise.png", "manifold_quantiles.png"))
+    assert main(["plot", str(tmp_path / "missing")]) == 2
