@@ -148,7 +148,6 @@ def restore(
     generator: torch.Generator | None = None,
 ) -> None:
     """Load model, optimizer and RNG state saved by ``save_checkpoint``."""
-    device = next(model.parameters()).device
     model.load_state_dict(
         {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     )
@@ -158,11 +157,10 @@ def restore(
         for key, value in tensors.items():
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
-                # 'step' stays on the CPU as torch keeps it there.
-                state.setdefault(int(idx), {})[name] = (
-                    value if name == "step" else value.to(device)
-                )
+                state.setdefault(int(idx), {})[name] = value
         sd["state"] = state
+        # load_state_dict moves each tensor where this optimizer keeps it
+        # (the parameter's device; 'step' too for fused kernels).
         optimizer.load_state_dict(sd)
     if generator is not None and "rng.train" in tensors:
         generator.set_state(tensors["rng.train"])

@@ -35,10 +35,15 @@ EVAL_SEED = 12345
 def make_optimizer(
     params: Any, config: Config
 ) -> torch.optim.Optimizer:
-    """Adam or Adagrad on -ELBO (ascent on the ELBO)."""
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, foreach=True)
-    return torch.optim.Adagrad(params, lr=config.lr, foreach=True)
+    """Adam or Adagrad on -ELBO (ascent on the ELBO).
+
+    The fused kernels do the whole update in one pass over memory: on a
+    2-core CPU about 8x faster than the foreach ones for this model, where
+    the update is otherwise a third of the step (docs/benchmarks.md).
+    """
+    cls = torch.optim.Adam if config.optimizer == "adam" else (
+        torch.optim.Adagrad)
+    return cls(params, lr=config.lr, fused=True)
 
 
 def load_data(config: Config) -> Dataset:
