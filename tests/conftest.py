@@ -37,7 +37,8 @@ def mnist_dir() -> Path:
     value = os.environ.get("VAELAB_DATA")
     if not value or not Path(value).is_dir():
         pytest.skip("set VAELAB_DATA to the MNIST folder to run this test")
-    return Path(value)
+    # Absolute: some tests run code elsewhere (the notebook's kernel).
+    return Path(value).resolve()
 
 
 def make_digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
