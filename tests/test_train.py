@@ -66,12 +66,16 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path: Path) -> None:
                          read_metrics(tmp_path / "b"))
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inference", ["amortized", "vem"])
+def test_resume_ends_where_an_uninterrupted_run_ends(
+    tmp_path: Path, inference: str
+) -> None:
     ds = synthetic_dataset(300, 100, 100)
     full, part = tmp_path / "full", tmp_path / "part"
-    train(Config(epochs=4, **SMALL), full, dataset=ds, progress=False)
-    train(Config(epochs=2, **SMALL), part, dataset=ds, progress=False)
-    train(Config(epochs=4, **SMALL), part, dataset=ds, progress=False,
+    opts = dict(SMALL, inference=inference)
+    train(Config(epochs=4, **opts), full, dataset=ds, progress=False)
+    train(Config(epochs=2, **opts), part, dataset=ds, progress=False)
+    train(Config(epochs=4, **opts), part, dataset=ds, progress=False,
           resume=True)
     wf, wp = _weights(full), _weights(part)
     # Model, Adam moments and the RNG state all match bit for bit.

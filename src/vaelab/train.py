@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,28 +102,33 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
     )
 
 
-def train(
+@dataclass
+class OpenRun:
+    """A run folder made ready to train: model, optimizer and generator at
+    ``start_epoch`` (restored from the checkpoint when resuming, whose
+    tensors are in ``checkpoint`` for callers with more state)."""
+
+    run_dir: Path
+    start_epoch: int
+    device: torch.device
+    dataset: Dataset
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    elapsed: float
+    checkpoint: dict[str, torch.Tensor] | None
+
+
+def open_run(
     config: Config,
     out_dir: str | Path,
     *,
     resume: bool = False,
     dataset: Dataset | None = None,
-    progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train the model ``config`` describes into the run folder ``out_dir``.
-
-    Writes config.json, environment.json, metrics.jsonl (one line per epoch:
-    ELBO and its terms in nats per image, ``seconds`` of training steps),
-    checkpoint.safetensors after every epoch and results.json at the end.
-    Returns the results (final train/val/test ELBO with their terms).
-    """
-    config = config.resolved()
-    if config.inference == "vem":  # per-image lambda instead of an encoder
-        from vaelab.vem import train_vem
-
-        return train_vem(config, out_dir, resume=resume, dataset=dataset,
-                         progress=progress, log=log)
+) -> OpenRun:
+    """Check the run folder, write config and environment, build (or
+    restore) model, optimizer and generator; shared by every trainer."""
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_epoch = _prepare_run_dir(config, run_dir, resume)
@@ -145,12 +151,43 @@ def train(
     optimizer = make_optimizer(model.parameters(), config)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
-    elapsed = 0.0
+    elapsed, tensors = 0.0, None
     if start_epoch > 0:
         _, tensors, extra = ckpt.read_checkpoint(run_dir)
         ckpt.restore(tensors, model, optimizer, generator)
         elapsed = float(extra.get("train_seconds", 0.0))
         log(f"resuming {run_dir} after epoch {start_epoch}")
+    return OpenRun(run_dir, start_epoch, device, dataset, model, optimizer,
+                   generator, elapsed, tensors)
+
+
+def train(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    dataset: Dataset | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the model ``config`` describes into the run folder ``out_dir``.
+
+    Writes config.json, environment.json, metrics.jsonl (one line per epoch:
+    ELBO and its terms in nats per image, ``seconds`` of training steps),
+    checkpoint.safetensors after every epoch and results.json at the end.
+    Returns the results (final train/val/test ELBO with their terms).
+    """
+    config = config.resolved()
+    if config.inference == "vem":  # per-image lambda instead of an encoder
+        from vaelab.vem import train_vem
+
+        return train_vem(config, out_dir, resume=resume, dataset=dataset,
+                         progress=progress, log=log)
+    run = open_run(config, out_dir, resume=resume, dataset=dataset, log=log)
+    run_dir, start_epoch, device, dataset = (
+        run.run_dir, run.start_epoch, run.device, run.dataset)
+    model, optimizer, generator = run.model, run.optimizer, run.generator
+    elapsed = run.elapsed
 
     x_train = dataset.train.images.to(device)
     x_val = dataset.val.images.to(device)

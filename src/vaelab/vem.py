@@ -49,15 +49,7 @@ from vaelab.inference import (
     split_params,
     vem_test_steps,
 )
-from vaelab.model import build_model
-from vaelab.train import (
-    EVAL_SEED,
-    _prepare_run_dir,
-    _truncate_metrics,
-    load_data,
-    make_optimizer,
-    read_metrics,
-)
+from vaelab.train import EVAL_SEED, open_run, read_metrics
 
 LAMBDA_KEYS = ("vem.train_loc", "vem.train_log_spread", "vem.val_loc",
                "vem.val_log_spread")
@@ -214,27 +206,12 @@ def train_vem(
             "--inference vem fits a Gaussian or Laplace q per image; it "
             "needs --latent gaussian"
         )
-    run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch = _prepare_run_dir(config, run_dir, resume)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if dataset is None:
-        dataset = load_data(config)
-
-    ckpt.write_json(run_dir / ckpt.CONFIG, config.to_dict())
-    ckpt.record_session(run_dir, str(device), start_epoch)
-    _truncate_metrics(run_dir, start_epoch)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config)
-    model.to(device)
+    run = open_run(config, out_dir, resume=resume, dataset=dataset, log=log)
+    run_dir, start_epoch, device, dataset = (
+        run.run_dir, run.start_epoch, run.device, run.dataset)
     # The encoder never gets a gradient, so the optimizer never moves it.
-    optimizer = make_optimizer(model.parameters(), config)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed)
+    model, optimizer, generator = run.model, run.optimizer, run.generator
+    elapsed = run.elapsed
 
     x_train = dataset.train.images.to(device)
     x_val = dataset.val.images.to(device)
@@ -244,15 +221,10 @@ def train_vem(
         raise ConfigError("the training set is empty")
     train_lam = Lambdas(model, n, device)
     val_lam = Lambdas(model, x_val.shape[0], device)
-    elapsed = 0.0
-    if start_epoch > 0:
-        _, tensors, extra = ckpt.read_checkpoint(run_dir)
-        ckpt.restore(tensors, model, optimizer, generator)
+    if run.checkpoint is not None:
         for lam, part in ((train_lam, "train"), (val_lam, "val")):
-            lam.loc.copy_(tensors[f"vem.{part}_loc"])
-            lam.log_spread.copy_(tensors[f"vem.{part}_log_spread"])
-        elapsed = float(extra.get("train_seconds", 0.0))
-        log(f"resuming {run_dir} after epoch {start_epoch}")
+            lam.loc.copy_(run.checkpoint[f"vem.{part}_loc"])
+            lam.log_spread.copy_(run.checkpoint[f"vem.{part}_log_spread"])
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
