@@ -261,7 +261,7 @@ def evaluate_run(
     ``n``: the first n test images (default all); ``k``: importance
     samples per image; ``quick``: a smoke test (at most 1000 images and
     k <= 500, the gaps on 100 images with 30 steps); ``gap_n``: images for
-    the gaps (default min(n, 1000)).
+    the gaps (default min(n, 1000); 0: no gaps).
 
     Keys (stable; the report reads them):
 
@@ -408,7 +408,9 @@ def evaluate_model(
 
     gaps = None
     gaps_method = None
-    if isinstance(q, FAMILIES):
+    if gap_n == 0:
+        pass
+    elif isinstance(q, FAMILIES):
         t = time.perf_counter()
         m = min(n, gap_n if gap_n is not None else (100 if quick else 1000))
         steps = gap_steps if gap_steps is not None else (30 if quick
@@ -506,11 +508,13 @@ def format_table(result: dict[str, Any]) -> str:
         cov = lp.get("coverage")
         if cov:
             lines.append(
-                f"  coverage {'ok' if cov['ok'] else 'NOT OK'}: "
-                f"{cov['covered_fraction']:.2%} of grids converged, edge "
-                f"mass <= {cov['max_edge_mass']:.1g}, mass outside grid "
-                f"<= {cov['max_outside_mass']:.1g}, box +-{cov['box']:.1f}"
-                f" (prior outside {cov['prior_mass_outside_box']:.1g})"
+                f"  check {'ok' if cov['ok'] else 'FAILED'}: "
+                f"{cov['covered_fraction']:.2%} of images covered and "
+                f"resolved ({cov['zoomed_images']:,} zoomed in); mass on "
+                f"window edges <= {cov['max_edge_mass']:.1g}, outside "
+                f"windows <= {cov['max_outside_mass']:.1g}; net box "
+                f"+-{cov['box']:.2f} (prior mass outside "
+                f"{cov['prior_mass_outside_box']:.1g})"
             )
     gaps = result.get("gaps")
     if gaps:

@@ -378,7 +378,9 @@ def plot_training_curves(
             pts = [(e, y) for e, y in zip(epochs, ys, strict=True)
                    if y is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, ms=3,
+                # Markers only while they can be told apart.
+                ax.plot(*zip(*pts, strict=True),
+                        style if len(pts) <= 30 else style.rstrip("os"), ms=3,
                         label="train (mean during the epoch)"
                         if split == "train" else "validation (end of epoch)")
         ax.set_xlabel("epoch")
@@ -488,7 +490,8 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
         q = prior_quantile_axis(model.prior)
         out.append(plot_manifold(
             decode_grid(model, q, q), q, q, ctx.path("manifold_quantiles"),
-            f"{title}\nf(z, w) at the prior's quantiles (i + 0.5)/20{note}",
+            f"{title}\nf(z, w) at the {ctx.config.prior} prior's quantiles "
+            f"(i + 0.5)/20{note}",
             xlabel="$z_1$ (prior quantile)", ylabel="$z_2$ (prior quantile)",
         ))
     return out

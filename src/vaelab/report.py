@@ -152,6 +152,7 @@ th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.figs td { border: none; text-align: center; }
 table.figs img { max-width: 100%; image-rendering: pixelated; }
+table.grid { table-layout: fixed; width: 100%; }
 table.figs th.row { text-align: left; background: none; border: none;
   padding-top: 1em; font-weight: normal; font-style: italic; }
 .note { background: #fff4d6; padding: 0.5em; border-left: 4px solid #e0a800; }
@@ -224,11 +225,15 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
             _fmt(ev.get("log_px"), show_k=False),
             _fmt(r["epochs"]), _fmt(r["train_seconds"], 1),
         ])
-    evaluated = [
-        f"{_e(r['title'])}: {_fmt(r['evaluation'].get('n_images'))} images"
-        f", k = {_fmt(r['evaluation'].get('k'))}"
+    sizes = {
+        r["title"]: f"{_fmt(r['evaluation'].get('n_images'))} images, "
+        f"k = {_fmt(r['evaluation'].get('k'))}"
         for r in records if isinstance(r["evaluation"], dict)
-    ]
+    }
+    if len(set(sizes.values())) == 1:
+        evaluated = [f"{next(iter(sizes.values()))} for every model"]
+    else:
+        evaluated = [f"{_e(t)}: {v}" for t, v in sizes.items()]
     note = (
         "* From evaluation.json, on the first test images only ("
         + "; ".join(evaluated) + "); &plusmn; is the standard error over "
@@ -352,7 +357,8 @@ def _figure_grid(out_dir: Path, records: Sequence[dict[str, Any]]) -> str:
                           if name in r["figures"] else "&ndash;") + "</td>"
             )
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="figs"><tr>{head}</tr>{"".join(rows)}</table>'
+    return (f'<table class="figs grid"><tr>{head}</tr>{"".join(rows)}'
+            "</table>")
 
 
 def render_html(

@@ -1,0 +1,123 @@
+"""Amortized inference (VAE) against variational EM, same wall clock.
+
+The spec's claim: optimizing per-image variational parameters lambda_n
+(variational EM) is slow, and a VAE does better by spending the time on
+the model's parameters Theta, with an encoder that amortizes inference.
+This trains the spec's generative model (784-512-2, Gaussian likelihood,
+Adam, batch 100) both ways on MNIST, each for ``--budget`` seconds of
+training, and at a few points along the way measures on the first
+``--n-test`` test images
+
+- the test ELBO: with the encoder (VAE), or with q from the E-step run
+  from the prior for e_steps * epochs iterations (vEM;
+  ``vaelab.inference.vem_test_steps``), averaged over 100 draws of q;
+- log p(x) by quadrature (``vaelab.quadrature``), which does not depend
+  on the inference at all: it scores the generative model alone.
+
+Training time is the sum of metrics.jsonl's ``seconds`` (training steps
+only); evaluation time is not counted.
+
+    VAELAB_DATA=/path/to/mnist python benchmarks/vae_vs_vem.py --budget 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab.checkpoint import load_model
+from vaelab.config import Config
+from vaelab.evaluate import evaluate_model
+from vaelab.train import load_data, read_metrics, train
+
+
+def measure(run_dir: Path, images: torch.Tensor, preprocess: str,
+            n_test: int) -> dict[str, Any]:
+    """Test ELBO and log p(x) (nats per image) of a run's checkpoint."""
+    model, config = load_model(run_dir)
+    r = evaluate_model(model, config, images, preprocess, n=n_test, k=100,
+                       progress=False, gap_n=0)
+    return {"elbo": r["elbo"], "log_px": r["log_px"]["value"],
+            "log_px_error": r["log_px"]["error"],
+            "log_px_ok": r["log_px"]["coverage"]["ok"]}
+
+
+def race(config: Config, out: Path, budget: float, n_test: int,
+         checkpoints: int, log: Any = print) -> list[dict[str, Any]]:
+    """Train epoch by epoch until ``budget`` seconds of training; measure
+    after the epochs that cross budget * 2^-j, j = checkpoints-1 .. 0."""
+    data = load_data(config.resolved())
+    marks = sorted(budget / 2 ** j for j in range(checkpoints))
+    rows: list[dict[str, Any]] = []
+    epoch, seconds = 0, 0.0
+    while seconds < budget:
+        epoch += 1
+        cfg = Config.from_dict({**config.to_dict(), "epochs": epoch})
+        train(cfg, out, resume=epoch > 1, dataset=data, progress=False,
+              log=lambda _: None)
+        seconds = sum(m["seconds"] for m in read_metrics(out))
+        if marks and (seconds >= marks[0] or seconds >= budget):
+            while marks and seconds >= marks[0]:
+                marks.pop(0)
+            t = time.perf_counter()
+            row = {"inference": config.inference, "epoch": epoch,
+                   "train_seconds": seconds,
+                   **measure(out, data.test.images, data.preprocess,
+                             n_test)}
+            row["eval_seconds"] = time.perf_counter() - t
+            rows.append(row)
+            log(f"{row['inference']:9s} epoch {epoch:3d}  "
+                f"{seconds:7.1f} s  test ELBO {row['elbo']:9.2f}  "
+                f"log p(x) {row['log_px']:9.2f}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=float, default=90.0,
+                        help="seconds of training for each method")
+    parser.add_argument("--n-test", type=int, default=500,
+                        help="test images measured")
+    parser.add_argument("--checkpoints", type=int, default=4,
+                        help="measurements per method (at budget/2^j)")
+    parser.add_argument("--e-steps", type=int, default=5)
+    parser.add_argument("--e-lr", type=float, default=0.5)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the two runs (default: temporary)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the rows to this file")
+    args = parser.parse_args()
+
+    base = {"data_dir": args.data_dir, "device": "cpu", "epochs": 1}
+    vae = Config.from_dict(base)
+    vem = Config.from_dict({**base, "inference": "vem",
+                            "e_steps": args.e_steps, "e_lr": args.e_lr})
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} "
+              f"threads; budget {args.budget:.0f} s of training each; "
+              f"{args.n_test} test images; vEM: e_steps {args.e_steps}, "
+              f"e_lr {args.e_lr}")
+        rows = []
+        for name, config in (("vae", vae), ("vem", vem)):
+            rows += race(config, root / name, args.budget, args.n_test,
+                         args.checkpoints)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print()
+    print(f"{'inference':10s}{'epoch':>6s}{'train s':>9s}"
+          f"{'test ELBO':>11s}{'log p(x)':>11s}")
+    for r in rows:
+        print(f"{r['inference']:10s}{r['epoch']:6d}{r['train_seconds']:9.1f}"
+              f"{r['elbo']:11.2f}{r['log_px']:11.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Evaluation: quadrature and IWAE against a closed form, the ordering
+ELBO <= IWAE_k <= log p(x) on a trained VAE, the inference gaps, the
+report's keys, and the CLI's error path.
+
+Statistical checks compare a mean over images with a tolerance of a few
+standard errors computed from the same per-image values; every draw comes
+from a fixed seed, so the tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import synthetic_dataset
+from torch import nn
+
+from vaelab import cli
+from vaelab.config import Config
+from vaelab.distributions import DiagGaussian, StandardNormal
+from vaelab.evaluate import (
+    EVALUATION,
+    evaluate_model,
+    inference_gaps,
+    iwae_dataset,
+    to_bpd,
+)
+from vaelab.model import build_model
+from vaelab.quadrature import SharedPoints, quadrature_log_px
+from vaelab.train import train
+
+
+class LinearGaussian(nn.Module):
+    """Probabilistic PCA with a 2-D latent: p(z) = N(0, I),
+    p(x|z) = N(W z + b, s I); log p(x) = log N(x; b, W W^T + s I).
+
+    Its q is the exact posterior's diagonal, moved by ``shift`` posterior
+    sds and widened by ``widen``: an imperfect proposal for IWAE.
+    """
+
+    def __init__(self, d: int = 6, s: float = 0.05, seed: int = 0,
+                 shift: float = 0.5, widen: float = 1.5) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        f64 = torch.float64
+        self.w = nn.Parameter(torch.randn(d, 2, generator=g, dtype=f64))
+        self.b = nn.Parameter(torch.randn(d, generator=g, dtype=f64))
+        self.s = s
+        self.prior = StandardNormal(2)
+        self.latent_dim = 2
+        self.shift, self.widen = shift, widen
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        mean = z @ self.w.T + self.b  # (S, B, D) or broadcast
+        d = x.shape[-1]
+        return -0.5 * (((x - mean) ** 2).sum(-1) / self.s
+                       + d * math.log(2 * math.pi * self.s))
+
+    def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
+        cov = self.w @ self.w.T + self.s * torch.eye(x.shape[-1],
+                                                     dtype=x.dtype)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x: torch.Tensor) -> DiagGaussian:
+        prec = self.w.T @ self.w / self.s + torch.eye(2, dtype=x.dtype)
+        cov = torch.linalg.inv(prec)
+        mean = (x - self.b) @ self.w @ cov.T / self.s
+        var = cov.diagonal().expand_as(mean)
+        return DiagGaussian(mean + self.shift * var.sqrt(),
+                            var * self.widen)
+
+    def sample_x(self, n: int, seed: int = 1) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        eps = torch.randn(n, self.b.shape[0], generator=g,
+                          dtype=torch.float64)
+        return (z @ self.w.T + self.b + math.sqrt(self.s) * eps).detach()
+
+
+@pytest.fixture(scope="module")
+def ppca() -> tuple[LinearGaussian, torch.Tensor, torch.Tensor]:
+    model = LinearGaussian()
+    x = model.sample_x(200)
+    with torch.no_grad():
+        exact = model.exact_log_px(x)
+    return model, x, exact
+
+
+def test_quadrature_matches_closed_form(ppca) -> None:
+    model, x, exact = ppca
+    with torch.no_grad():
+        q = model.posterior(x)
+    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    assert bool(quad.covered.all())
+    # Within its stated error, image by image (plus float64 round-off).
+    gap = (quad.log_px - exact).abs()
+    assert bool((gap <= quad.error + 1e-9).all()), float(gap.max())
+    assert float(quad.error.max()) < 0.05
+
+
+def test_quadrature_posterior_moments(ppca) -> None:
+    model, x, _ = ppca
+    with torch.no_grad():
+        q = model.posterior(x)
+    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    prec = model.w.T @ model.w / model.s + torch.eye(2, dtype=x.dtype)
+    cov = torch.linalg.inv(prec).detach()
+    mean = ((x - model.b) @ model.w @ cov.T / model.s).detach()
+    assert torch.allclose(quad.mean, mean, atol=1e-4)
+    assert torch.allclose(quad.cov, cov.expand_as(quad.cov), atol=1e-5)
+
+
+def test_iwae_matches_closed_form_within_its_se(ppca) -> None:
+    model, x, exact = ppca
+    with torch.no_grad():
+        q = model.posterior(x)
+    g = torch.Generator().manual_seed(0)
+    terms = iwae_dataset(model, x, q, k=1000, generator=g)
+    diff = terms.iwae - exact  # independent across images
+    se = float(diff.std() / math.sqrt(diff.numel()))
+    # E[IWAE_k] <= log p(x): the mean difference is at most a little
+    # below zero (bias ~ var / 2k) and never significantly above it.
+    assert abs(float(diff.mean())) <= 4.0 * se + 1e-3
+    # The delta-method variance predicts the spread of the differences.
+    predicted = float(terms.var.mean())
+    assert 0.25 * predicted <= float(diff.var()) <= 4.0 * predicted
+    # And the ELBO is below it, by a clear margin for this proposal.
+    assert float((terms.elbo - exact).mean()) < -4.0 * se
+
+
+def test_shared_points_fast_paths_match_direct() -> None:
+    for likelihood in ("gaussian", "bernoulli"):
+        config = Config(hidden=32, likelihood=likelihood,
+                        preprocess="binarize" if likelihood == "bernoulli"
+                        else "dequantize").resolved()
+        torch.manual_seed(0)
+        model = build_model(config)
+        x = torch.rand(7, 784)
+        if likelihood == "bernoulli":
+            x = (x > 0.5).float()
+        z = torch.randn(11, 2)
+        with torch.no_grad():
+            fast = SharedPoints(model, z).log_lik(x)
+            direct = model.log_likelihood(x, z[:, None, :]).T
+        assert fast.shape == (7, 11)
+        assert torch.allclose(fast, direct, rtol=1e-5, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A small VAE trained a few epochs on synthetic digits."""
+    ds = synthetic_dataset(n_train=2000, n_val=100, n_test=200)
+    out = tmp_path_factory.mktemp("run")
+    config = Config(hidden=64, epochs=10, device="cpu", seed=0)
+    train(config, out, dataset=ds, progress=False)
+    from vaelab.checkpoint import load_model
+
+    model, config = load_model(out)
+    g = torch.Generator().manual_seed(5)
+    from vaelab.data import dequantize
+
+    x = dequantize(ds.test.images, g)
+    return model, config, x, ds, out
+
+
+def test_elbo_below_iwae_below_log_px(trained) -> None:
+    model, _, x, _, _ = trained
+    x = x[:100]
+    with torch.no_grad():
+        q = model.posterior(x)
+    terms = iwae_dataset(model, x, q, k=200,
+                         generator=torch.Generator().manual_seed(1))
+    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    assert bool(quad.covered.all())
+
+    def mean_se(v: torch.Tensor) -> tuple[float, float]:
+        return float(v.mean()), float(v.std() / math.sqrt(v.numel()))
+
+    m, se = mean_se(terms.iwae - terms.elbo)
+    assert m >= -3.0 * se
+    m, se = mean_se(quad.log_px - terms.iwae)
+    assert m >= -3.0 * se - float(quad.error.mean())
+    # Image by image too, allowing each IWAE its own Monte Carlo error.
+    slack = 5.0 * terms.var.sqrt() + quad.error + 1e-6
+    assert bool((terms.iwae <= quad.log_px + slack).all())
+
+
+def test_iwae_rises_with_k(trained) -> None:
+    model, _, x, _, _ = trained
+    x = x[:100]
+    with torch.no_grad():
+        q = model.posterior(x)
+    means = []
+    prev = None
+    for k in (1, 10, 100):
+        t = iwae_dataset(model, x, q, k=k,
+                         generator=torch.Generator().manual_seed(k))
+        if prev is not None:
+            d = t.iwae - prev
+            se = float(d.std() / math.sqrt(d.numel()))
+            assert float(d.mean()) > 2.0 * se
+        prev = t.iwae
+        means.append(float(t.iwae.mean()))
+    assert means == sorted(means)
+
+
+def test_optimized_q_beats_the_encoder(trained) -> None:
+    model, _, x, _, _ = trained
+    x = x[:60]
+    with torch.no_grad():
+        q = model.posterior(x)
+    enc, opt = inference_gaps(model, x, q, steps=40, eval_samples=128)
+    d = opt - enc
+    se = float(d.std() / math.sqrt(d.numel()))
+    # Per image the better q is kept, so the gap is >= 0 up to the noise
+    # of the reporting draws (common to both, hence small).
+    assert float(d.mean()) >= -3.0 * se
+    assert float(d.min()) > -1.0
+    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    # No ELBO exceeds log p(x) beyond Monte Carlo noise.
+    assert float((opt - quad.log_px).mean()) <= 0.05
+
+
+def test_evaluate_model_keys_and_file(trained) -> None:
+    model, config, _, ds, out = trained
+    result = evaluate_model(
+        model, config, ds.test.images, ds.preprocess, run_dir=out, n=50,
+        k=50, progress=False, gap_n=20, gap_steps=10,
+    )
+    assert result["n_images"] == 50
+    assert set(result["iwae"]) >= {"value", "se", "k", "mc_se"}
+    assert result["iwae"]["k"] == 50
+    assert set(result["log_px"]) >= {"value", "error", "coverage"}
+    assert set(result["gaps"]) >= {
+        "encoder_elbo", "optimized_elbo", "log_px", "amortization_gap",
+        "approximation_gap",
+    }
+    g = result["gaps"]
+    assert g["amortization_gap"] == pytest.approx(
+        g["optimized_elbo"] - g["encoder_elbo"])
+    assert g["approximation_gap"] == pytest.approx(
+        g["log_px"] - g["optimized_elbo"])
+    assert result["elbo"] <= result["iwae"]["value"] + 1.0
+    assert result["bpd"]["log_px"] == pytest.approx(
+        to_bpd(result["log_px"]["value"], 784, "dequantize"))
+    stored = json.loads((out / EVALUATION).read_text())
+    assert stored["elbo"] == pytest.approx(result["elbo"])
+    # Same seeds, same numbers.
+    again = evaluate_model(
+        model, config, ds.test.images, ds.preprocess, n=50, k=50,
+        progress=False, gap_n=20, gap_steps=10,
+    )
+    assert again["iwae"]["value"] == result["iwae"]["value"]
+    assert again["log_px"]["value"] == result["log_px"]["value"]
+
+
+def test_bpd_conversion() -> None:
+    # A density of 1 on [0, 1]^D is 8 bits per 8-bit pixel.
+    assert to_bpd(0.0, 784, "dequantize") == pytest.approx(8.0)
+    assert to_bpd(-784 * math.log(2.0), 784, "binarize") == pytest.approx(1)
+    assert to_bpd(100.0, 784, "scale") is None
+
+
+def test_cli_missing_run_dir(tmp_path, capsys) -> None:
+    code = cli.main(["evaluate", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("vaelab: error:") and err.count("\n") == 1
+    assert "nowhere" in err
+
+
+def test_cli_bad_k(tmp_path, capsys) -> None:
+    code = cli.main(["evaluate", str(tmp_path), "--k", "0"])
+    assert code == 2
+    assert "--k" in capsys.readouterr().err
