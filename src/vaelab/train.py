@@ -161,6 +161,50 @@ def open_run(
                    generator, elapsed, tensors)
 
 
+def check_epoch(
+    means: torch.Tensor, tensors: Any, epoch: int, run_dir: Path,
+    hint: str,
+) -> list[float]:
+    """The epoch's mean (ELBO, log_lik, KL) as floats, or TrainingDiverged
+    if they or any of ``tensors`` are not finite; called before the epoch's
+    checkpoint is written, so the previous one stays intact."""
+    terms = means.tolist()
+    finite = all(math.isfinite(v) for v in terms) and all(
+        bool(torch.isfinite(t).all()) for t in tensors
+    )
+    if not finite:
+        raise TrainingDiverged(
+            f"the ELBO became NaN or infinite in epoch {epoch}; stopped. "
+            f"The checkpoint of epoch {epoch - 1} in {run_dir} is "
+            f"intact; {hint}"
+        )
+    return terms
+
+
+def epoch_record(
+    epoch: int, train_terms: list[float], val: dict[str, float],
+    seconds: float, n: int,
+) -> dict[str, Any]:
+    """One metrics.jsonl line (nats per image); val may be empty."""
+    return {
+        "epoch": epoch,
+        "train_elbo": train_terms[0],
+        "train_log_lik": train_terms[1],
+        "train_kl": train_terms[2],
+        "val_elbo": val.get("elbo"),
+        "val_log_lik": val.get("log_lik"),
+        "val_kl": val.get("kl"),
+        "seconds": seconds,
+        "images_per_second": n / seconds,
+    }
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's line, after its checkpoint has landed."""
+    with open(run_dir / ckpt.METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def train(
     config: Config,
     out_dir: str | Path,
@@ -229,40 +273,22 @@ def train(
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         bar.close()
-        train_terms = (sums / n).tolist()
-        finite = all(math.isfinite(v) for v in train_terms) and all(
-            torch.isfinite(p).all() for p in model.parameters()
-        )
-        if not finite:
-            raise TrainingDiverged(
-                f"the ELBO became NaN or infinite in epoch {epoch}; stopped. "
-                f"The checkpoint of epoch {epoch - 1} in {run_dir} is "
-                "intact; try a smaller --lr"
-            )
+        train_terms = check_epoch(sums / n, model.parameters(), epoch,
+                                  run_dir, "try a smaller --lr")
         elapsed += seconds
         model.eval()
-        val = average_elbo(model, x_val, dequantized=dequantized,
-                           seed=EVAL_SEED)
-        record = {
-            "epoch": epoch,
-            "train_elbo": train_terms[0],
-            "train_log_lik": train_terms[1],
-            "train_kl": train_terms[2],
-            "val_elbo": val["elbo"] if x_val.shape[0] else None,
-            "val_log_lik": val["log_lik"] if x_val.shape[0] else None,
-            "val_kl": val["kl"] if x_val.shape[0] else None,
-            "seconds": seconds,
-            "images_per_second": n / seconds,
-        }
+        val = (average_elbo(model, x_val, dequantized=dequantized,
+                            seed=EVAL_SEED) if x_val.shape[0] else {})
+        record = epoch_record(epoch, train_terms, val, seconds, n)
         ckpt.save_checkpoint(run_dir, model, optimizer, generator, epoch,
                              config, {"train_seconds": elapsed})
-        with open(run_dir / ckpt.METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(run_dir, record)
         if progress:
             log(
                 f"epoch {epoch}/{config.epochs}: train ELBO "
                 f"{record['train_elbo']:.2f}, val ELBO "
-                f"{val['elbo']:.2f} nats/image ({seconds:.1f} s, "
+                f"{val.get('elbo', float('nan')):.2f} nats/image "
+                f"({seconds:.1f} s, "
                 f"{n / seconds:,.0f} img/s)"
             )
 

@@ -25,7 +25,6 @@ the untrained initial one: use ``vaelab.inference.posterior`` for q).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 from vaelab import checkpoint as ckpt
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize
-from vaelab.errors import ConfigError, TrainingDiverged
+from vaelab.errors import ConfigError
 from vaelab.inference import (
     elbo_of,
     fit_posterior,
@@ -49,7 +48,14 @@ from vaelab.inference import (
     split_params,
     vem_test_steps,
 )
-from vaelab.train import EVAL_SEED, open_run, read_metrics
+from vaelab.train import (
+    EVAL_SEED,
+    append_metrics,
+    check_epoch,
+    epoch_record,
+    open_run,
+    read_metrics,
+)
 
 LAMBDA_KEYS = ("vem.train_loc", "vem.train_log_spread", "vem.val_loc",
                "vem.val_log_spread")
@@ -263,37 +269,19 @@ def train_vem(
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         bar.close()
-        train_terms = (sums / n).tolist()
-        finite = all(math.isfinite(v) for v in train_terms) and all(
-            torch.isfinite(p).all() for p in model.parameters()
-        ) and bool(torch.isfinite(train_lam.loc).all())
-        if not finite:
-            raise TrainingDiverged(
-                f"the ELBO became NaN or infinite in epoch {epoch}; stopped. "
-                f"The checkpoint of epoch {epoch - 1} in {run_dir} is "
-                "intact; try a smaller --lr or --e-lr"
-            )
+        train_terms = check_epoch(
+            sums / n, [*model.parameters(), train_lam.loc], epoch, run_dir,
+            "try a smaller --lr or --e-lr")
         elapsed += seconds
         model.eval()
         has_val = x_val.shape[0] > 0
         val = (_e_step_split(model, x_val, val_lam, config, dequantized)
                if has_val else {})
-        record = {
-            "epoch": epoch,
-            "train_elbo": train_terms[0],
-            "train_log_lik": train_terms[1],
-            "train_kl": train_terms[2],
-            "val_elbo": val.get("elbo"),
-            "val_log_lik": val.get("log_lik"),
-            "val_kl": val.get("kl"),
-            "seconds": seconds,
-            "images_per_second": n / seconds,
-        }
+        record = epoch_record(epoch, train_terms, val, seconds, n)
         save_vem_checkpoint(run_dir, model, optimizer, generator, epoch,
                             config, {"train_seconds": elapsed},
                             train_lam, val_lam)
-        with open(run_dir / ckpt.METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(run_dir, record)
         if progress:
             val_text = f"{val['elbo']:.2f}" if has_val else "-"
             log(
