@@ -15,7 +15,8 @@ training, and at a few points along the way measures on the first
   on the inference at all: it scores the generative model alone.
 
 Training time is the sum of metrics.jsonl's ``seconds`` (training steps
-only); evaluation time is not counted.
+only); evaluation time is not counted. The two runs advance in turns,
+whichever has trained less so far, so that both see the same machine.
 
     VAELAB_DATA=/path/to/mnist python benchmarks/vae_vs_vem.py --budget 90
 """
@@ -23,7 +24,9 @@ only); evaluation time is not counted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +36,7 @@ import torch
 
 from vaelab.checkpoint import load_model
 from vaelab.config import Config
+from vaelab.data import Split
 from vaelab.evaluate import evaluate_model
 from vaelab.train import load_data, read_metrics, train
 
@@ -48,34 +52,52 @@ def measure(run_dir: Path, images: torch.Tensor, preprocess: str,
             "log_px_ok": r["log_px"]["coverage"]["ok"]}
 
 
-def race(config: Config, out: Path, budget: float, n_test: int,
-         checkpoints: int, log: Any = print) -> list[dict[str, Any]]:
-    """Train epoch by epoch until ``budget`` seconds of training; measure
-    after the epochs that cross budget * 2^-j, j = checkpoints-1 .. 0."""
-    data = load_data(config.resolved())
-    marks = sorted(budget / 2 ** j for j in range(checkpoints))
+def race(configs: dict[str, Config], root: Path, budget: float,
+         n_test: int, checkpoints: int,
+         log: Any = print) -> list[dict[str, Any]]:
+    """Train every config epoch by epoch until each has ``budget`` seconds
+    of training, always advancing the one with the least so far: the
+    runs interleave, so a machine that gets busier or quieter mid-way
+    (other jobs) slows them alike. Measure each after the epochs that
+    cross budget * 2^-j, j = checkpoints-1 .. 0."""
+    first = next(iter(configs.values())).resolved()
+    data = load_data(first)
+    # Only the measured test images: train() scores its test split after
+    # every call, and for vEM that is an E-step per image.
+    data = dataclasses.replace(data, test=Split(
+        data.test.images[:n_test], data.test.labels[:n_test]))
+    state = {name: {"epoch": 0, "seconds": 0.0,
+                    "marks": sorted(budget / 2 ** j
+                                    for j in range(checkpoints))}
+             for name in configs}
     rows: list[dict[str, Any]] = []
-    epoch, seconds = 0, 0.0
-    while seconds < budget:
-        epoch += 1
-        cfg = Config.from_dict({**config.to_dict(), "epochs": epoch})
-        train(cfg, out, resume=epoch > 1, dataset=data, progress=False,
-              log=lambda _: None)
-        seconds = sum(m["seconds"] for m in read_metrics(out))
-        if marks and (seconds >= marks[0] or seconds >= budget):
-            while marks and seconds >= marks[0]:
-                marks.pop(0)
+    while True:
+        todo = [n for n in configs if state[n]["seconds"] < budget]
+        if not todo:
+            return rows
+        name = min(todo, key=lambda n: state[n]["seconds"])
+        st, out = state[name], root / name
+        st["epoch"] += 1
+        cfg = Config.from_dict({**configs[name].to_dict(),
+                                "epochs": st["epoch"]})
+        train(cfg, out, resume=st["epoch"] > 1, dataset=data,
+              progress=False, log=lambda _: None)
+        st["seconds"] = sum(m["seconds"] for m in read_metrics(out))
+        if st["seconds"] >= st["marks"][0]:
+            while st["marks"] and st["seconds"] >= st["marks"][0]:
+                st["marks"].pop(0)
+            st["marks"] = st["marks"] or [math.inf]
             t = time.perf_counter()
-            row = {"inference": config.inference, "epoch": epoch,
-                   "train_seconds": seconds,
+            row = {"inference": cfg.inference, "epoch": st["epoch"],
+                   "train_seconds": st["seconds"],
                    **measure(out, data.test.images, data.preprocess,
                              n_test)}
             row["eval_seconds"] = time.perf_counter() - t
             rows.append(row)
-            log(f"{row['inference']:9s} epoch {epoch:3d}  "
-                f"{seconds:7.1f} s  test ELBO {row['elbo']:9.2f}  "
-                f"log p(x) {row['log_px']:9.2f}")
-    return rows
+            log(f"{row['inference']:9s} epoch {row['epoch']:3d}  "
+                f"{row['train_seconds']:7.1f} s  test ELBO "
+                f"{row['elbo']:9.2f}  log p(x) {row['log_px']:9.2f}",
+                flush=True)
 
 
 def main() -> None:
@@ -91,6 +113,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the two runs (default: temporary)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the rows to this file")
     args = parser.parse_args()
@@ -99,16 +123,17 @@ def main() -> None:
     vae = Config.from_dict(base)
     vem = Config.from_dict({**base, "inference": "vem",
                             "e_steps": args.e_steps, "e_lr": args.e_lr})
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} "
               f"threads; budget {args.budget:.0f} s of training each; "
               f"{args.n_test} test images; vEM: e_steps {args.e_steps}, "
-              f"e_lr {args.e_lr}")
-        rows = []
-        for name, config in (("vae", vae), ("vem", vem)):
-            rows += race(config, root / name, args.budget, args.n_test,
-                         args.checkpoints)
+              f"e_lr {args.e_lr}", flush=True)
+        rows = race({"vae": vae, "vem": vem}, root, args.budget,
+                    args.n_test, args.checkpoints)
+    rows.sort(key=lambda r: (r["inference"], r["epoch"]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print()
