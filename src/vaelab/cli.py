@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--data-dir", default=None, metavar="DIR")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="MNIST folder (default: the run's, $VAELAB_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
     return parser

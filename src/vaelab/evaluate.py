@@ -522,6 +522,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"gaps on {gaps['n_images']:,} images (log p(x): "
             f"{result['gaps_log_px_method']}):"
         )
+        if result["inference"] == "vem":
+            lines.append("  (vEM: the 'encoder' is the test-time E-step "
+                         "from the prior)")
         for key in ("encoder_elbo", "optimized_elbo", "log_px",
                     "amortization_gap", "approximation_gap"):
             lines.append(f"  {key:22s}{gaps[key]:12.2f}")
