@@ -126,17 +126,29 @@ def encode_means(
     x = torch.as_tensor(_numpy(images), dtype=torch.float32)
     device = _device(model)
     out = [
-        model.infer(x[i:i + batch_size].to(device))[0].cpu()
+        _posterior_mean(model, x[i:i + batch_size].to(device)).cpu()
         for i in range(0, x.shape[0], batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _posterior_mean(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # A vEM run has no trained encoder: its q comes from the test-time
+    # E-step, as in evaluation.
+    config = getattr(model, "config", None)
+    if config is not None and config.inference == "vem":
+        from vaelab.inference import posterior
+
+        with torch.enable_grad():
+            return posterior(model, config, x).mean.detach()
+    return model.infer(x)[0]
 
 
 @torch.no_grad()
 def reconstruct(model: torch.nn.Module, images: Any) -> np.ndarray:
     """f(mu(x), w): the mean image decoded at the posterior mean, (N, 784)."""
     x = torch.as_tensor(_numpy(images), dtype=torch.float32)
-    mean, _ = model.infer(x.to(_device(model)))
+    mean = _posterior_mean(model, x.to(_device(model)))
     return model.generate(mean).cpu().numpy()
 
 
