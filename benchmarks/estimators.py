@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from vaelab.config import Config
-from vaelab.data import Split, dequantize
+from vaelab.data import Split, dequantize, load_data
 from vaelab.objectives import compute_elbo, exact_log_marginal
-from vaelab.train import load_data, make_optimizer, train
+from vaelab.train import make_optimizer, train
 
 ESTIMATORS = ("enumerate", "gumbel", "straight-through", "reinforce")
 
@@ -258,7 +258,7 @@ def main() -> None:
         cfg = config_for(config, est)
         with tempfile.TemporaryDirectory() as tmp:
             res = train(cfg, tmp, dataset=data, progress=False)
-            from vaelab.checkpoint import load_model
+            from vaelab.runfolder import load_model
 
             model, _ = load_model(tmp)
         m = test_metrics(model, data.test.images, data.test.labels,

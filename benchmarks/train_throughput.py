@@ -20,7 +20,8 @@ import time
 import torch
 
 from vaelab.config import Config
-from vaelab.train import load_data, train
+from vaelab.data import load_data
+from vaelab.train import train
 
 
 def matmul_bound(
@@ -84,7 +85,7 @@ def main() -> None:
         bound_before = matmul_bound(n, config.batch_size)
         train(config, out, dataset=data, progress=False, log=lambda s: None)
         bound_after = matmul_bound(n, config.batch_size)
-        from vaelab.train import read_metrics
+        from vaelab.runfolder import read_metrics
 
         seconds = [m["seconds"] for m in read_metrics(out)]
     bound = min(bound_before, bound_after)

@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from vaelab.checkpoint import load_model
 from vaelab.config import Config
-from vaelab.data import Split
+from vaelab.data import Split, load_data
 from vaelab.evaluate import evaluate_model
-from vaelab.train import load_data, read_metrics, train
+from vaelab.runfolder import load_model, read_metrics
+from vaelab.train import train
 
 
 def measure(run_dir: Path, images: torch.Tensor, preprocess: str,

@@ -155,7 +155,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("run")
     config = Config(hidden=64, epochs=10, device="cpu", seed=0)
     train(config, out, dataset=ds, progress=False)
-    from vaelab.checkpoint import load_model
+    from vaelab.runfolder import load_model
 
     model, config = load_model(out)
     g = torch.Generator().manual_seed(5)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.distributions import (
     Categorical,
@@ -29,8 +29,9 @@ from vaelab.model import (
     GaussianLikelihood,
     build_model,
 )
-from vaelab.objectives import average_elbo
-from vaelab.train import EVAL_SEED, read_metrics, train
+from vaelab.objectives import EVAL_SEED, average_elbo
+from vaelab.runfolder import read_metrics
+from vaelab.train import train
 
 Z = 5.0
 B, S = 4, 3
@@ -223,7 +224,7 @@ def test_new_models_train_save_and_reload(
     elbos = [m["train_elbo"] for m in metrics]
     assert all(math.isfinite(e) for e in elbos)
     assert elbos[-1] > elbos[0]
-    model, _ = ckpt.load_model(tmp_path)
+    model, _ = runfolder.load_model(tmp_path)
     again = average_elbo(model, data.test.images, dequantized=True,
                          seed=EVAL_SEED)
     assert again["elbo"] == pytest.approx(results["test"]["elbo"], rel=1e-5)

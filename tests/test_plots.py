@@ -12,10 +12,10 @@ import torch
 from helpers import synthetic_dataset
 
 from vaelab import plots
-from vaelab.checkpoint import load_model
 from vaelab.config import Config
 from vaelab.errors import VaelabError
 from vaelab.model import build_model
+from vaelab.runfolder import load_model
 from vaelab.train import train
 
 # The figures of a model with continuous latents.

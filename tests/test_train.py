@@ -16,18 +16,19 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab import train as train_module
 from vaelab.config import Config
 from vaelab.errors import ConfigError, TrainingDiverged
-from vaelab.train import read_metrics, train
+from vaelab.runfolder import read_metrics
+from vaelab.train import train
 
 TESTS = Path(__file__).parent
 SMALL = dict(hidden=64, batch_size=50, device="cpu")
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    _, tensors, _ = ckpt.read_checkpoint(run_dir)
+    _, tensors, _ = runfolder.read_checkpoint(run_dir)
     return tensors
 
 
@@ -138,7 +139,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    done = ckpt.read_checkpoint(kill)[0]
+    done = runfolder.read_checkpoint(kill)[0]
     assert 3 <= done < 400
     target = done + 1
     subprocess.run(_script(kill, target, True), check=True)
@@ -167,7 +168,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(
         train(Config(epochs=5, **SMALL), tmp_path, dataset=ds,
               progress=False)
     assert "\n" not in str(e.value)
-    epoch, tensors, _ = ckpt.read_checkpoint(tmp_path)
+    epoch, tensors, _ = runfolder.read_checkpoint(tmp_path)
     assert epoch == 2 and len(read_metrics(tmp_path)) == 2
     assert all(torch.isfinite(t.float()).all() for t in tensors.values())
 
@@ -199,9 +200,9 @@ def test_run_folder_records_config_versions_and_metrics(
 def test_checkpoint_round_trip_gives_the_same_model(tmp_path: Path) -> None:
     ds = synthetic_dataset(200, 50, 50)
     train(Config(epochs=1, **SMALL), tmp_path, dataset=ds, progress=False)
-    model, config = ckpt.load_model(tmp_path)
+    model, config = runfolder.load_model(tmp_path)
     assert config.hidden == 64 and not model.training
-    _, tensors, _ = ckpt.read_checkpoint(tmp_path)
+    _, tensors, _ = runfolder.read_checkpoint(tmp_path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, tensors["model." + k])
     x = ds.test.images[:5]

@@ -9,7 +9,6 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab.checkpoint import load_model
 from vaelab.config import Config
 from vaelab.data import dequantize
 from vaelab.distributions import DiagGaussian
@@ -22,7 +21,8 @@ from vaelab.inference import (
     prior_matched,
     vem_test_steps,
 )
-from vaelab.train import read_metrics, train
+from vaelab.runfolder import load_model, read_metrics
+from vaelab.train import train
 from vaelab.vem import LAMBDA_KEYS, heldout_elbo, load_lambdas
 
 VEM = dict(inference="vem", hidden=32, e_steps=3, e_lr=0.1, device="cpu",

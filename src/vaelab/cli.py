@@ -105,13 +105,13 @@ def config_from_args(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vaelab import checkpoint as ckpt
+    from vaelab import runfolder
     from vaelab.train import train
 
     out = Path(args.out)
     base = None
-    if args.resume and (out / ckpt.CONFIG).exists():
-        base = ckpt.read_json(out / ckpt.CONFIG)
+    if args.resume and (out / runfolder.CONFIG).exists():
+        base = runfolder.read_json(out / runfolder.CONFIG)
     config = config_from_args(args, base)
     results = train(config, out, resume=args.resume,
                     progress=not args.quiet)
@@ -128,8 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from vaelab.checkpoint import versions
     from vaelab.data import find_data
+    from vaelab.runfolder import versions
 
     for name in ("mnist", "fashion-mnist"):
         try:

@@ -12,20 +12,27 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
+
+import torch
 
 from vaelab.errors import ConfigError
 
-DATASETS = ("mnist", "fashion-mnist")
-LIKELIHOODS = ("gaussian", "bernoulli")
-VARIANCES = ("pixel", "shared", "fixed")
-PREPROCESS = ("auto", "scale", "dequantize", "binarize")
-OPTIMIZERS = ("adam", "adagrad")
-PRIORS = ("gaussian", "laplace")
-LATENTS = ("gaussian", "categorical")
-ESTIMATORS = ("gumbel", "straight-through", "reinforce", "enumerate")
-INFERENCE = ("amortized", "vem")
+# The choices of each option, as types: the CLI's ``choices``, the TOML
+# checks and ``Config.validate`` all read them from here.
+DatasetName = Literal["mnist", "fashion-mnist"]
+Likelihood = Literal["gaussian", "bernoulli"]
+Variance = Literal["pixel", "shared", "fixed"]
+Preprocess = Literal["auto", "scale", "dequantize", "binarize"]
+Optimizer = Literal["adam", "adagrad"]
+Prior = Literal["gaussian", "laplace"]
+Latent = Literal["gaussian", "categorical"]
+Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
+Inference = Literal["amortized", "vem"]
 DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
+# Largest number of codes K^M that enumeration sums over: each code costs
+# one decoder pass per minibatch (and a (K^M, B, D) tensor of residuals).
+ENUMERATE_LIMIT = 1024
 
 # Variance of the uniform dequantization noise, U(0, 1/256): no pixel of
 # dequantized data can have less, so it is the natural floor for Sigma.
@@ -37,31 +44,32 @@ class Config:
     """Everything that defines a run. Units: nats, pixels in [0, 1]."""
 
     # data
-    dataset: str = "mnist"
+    dataset: DatasetName = "mnist"
     data_dir: str | None = None
-    preprocess: str = "auto"
+    preprocess: Preprocess = "auto"
     val_size: int = 10_000
+    train_images: int | None = None
     # model: p(z) p(x|z) and q(z|x), as in the spec's Problem 2
     latent_dim: int = 2
     hidden: int = 512
     init_std: float = 0.1
-    likelihood: str = "gaussian"
-    variance: str = "pixel"
+    likelihood: Likelihood = "gaussian"
+    variance: Variance = "pixel"
     init_var: float = 0.1
     var_floor: float = DEQUANTIZATION_VARIANCE
-    prior: str = "gaussian"
+    prior: Prior = "gaussian"
     tau: float = 1.0
-    latent: str = "gaussian"
+    latent: Latent = "gaussian"
     groups: int = 1
     classes: int = 10
-    estimator: str = "gumbel"
+    estimator: Estimator = "gumbel"
     temperature: float = 1.0
     min_temperature: float = 0.5
     # training
-    inference: str = "amortized"
+    inference: Inference = "amortized"
     e_steps: int = 5
     e_lr: float = 1e-2
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     lr: float | None = None
     epochs: int = 20
     batch_size: int = 100
@@ -80,27 +88,25 @@ class Config:
         if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.device == "auto":
-            import torch
+
 
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         c.validate()
         return c
 
     def validate(self) -> None:
-        """Raise ConfigError with a one-line message for a bad value."""
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("preprocess", self.preprocess, PREPROCESS)
-        _choice("likelihood", self.likelihood, LIKELIHOODS)
-        _choice("variance", self.variance, VARIANCES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("prior", self.prior, PRIORS)
-        _choice("latent", self.latent, LATENTS)
-        _choice("estimator", self.estimator, ESTIMATORS)
-        _choice("inference", self.inference, INFERENCE)
+        """Raise ConfigError with a one-line message for a bad value or a
+        bad combination of values: every rule an option obeys is here, so
+        a run stops before anything is written."""
+        for name, choices in CHOICES.items():
+            _choice(name, getattr(self, name), choices)
         for name in ("latent_dim", "hidden", "epochs", "batch_size",
                      "n_samples", "groups", "classes", "e_steps"):
             _positive(name, getattr(self, name))
-        if not isinstance(self.val_size, int) or self.val_size < 0:
+        if self.train_images is not None:
+            _positive("train_images", self.train_images)
+        if (not isinstance(self.val_size, int)
+                or isinstance(self.val_size, bool) or self.val_size < 0):
             raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
         for name in ("init_std", "init_var", "tau", "temperature",
                      "min_temperature", "e_lr"):
@@ -108,10 +114,21 @@ class Config:
         if self.lr is not None:
             _positive("lr", self.lr, real=True)
         _positive("var_floor", self.var_floor, real=True, allow_zero=True)
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                or self.seed < 0):
             raise ConfigError(
                 f"seed must be an integer >= 0, got {self.seed!r}"
             )
+        if self.device not in ("auto", "cpu", "cuda") and not (
+            isinstance(self.device, str) and self.device.startswith("cuda:")
+            and self.device[5:].isdigit()
+        ):
+            raise ConfigError(
+                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+        self._validate_combinations()
+
+    def _validate_combinations(self) -> None:
         if self.likelihood == "bernoulli" and self.preprocess not in (
             "binarize", "auto"
         ):
@@ -125,13 +142,30 @@ class Config:
                 "a gaussian likelihood on binarized pixels is degenerate: "
                 "use --likelihood bernoulli"
             )
-        if self.device not in ("auto", "cpu", "cuda") and not (
-            self.device.startswith("cuda:")
-        ):
+        if self.likelihood == "gaussian" and self.init_var <= self.var_floor:
             raise ConfigError(
-                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+                f"init_var ({self.init_var:g}) must exceed var_floor "
+                f"({self.var_floor:g}), the smallest variance Sigma can take"
             )
-
+        if self.latent == "categorical":
+            if self.prior != "gaussian":
+                raise ConfigError(
+                    "--prior applies to continuous latents; the categorical "
+                    "latent has a uniform prior (leave --prior unset)"
+                )
+            n_codes = self.classes ** self.groups
+            if self.estimator == "enumerate" and n_codes > ENUMERATE_LIMIT:
+                raise ConfigError(
+                    f"--estimator enumerate sums over classes^groups = "
+                    f"{self.classes}^{self.groups} = {n_codes} codes; at "
+                    f"most {ENUMERATE_LIMIT} are allowed (use gumbel, "
+                    "straight-through or reinforce)"
+                )
+        if self.inference == "vem" and self.latent != "gaussian":
+            raise ConfigError(
+                "--inference vem fits a Gaussian or Laplace q per image; it "
+                "needs --latent gaussian"
+            )
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -148,6 +182,22 @@ class Config:
                 f"{', '.join(sorted(names - {'extra'}))}"
             )
         return cls(**values)
+
+
+def _choices_of(annotation: Any) -> tuple[str, ...] | None:
+    """The values of a Literal type annotation, or None."""
+    args = get_args(annotation)
+    if args and all(isinstance(a, str) for a in args):
+        return args
+    return None
+
+
+# Each option with a fixed set of values, and the values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    name: choices
+    for name, hint in get_type_hints(Config).items()
+    if (choices := _choices_of(hint)) is not None
+}
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ one-line ``DataError`` that names the file or the places searched.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
@@ -20,6 +21,7 @@ import numpy as np
 import platformdirs
 import torch
 
+from vaelab.config import Config
 from vaelab.errors import ConfigError, DataError
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -520,3 +522,22 @@ def _check_pair(
             f"{label_path}: label {int(labels.max())} is outside 0-"
             f"{N_CLASSES - 1}"
         )
+
+
+def first_training_images(dataset: Dataset, n: int | None) -> Dataset:
+    """``dataset`` with only its first ``n`` training images (all when n
+    is None or larger); validation and test splits unchanged."""
+    if n is None or n >= len(dataset.train):
+        return dataset
+    train = Split(dataset.train.images[:n], dataset.train.labels[:n])
+    return dataclasses.replace(dataset, train=train)
+
+
+def load_data(config: Config) -> Dataset:
+    """The dataset a resolved config names, preprocessed as it says, with
+    its ``train_images`` first training images."""
+    dataset = load_dataset(
+        config.dataset, config.data_dir, preprocess=config.preprocess,
+        val_size=config.val_size,
+    )
+    return first_training_images(dataset, config.train_images)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import dequantize
 from vaelab.distributions import Categorical, kl_divergence
@@ -285,10 +285,10 @@ def evaluate_run(
       ``timings`` (seconds per part), ``notes`` (list of warnings).
     """
     t_start = time.perf_counter()
-    from vaelab.train import load_data
+    from vaelab.data import load_data
 
     run_dir = Path(run_dir)
-    model, config = ckpt.load_model(run_dir, device)
+    model, config = runfolder.load_model(run_dir, device)
     if data_dir is not None:
         config.data_dir = data_dir
     dataset = load_data(config)
@@ -477,7 +477,7 @@ def evaluate_model(
         "seconds": time.perf_counter() - t_start,
     }
     if run_dir is not None:
-        ckpt.write_json(Path(run_dir) / EVALUATION, result)
+        runfolder.write_json(Path(run_dir) / EVALUATION, result)
     return result
 
 

@@ -27,8 +27,7 @@ from vaelab.distributions import (
     UniformCategorical,
     bernoulli_log_prob,
 )
-from vaelab.errors import ConfigError
-from vaelab.objectives import ENUMERATE_LIMIT, ElboTerms, compute_elbo
+from vaelab.objectives import ElboTerms, compute_elbo
 
 IMAGE_SIZE = 28
 DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
@@ -48,6 +47,8 @@ class GaussianLikelihood(nn.Module):
         floor: float = 0.0,
     ) -> None:
         super().__init__()
+        # Config.validate guarantees init_var > floor for configs; a
+        # direct caller gets a plain ValueError.
         if init_var <= floor:
             raise ValueError("init_var must exceed the variance floor")
         self.dim = dim
@@ -321,21 +322,8 @@ class CategoricalVAE(nn.Module):
 
 
 def build_model(config: Config) -> nn.Module:
-    """The model a config describes, freshly initialized: ``VAE``
-    (gaussian or laplace prior) or ``CategoricalVAE``."""
+    """The model a (validated) config describes, freshly initialized:
+    ``VAE`` (gaussian or laplace prior) or ``CategoricalVAE``."""
     if config.latent == "categorical":
-        if config.prior != "gaussian":
-            raise ConfigError(
-                "--prior applies to continuous latents; the categorical "
-                "latent has a uniform prior (leave --prior unset)"
-            )
-        n_codes = config.classes ** config.groups
-        if config.estimator == "enumerate" and n_codes > ENUMERATE_LIMIT:
-            raise ConfigError(
-                f"--estimator enumerate sums over classes^groups = "
-                f"{config.classes}^{config.groups} = {n_codes} codes; "
-                f"at most {ENUMERATE_LIMIT} are allowed (use gumbel, "
-                "straight-through or reinforce)"
-            )
         return CategoricalVAE(config)
     return VAE(config)

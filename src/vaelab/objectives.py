@@ -18,21 +18,27 @@ straight-through, REINFORCE with a baseline, or exact enumeration) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from vaelab.config import ENUMERATE_LIMIT
+from vaelab.data import dequantize
 from vaelab.distributions import (
     Categorical,
     UniformCategorical,
     kl_divergence,
 )
 
-# Largest number of codes K^M that enumeration sums over: each code costs
-# one decoder pass per minibatch (and a (K^M, B, D) tensor of residuals).
-ENUMERATE_LIMIT = 1024
+# Seed of the held-out ELBO's noise (dequantization, draws of z): every
+# epoch's validation ELBO sees the same noise, and training's stream is
+# never touched.
+EVAL_SEED = 12345
+# q for rows of a batch: (rows, x, generator) -> posterior over (B, ...).
+PosteriorOf = Callable[[slice, Tensor, "torch.Generator"], Any]
 
 
 class LatentVariableModel(Protocol):
@@ -66,6 +72,12 @@ class ElboTerms:
         """What training ascends: the surrogate if set, else the ELBO."""
         return self.elbo if self.surrogate is None else self.surrogate
 
+    def sums(self) -> Tensor:
+        """(sum of elbo, sum of log_lik, sum of kl) over the batch, (3,),
+        detached: what epoch and held-out averages accumulate."""
+        return torch.stack([self.elbo.sum(), self.log_lik.sum(),
+                            self.kl.sum()]).detach()
+
     def mean(self) -> dict[str, float]:
         """Batch averages as plain floats (nats per image)."""
         return {
@@ -80,17 +92,23 @@ def compute_elbo(
     x: Tensor,
     n_samples: int = 1,
     generator: torch.Generator | None = None,
+    q: Any = None,
 ) -> ElboTerms:
     """Monte Carlo ELBO of each image in the minibatch ``x`` (B, D), in nats
     per image (docs/derivations.md, eq. (1a.2); its autodiff gradients are
     eqs. (1b.1) and (1d.2)).
+
+    ``q``: the posterior over (B, ...) to use instead of the encoder's
+    ``model.posterior(x)`` (variational EM and per-image fits score their
+    own q with the same estimator).
 
     Continuous posteriors (Gaussian, Laplace): ``n_samples`` reparameterized
     draws per image and the closed-form KL where one exists (else a Monte
     Carlo KL from the same draws). Categorical posteriors: see
     ``categorical_elbo``.
     """
-    q = model.posterior(x)  # q(z_n; g(x_n, phi))
+    if q is None:
+        q = model.posterior(x)  # q(z_n; g(x_n, phi))
     if isinstance(q, Categorical):
         return categorical_elbo(model, q, x, n_samples, generator)
     z = q.rsample(n_samples, generator)  # (S, B, P), differentiable in phi
@@ -212,7 +230,6 @@ def dataset_elbo(terms: ElboTerms, n_data: int) -> Tensor:
     return terms.elbo.sum() * (n_data / terms.elbo.shape[0])
 
 
-@torch.no_grad()
 def average_elbo(
     model: LatentVariableModel,
     images: Tensor,
@@ -220,16 +237,19 @@ def average_elbo(
     dequantized: bool = False,
     n_samples: int = 1,
     batch_size: int = 1000,
-    seed: int = 0,
+    seed: int = EVAL_SEED,
+    posterior: PosteriorOf | None = None,
 ) -> dict[str, float]:
     """Mean ELBO, log-likelihood and KL over ``images`` (N, D), in nats per
-    image, with a fixed-seed generator so that repeated calls agree.
+    image: the held-out ELBO of every kind of inference. A fixed-seed
+    generator makes repeated calls agree.
 
     ``dequantized``: add fresh U(0, 1/256) noise to each pixel first, as for
-    training on dequantized data.
+    training on dequantized data. ``posterior(rows, x, generator)``: q for
+    the images ``rows`` (a slice of ``images``), given them as ``x`` after
+    dequantization; default the encoder's q(z | x). Variational EM passes
+    its stored or freshly fitted per-image q here.
     """
-    from vaelab.data import dequantize
-
     n = images.shape[0]
     if n == 0:
         return {"elbo": float("nan"), "log_lik": float("nan"),
@@ -238,12 +258,12 @@ def average_elbo(
     g.manual_seed(seed)
     total = torch.zeros(3, dtype=torch.float64, device=images.device)
     for i in range(0, n, batch_size):
-        x = images[i:i + batch_size]
+        rows = slice(i, i + batch_size)
+        x = images[rows]
         if dequantized:
             x = dequantize(x, g)
-        t = compute_elbo(model, x, n_samples, g)
-        total += torch.stack(
-            [t.elbo.sum(), t.log_lik.sum(), t.kl.sum()]
-        ).double()
+        q = None if posterior is None else posterior(rows, x, g)
+        with torch.no_grad():
+            total += compute_elbo(model, x, n_samples, g, q=q).sums().double()
     elbo, log_lik, kl = (total / n).tolist()
     return {"elbo": elbo, "log_lik": log_lik, "kl": kl}

@@ -702,8 +702,8 @@ def make_figures(
     the run's config, or ``data_dir``, when None). ``noise``: also
     samples_noise.png; ``manifold``: "range", "quantiles" or "both".
     """
-    from vaelab.checkpoint import load_model
-    from vaelab.train import load_data, read_metrics
+    from vaelab.data import load_data
+    from vaelab.runfolder import load_model, read_metrics
 
     if manifold not in MANIFOLD_CHOICES:
         raise VaelabError(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab.errors import VaelabError
 from vaelab.plots import CAPTIONS, FIGURES
 
@@ -34,7 +34,7 @@ DATA_NAMES = {
 
 
 def _read_optional(path: Path) -> Any:
-    return ckpt.read_json(path) if path.exists() else None
+    return runfolder.read_json(path) if path.exists() else None
 
 
 def _data_key(record: dict[str, Any]) -> str:
@@ -45,17 +45,15 @@ def _data_key(record: dict[str, Any]) -> str:
 
 def collect(out_dir: Path, name: str, title: str) -> dict[str, Any]:
     """Everything known about one model of the run, as plain data."""
-    from vaelab.train import read_metrics
-
     run_dir = out_dir / name
-    results = ckpt.read_json(run_dir / ckpt.RESULTS)
+    results = runfolder.read_json(run_dir / runfolder.RESULTS)
     listed = _read_optional(run_dir / "figures.json") or []
     return {
         "name": name,
         "title": title,
         "run_dir": name,
-        "config": ckpt.read_json(run_dir / ckpt.CONFIG),
-        "epochs": results.get("epochs", len(read_metrics(run_dir))),
+        "config": runfolder.read_json(run_dir / runfolder.CONFIG),
+        "epochs": results.get("epochs", len(runfolder.read_metrics(run_dir))),
         "train_seconds": results.get("train_seconds"),
         "results": {s: results[s] for s in SPLITS if s in results},
         "evaluation": _read_optional(run_dir / EVALUATION),
@@ -430,7 +428,7 @@ def write_report(
     summary = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": command,
-        "versions": ckpt.versions(),
+        "versions": runfolder.versions(),
         "units": "nats per image",
         "notes": list(notes),
         "seconds": seconds,
@@ -438,10 +436,10 @@ def write_report(
         "models": records,
     }
     report = out_dir / "report.html"
-    ckpt.atomic_write_bytes(
+    runfolder.atomic_write_bytes(
         report, render_html(out_dir, summary, real_digits).encode("utf-8")
     )
-    ckpt.write_json(out_dir / "summary.json", summary)
+    runfolder.write_json(out_dir / "summary.json", summary)
     return report, summary
 
 

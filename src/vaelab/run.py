@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset, Split
 from vaelab.errors import ConfigError, VaelabError
@@ -165,9 +165,9 @@ def _subset(dataset: Dataset, n: int | None) -> Dataset:
 def _finished(run_dir: Path, config: Config) -> bool:
     """True when ``run_dir`` holds this config's finished run; False when
     it holds nothing or an unfinished one; an error for another config."""
-    if not (run_dir / ckpt.CHECKPOINT).exists():
+    if not (run_dir / runfolder.CHECKPOINT).exists():
         return False
-    stored = ckpt.load_config(run_dir).to_dict()
+    stored = runfolder.load_config(run_dir).to_dict()
     wanted = config.to_dict()
     diff = sorted(
         k for k, v in wanted.items()
@@ -180,9 +180,9 @@ def _finished(run_dir: Path, config: Config) -> bool:
                         for k in diff)
             + "); delete that folder or choose another --out"
         )
-    epoch, _, _ = ckpt.read_checkpoint(run_dir)
+    epoch, _, _ = runfolder.read_checkpoint(run_dir)
     # More epochs than asked (the zoo was shortened) is finished too.
-    return (run_dir / ckpt.RESULTS).exists() and epoch >= config.epochs
+    return (run_dir / runfolder.RESULTS).exists() and epoch >= config.epochs
 
 
 def _newer(path: Path, than: Path) -> bool:
@@ -232,9 +232,10 @@ def run_zoo(
     the dataset of a config (default ``vaelab.train.load_data``; tests
     pass synthetic data). Returns the summary.
     """
+    from vaelab.data import load_data
     from vaelab.plots import make_figures, real_digits_figure
     from vaelab.report import write_pdf, write_report
-    from vaelab.train import load_data, train
+    from vaelab.train import train
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -288,12 +289,12 @@ def run_zoo(
         if _finished(run_dir, config):
             log(f"{head}: trained already, reused")
         else:
-            resume = (run_dir / ckpt.CHECKPOINT).exists()
+            resume = (run_dir / runfolder.CHECKPOINT).exists()
             log(f"{head}: {'resuming' if resume else 'training'} "
                 f"{config.epochs} epochs on {len(data.train):,} images")
             train(config, run_dir, resume=resume, dataset=data,
                   progress=progress, log=log)
-        weights = run_dir / ckpt.CHECKPOINT
+        weights = run_dir / runfolder.CHECKPOINT
         figures = run_dir / FIGURE_LIST
         if replot or not _newer(figures, weights):
             log(f"{head}: drawing figures")
@@ -301,7 +302,7 @@ def run_zoo(
                 run_dir, run_dir, full, title=m.title,
                 device=config.device, log=log,
             )
-            ckpt.write_json(figures, [p.name for p in paths])
+            runfolder.write_json(figures, [p.name for p in paths])
         else:
             log(f"{head}: figures up to date")
         if evaluate is not None and not _newer(
@@ -326,7 +327,7 @@ def run_zoo(
     )
     # Every model of the zoo with a finished run in out_dir, in zoo order.
     done = [m for m in zoo.models
-            if (out / m.name / ckpt.RESULTS).exists()]
+            if (out / m.name / runfolder.RESULTS).exists()]
     notes = []
     if quick:
         n = zoo.quick_train_images

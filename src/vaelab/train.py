@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, load_dataset
 from vaelab.errors import ConfigError, TrainingDiverged
@@ -57,7 +57,7 @@ def load_data(config: Config) -> Dataset:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The per-epoch records of metrics.jsonl (empty if none)."""
-    path = Path(run_dir) / ckpt.METRICS
+    path = Path(run_dir) / runfolder.METRICS
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()
@@ -68,7 +68,7 @@ def _prepare_run_dir(
     config: Config, run_dir: Path, resume: bool
 ) -> int:
     """Check the folder against ``resume``; return the epoch to start from."""
-    has_ckpt = (run_dir / ckpt.CHECKPOINT).exists()
+    has_ckpt = (run_dir / runfolder.CHECKPOINT).exists()
     if has_ckpt and not resume:
         raise ConfigError(
             f"{run_dir} already holds a trained run; pass --resume to "
@@ -76,7 +76,7 @@ def _prepare_run_dir(
         )
     if not has_ckpt:
         return 0
-    stored = ckpt.load_config(run_dir)
+    stored = runfolder.load_config(run_dir)
     diff = [
         k for k, v in stored.to_dict().items()
         if k not in RESUMABLE_CHANGES and getattr(config, k) != v
@@ -87,7 +87,7 @@ def _prepare_run_dir(
             + ", ".join(f"{k} ({getattr(stored, k)!r} there, "
                         f"{getattr(config, k)!r} here)" for k in diff)
         )
-    epoch, _, _ = ckpt.read_checkpoint(run_dir)
+    epoch, _, _ = runfolder.read_checkpoint(run_dir)
     return epoch
 
 
@@ -96,8 +96,8 @@ def _truncate_metrics(run_dir: Path, epoch: int) -> None:
     # metrics line of an epoch whose checkpoint never landed, must not
     # leave records the checkpoint does not back.
     keep = [m for m in read_metrics(run_dir) if m["epoch"] <= epoch]
-    ckpt.atomic_write_bytes(
-        run_dir / ckpt.METRICS,
+    runfolder.atomic_write_bytes(
+        run_dir / runfolder.METRICS,
         "".join(json.dumps(m) + "\n" for m in keep).encode(),
     )
 
@@ -138,8 +138,8 @@ def open_run(
     if dataset is None:
         dataset = load_data(config)
 
-    ckpt.write_json(run_dir / ckpt.CONFIG, config.to_dict())
-    ckpt.record_session(run_dir, str(device), start_epoch)
+    runfolder.write_json(run_dir / runfolder.CONFIG, config.to_dict())
+    runfolder.record_session(run_dir, str(device), start_epoch)
     _truncate_metrics(run_dir, start_epoch)
 
     # Initialize on the CPU from the seed, so CPU and CUDA runs start equal,
@@ -153,8 +153,8 @@ def open_run(
     generator.manual_seed(config.seed)
     elapsed, tensors = 0.0, None
     if start_epoch > 0:
-        _, tensors, extra = ckpt.read_checkpoint(run_dir)
-        ckpt.restore(tensors, model, optimizer, generator)
+        _, tensors, extra = runfolder.read_checkpoint(run_dir)
+        runfolder.restore(tensors, model, optimizer, generator)
         elapsed = float(extra.get("train_seconds", 0.0))
         log(f"resuming {run_dir} after epoch {start_epoch}")
     return OpenRun(run_dir, start_epoch, device, dataset, model, optimizer,
@@ -201,7 +201,7 @@ def epoch_record(
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one epoch's line, after its checkpoint has landed."""
-    with open(run_dir / ckpt.METRICS, "a") as f:
+    with open(run_dir / runfolder.METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -280,7 +280,7 @@ def train(
         val = (average_elbo(model, x_val, dequantized=dequantized,
                             seed=EVAL_SEED) if x_val.shape[0] else {})
         record = epoch_record(epoch, train_terms, val, seconds, n)
-        ckpt.save_checkpoint(run_dir, model, optimizer, generator, epoch,
+        runfolder.save_checkpoint(run_dir, model, optimizer, generator, epoch,
                              config, {"train_seconds": elapsed})
         append_metrics(run_dir, record)
         if progress:
@@ -293,7 +293,7 @@ def train(
             )
 
     results = final_results(model, config, dataset, run_dir, elapsed)
-    ckpt.write_json(run_dir / ckpt.RESULTS, results)
+    runfolder.write_json(run_dir / runfolder.RESULTS, results)
     return results
 
 

@@ -18,7 +18,7 @@ either split has had e_steps * E iterations. Test images (results.json,
 ``vaelab evaluate``) are inferred from the prior with that same budget,
 ``vaelab.inference.vem_test_steps``. metrics.jsonl and results.json have
 the VAE's keys; the checkpoint is the VAE's plus the lambda tensors, so
-``vaelab.checkpoint.load_model`` gives the trained decoder (its encoder is
+``vaelab.runfolder.load_model`` gives the trained decoder (its encoder is
 the untrained initial one: use ``vaelab.inference.posterior`` for q).
 """
 
@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint as ckpt
+from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize
 from vaelab.errors import ConfigError
@@ -102,21 +102,21 @@ def save_vem_checkpoint(
                       strict=True):
         tensors[key] = t.detach().cpu().contiguous()
     meta = {
-        "format": ckpt.FORMAT,
+        "format": runfolder.FORMAT,
         "epoch": str(epoch),
         "config": json.dumps(config.to_dict()),
         "extra": json.dumps(extra),
     }
-    tmp = run_dir / (ckpt.CHECKPOINT + ".tmp")
+    tmp = run_dir / (runfolder.CHECKPOINT + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, run_dir / ckpt.CHECKPOINT)
+    os.replace(tmp, run_dir / runfolder.CHECKPOINT)
 
 
 def load_lambdas(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """The stored lambda tensors of a vEM run folder, by LAMBDA_KEYS."""
-    _, tensors, _ = ckpt.read_checkpoint(Path(run_dir))
+    _, tensors, _ = runfolder.read_checkpoint(Path(run_dir))
     return {k: tensors[k] for k in LAMBDA_KEYS if k in tensors}
 
 
@@ -308,5 +308,5 @@ def train_vem(
             model, config, dataset.test.images.to(device), dequantized,
             progress=progress,
         )
-    ckpt.write_json(run_dir / ckpt.RESULTS, results)
+    runfolder.write_json(run_dir / runfolder.RESULTS, results)
     return results

@@ -1,22 +1,29 @@
-"""Run folders: atomic safetensors checkpoints, config and environment.
+"""Run folders: every file a run writes, and the rules for reusing one.
 
 A run folder holds ``config.json`` (the resolved config),
 ``environment.json`` (versions and commands of every session),
 ``metrics.jsonl`` (one line per epoch), ``checkpoint.safetensors`` (model
-weights, optimizer state and RNG state, with the epoch in its metadata) and,
-when training has finished, ``results.json``.
+weights, optimizer state, RNG state and any extra state of the inference
+method, with the epoch in its metadata), ``results.json`` when training
+has finished, then ``evaluation.json`` and ``figures.json`` with the
+figures. Every file name is defined here and nowhere else; one process at
+a time may write a folder (``lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -31,7 +38,87 @@ CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
+EVALUATION = "evaluation.json"
+FIGURE_LIST = "figures.json"  # the figures made, written after them
+LOCK = ".lock"
+# Files of a zoo's output folder (beside the run folders).
+REPORT = "report.html"
+REPORT_PDF = "report.pdf"
+SUMMARY = "summary.json"
+REAL_DIGITS = "real_digits.png"
 FORMAT = "vaelab-checkpoint-1"
+# Options that may differ between a run folder's config and the config
+# that resumes or reuses it: they change where or how long it runs, not
+# what it computes.
+MAY_DIFFER = ("epochs", "device", "data_dir")
+
+
+@contextlib.contextmanager
+def lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock for the block, or raise VaelabError at once
+    if another process holds it (two terminals, one command run twice).
+
+    An advisory ``flock`` on ``folder/.lock``: the kernel releases it when
+    the process dies, SIGKILL included, so no stale lock survives a crash.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise VaelabError(
+                f"{folder} is in use by another vaelab process"
+                + (f" (pid {holder})" if holder else "")
+                + "; wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def config_differences(
+    stored: Config, wanted: Config, may_differ: Iterable[str] = MAY_DIFFER
+) -> list[str]:
+    """The options, other than ``may_differ``, whose values differ, each
+    as "name (X there, Y here)": the one rule for resuming a run and for
+    reusing a trained zoo model."""
+    allowed = set(may_differ)
+    theirs, ours = stored.to_dict(), wanted.to_dict()
+    return [
+        f"{k} ({theirs.get(k)!r} there, {v!r} here)"
+        for k, v in ours.items()
+        if k not in allowed and theirs.get(k) != v
+    ]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of metrics.jsonl (empty if none)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's line, after its checkpoint has landed."""
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run_dir: Path, epoch: int) -> None:
+    """Keep only the lines of epochs up to ``epoch``: a kill between the
+    checkpoint and its metrics line, or after a line whose checkpoint
+    never landed, must not leave records the checkpoint does not back."""
+    keep = [m for m in read_metrics(run_dir) if m["epoch"] <= epoch]
+    atomic_write_bytes(
+        Path(run_dir) / METRICS,
+        "".join(json.dumps(m) + "\n" for m in keep).encode(),
+    )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -60,8 +147,6 @@ def read_json(path: Path) -> Any:
 
 def versions() -> dict[str, str]:
     """Versions of everything that can change a number."""
-    import numpy
-
     return {
         "vaelab": __version__,
         "python": sys.version.split()[0],
@@ -96,8 +181,13 @@ def save_checkpoint(
     epoch: int,
     config: Config,
     extra: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write model, optimizer and RNG state for ``epoch``, atomically."""
+    """Write model, optimizer and RNG state for ``epoch``, atomically,
+    with ``state``: the inference method's own tensors (e.g. variational
+    EM's per-image parameters), under their keys, in the same file, so
+    that everything of one epoch lands together. ``extra``: JSON-able
+    numbers (seconds of training so far)."""
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -110,6 +200,10 @@ def save_checkpoint(
                 ).detach().cpu().contiguous()
     if generator is not None:
         tensors["rng.train"] = generator.get_state()
+    for key, value in (state or {}).items():
+        if key.split(".", 1)[0] in ("model", "optim", "rng"):
+            raise ValueError(f"state key {key!r} clashes with the model's")
+        tensors[key] = value.detach().cpu().contiguous()
     meta = {
         "format": FORMAT,
         "epoch": str(epoch),
