@@ -42,6 +42,61 @@ def test_bad_options_one_line_exit_2(
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("vaelab: error:")
     assert words in err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--init-var", "1e-7"], "init_var"),
+        (["--init-var", "0.01", "--var-floor", "0.05"], "var_floor"),
+        (["--latent", "categorical", "--prior", "laplace"], "prior"),
+        (["--latent", "categorical", "--groups", "4", "--estimator",
+          "enumerate"], "1024"),
+        (["--inference", "vem", "--latent", "categorical"], "vem"),
+        (["--likelihood", "bernoulli", "--preprocess", "dequantize"],
+         "binary"),
+        (["--preprocess", "binarize"], "bernoulli"),
+        (["--train-images", "0"], "train_images"),
+        (["--device", "cuda:x"], "device"),
+    ],
+)
+def test_bad_combinations_one_line_exit_2_nothing_written(
+    flags: list[str], words: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code, err = _run(["train", "--out", str(tmp_path / "r"), *flags],
+                     capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("vaelab: error:")
+    assert words in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_choices_come_from_the_config_types(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "gumbel|straight-through|reinforce|enumerate" in text
+    assert "amortized|vem" in text
+
+
+def test_evaluate_gap_n_zero_skips_the_gaps(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--quiet",
+                 "--data-dir", str(mnist_dir), "--hidden", "16",
+                 "--train-images", "500"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--n", "20", "--k", "5",
+                 "--gap-n", "0", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["gaps"] is None and result["n_images"] == 20
+    code, err = _run(["evaluate", str(out), "--gap-n", "-1"], capsys)
+    assert code == 2 and "--gap-n" in err
 
 
 def test_config_file_with_unknown_key(

@@ -355,11 +355,12 @@ def test_reinforce_baseline_tracks_the_log_likelihood() -> None:
 
 
 def test_enumeration_refuses_too_many_codes() -> None:
+    # Config.validate refuses them, before anything is built or written.
     with pytest.raises(ConfigError, match="1024"):
-        build_model(Config(latent="categorical", groups=4, classes=10,
-                           estimator="enumerate"))
+        Config(latent="categorical", groups=4, classes=10,
+               estimator="enumerate").validate()
     with pytest.raises(ConfigError, match="prior"):
-        build_model(Config(latent="categorical", prior="laplace"))
+        Config(latent="categorical", prior="laplace").validate()
     # sampling estimators accept any size
     build_model(Config(latent="categorical", groups=4, classes=10,
                        hidden=8))

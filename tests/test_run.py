@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import synthetic_dataset
 
-import vaelab.train
-from vaelab import run
+from vaelab import run, runfolder
 from vaelab.cli import main
 from vaelab.errors import ConfigError, VaelabError
 
@@ -26,12 +25,12 @@ images = 20
 k = 5
 
 [quick]
-train_images = 100
 eval_images = 10
 eval_k = 3
 
 [quick.config]
 epochs = 1
+train_images = 100
 
 [[model]]
 name = "g-adam"
@@ -55,13 +54,13 @@ epochs = 1
 """
 
 
-REAL_EVALUATOR = run._evaluator
+REAL_EVALUATOR = run.evaluate_run
 
 
 @pytest.fixture(autouse=True)
 def _no_evaluation(monkeypatch):
     # vaelab.evaluate is slow at its defaults; tests that want it say so.
-    monkeypatch.setattr(run, "_evaluator", lambda: None)
+    monkeypatch.setattr(run, "evaluate_run", lambda run_dir, **kw: None)
 
 
 @pytest.fixture()
@@ -155,7 +154,7 @@ def test_run_makes_every_file_and_reuses_trained_models(
     def no_training(*a, **k):
         raise AssertionError("train() called for a finished model")
 
-    monkeypatch.setattr(vaelab.train, "train", no_training)
+    monkeypatch.setattr(run, "train", no_training)
     (out / "report.html").unlink()
     run.run_zoo(out, zoo=zoo_file, load=Loader(), **quiet())
     assert (out / "report.html").is_file()
@@ -170,13 +169,13 @@ def test_interrupted_model_is_resumed(tmp_path, zoo_file, monkeypatch):
     # As if killed after epoch 1 of 2: results.json not yet written.
     (out / "g-adam" / "results.json").unlink()
     calls = []
-    real_train = vaelab.train.train
+    real_train = run.train
 
     def spy(config, out_dir, **kw):
         calls.append((Path(out_dir).name, kw["resume"]))
         return real_train(config, out_dir, **kw)
 
-    monkeypatch.setattr(vaelab.train, "train", spy)
+    monkeypatch.setattr(run, "train", spy)
     summary = run.run_zoo(out, zoo=zoo_file, load=Loader(),
                           only=["g-adam", "bern"], **quiet())
     assert calls == [("g-adam", True), ("bern", False)]
@@ -191,7 +190,7 @@ def test_quick_uses_a_subset_and_cannot_mix_with_full(tmp_path, zoo_file):
                           only=["g-adam"], **quiet())
     model = summary["models"][0]
     assert model["epochs"] == 1
-    assert model["config"]["extra"]["train_images"] == 100
+    assert model["config"]["train_images"] == 100
     assert "--quick" in " ".join(summary["notes"])
     assert "first 100 training images" in (out / "report.html").read_text()
     with pytest.raises(VaelabError, match="other options.*extra"):
@@ -209,7 +208,7 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
         (Path(run_dir) / "evaluation.json").write_text(json.dumps(result))
         return result
 
-    monkeypatch.setattr(run, "_evaluator", lambda: evaluate_run)
+    monkeypatch.setattr(run, "evaluate_run", evaluate_run)
     out = tmp_path / "out"
     run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
                 only=["bern"], **quiet())
@@ -242,11 +241,8 @@ def test_only_and_pdf_errors(tmp_path, zoo_file, monkeypatch, capsys):
 
 
 def test_the_real_evaluator_accepts_the_hook_arguments():
-    evaluate_run = REAL_EVALUATOR()
-    if evaluate_run is None:
-        pytest.skip("vaelab.evaluate not present")
     # What run_zoo passes, in quick and full runs (run without the cost).
-    sig = inspect.signature(evaluate_run)
+    sig = inspect.signature(REAL_EVALUATOR)
     sig.bind(Path("r"), device="cpu", progress=False, n=10, k=3, quick=True)
     sig.bind(Path("r"), device="cpu", progress=False, n=None, k=1000)
 
@@ -273,3 +269,28 @@ def test_cli_run_quick_and_plot_on_mnist(tmp_path, zoo_file, mnist_dir,
         f for f in CONTINUOUS
         if f not in ("samples_noise.png", "manifold_quantiles.png"))
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_an_output_folder_in_use_is_refused(tmp_path, zoo_file, capsys):
+    out = tmp_path / "out"
+    with runfolder.lock(out):
+        code = main(["run", "--out", str(out), "--zoo", str(zoo_file)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "in use" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_resume_of_a_quick_zoo_model_keeps_its_training_subset(
+    tmp_path, zoo_file, mnist_dir
+):
+    out = tmp_path / "out"
+    code = main(["run", "--quick", "--quiet", "--out", str(out), "--zoo",
+                 str(zoo_file), "--only", "g-adam", "--data-dir",
+                 str(mnist_dir)])
+    assert code == 0
+    code = main(["train", "--out", str(out / "g-adam"), "--resume",
+                 "--epochs", "2", "--quiet", "--data-dir", str(mnist_dir)])
+    assert code == 0
+    metrics = runfolder.read_metrics(out / "g-adam")
+    assert [m["images"] for m in metrics] == [100, 100]

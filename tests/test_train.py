@@ -16,10 +16,10 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import runfolder
+from vaelab import runfolder, vem
 from vaelab import train as train_module
 from vaelab.config import Config
-from vaelab.errors import ConfigError, TrainingDiverged
+from vaelab.errors import ConfigError, TrainingDiverged, VaelabError
 from vaelab.runfolder import read_metrics
 from vaelab.train import train
 
@@ -85,15 +85,21 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     assert _same_numbers(read_metrics(full), read_metrics(part))
 
 
+# Where each inference method's training step computes its ELBO.
+STEP_MODULE = {"amortized": train_module, "vem": vem}
+
+
+@pytest.mark.parametrize("inference", ["amortized", "vem"])
 def test_interrupt_mid_epoch_then_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inference: str
 ) -> None:
     ds = synthetic_dataset(300, 100, 100)
-    cfg = Config(epochs=3, **SMALL)
+    cfg = Config(epochs=3, inference=inference, **SMALL)
     train(cfg, tmp_path / "full", dataset=ds, progress=False)
 
     calls = {"n": 0}
-    real = train_module.compute_elbo
+    module = STEP_MODULE[inference]
+    real = module.compute_elbo
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -101,13 +107,14 @@ def test_interrupt_mid_epoch_then_resume(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "compute_elbo", flaky)
+    monkeypatch.setattr(module, "compute_elbo", flaky)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", dataset=ds, progress=False)
     assert len(read_metrics(tmp_path / "cut")) == 2
-    monkeypatch.setattr(train_module, "compute_elbo", real)
+    monkeypatch.setattr(module, "compute_elbo", real)
     train(cfg, tmp_path / "cut", dataset=ds, progress=False, resume=True)
     wf, wc = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert set(wf) == set(wc)
     assert all(torch.equal(wf[k], wc[k]) for k in wf)
 
 
@@ -117,23 +124,29 @@ sys.path.insert(0, {tests!r})
 from helpers import synthetic_dataset
 from vaelab.config import Config
 from vaelab.train import train
-train(Config(epochs={epochs}, hidden=64, batch_size=50, device="cpu"),
+train(Config(epochs={epochs}, hidden=64, batch_size=50, device="cpu",
+             inference={inference!r}),
       {out!r}, dataset=synthetic_dataset(300, 100, 100), progress=False,
       resume={resume})
 """
 
 
-def _script(out: Path, epochs: int, resume: bool) -> list[str]:
+def _script(
+    out: Path, epochs: int, resume: bool, inference: str
+) -> list[str]:
     code = KILL_SCRIPT.format(tests=str(TESTS), out=str(out),
-                              epochs=epochs, resume=resume)
+                              epochs=epochs, resume=resume,
+                              inference=inference)
     return [sys.executable, "-c", code]
 
 
-def test_resume_after_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inference", ["amortized", "vem"])
+def test_resume_after_sigkill(tmp_path: Path, inference: str) -> None:
     kill, full = tmp_path / "kill", tmp_path / "full"
-    proc = subprocess.Popen(_script(kill, 400, False))
+    proc = subprocess.Popen(_script(kill, 400, False, inference))
     try:
-        deadline = time.time() + 120
+        # Generous: the first epochs wait for imports on a loaded machine.
+        deadline = time.time() + 300
         while len(read_metrics(kill)) < 3 and time.time() < deadline:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
@@ -142,9 +155,10 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     done = runfolder.read_checkpoint(kill)[0]
     assert 3 <= done < 400
     target = done + 1
-    subprocess.run(_script(kill, target, True), check=True)
-    subprocess.run(_script(full, target, False), check=True)
+    subprocess.run(_script(kill, target, True, inference), check=True)
+    subprocess.run(_script(full, target, False, inference), check=True)
     wk, wf = _weights(kill), _weights(full)
+    assert set(wk) == set(wf)
     assert all(torch.equal(wk[k], wf[k]) for k in wf)
     assert _same_numbers(read_metrics(kill), read_metrics(full))
 
@@ -208,3 +222,30 @@ def test_checkpoint_round_trip_gives_the_same_model(tmp_path: Path) -> None:
     x = ds.test.images[:5]
     mean, var = model.infer(x)
     assert mean.shape == (5, 2) and (var > 0).all()
+
+
+def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    ds = synthetic_dataset(200, 50, 50)
+    # flock conflicts between two open file descriptions even within one
+    # process, so holding the lock here stands in for another process.
+    with runfolder.lock(tmp_path):
+        with pytest.raises(VaelabError, match="in use") as e:
+            train(Config(epochs=1, **SMALL), tmp_path, dataset=ds,
+                  progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "config.json").exists()
+    # Released with the block: the same call now trains.
+    train(Config(epochs=1, **SMALL), tmp_path, dataset=ds, progress=False)
+    assert len(read_metrics(tmp_path)) == 1
+
+
+def test_train_images_is_used_and_kept_on_resume(tmp_path: Path) -> None:
+    ds = synthetic_dataset(300, 50, 50)
+    cfg = Config(epochs=1, train_images=120, **SMALL)
+    train(cfg, tmp_path, dataset=ds, progress=False)
+    stored = runfolder.load_config(tmp_path)
+    assert stored.train_images == 120
+    # Resume from the stored config, as ``vaelab train --resume`` does.
+    stored.epochs = 2
+    train(stored, tmp_path, dataset=ds, progress=False, resume=True)
+    assert [m["images"] for m in read_metrics(tmp_path)] == [120, 120]

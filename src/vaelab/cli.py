@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vaelab import __version__
-from vaelab.config import Config, load_toml
-from vaelab.errors import VaelabError
+import torch
+
+from vaelab import __version__, runfolder
+from vaelab.config import CHOICES, Config, load_toml
+from vaelab.data import find_data
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.evaluate import evaluate_run, format_table
+from vaelab.plots import make_figures
+from vaelab.run import run_zoo
+from vaelab.train import train
 
 FIELD_HELP = {
     "dataset": "mnist or fashion-mnist",
@@ -24,6 +32,7 @@ FIELD_HELP = {
     "preprocess": "auto, scale (pixel/255), dequantize ((pixel+u)/256) or "
     "binarize; auto: dequantize for gaussian, binarize for bernoulli",
     "val_size": "validation images carved from the end of the training set",
+    "train_images": "train on the first N training images (default: all)",
     "latent_dim": "latent size P (the spec: 2)",
     "hidden": "ReLU units of each hidden layer (the spec: 512)",
     "init_std": "std of the initial weights (the spec: N(0, 0.01) = 0.1)",
@@ -59,29 +68,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"vaelab: error: {message} (see --help)\n")
 
 
-def _flag_type(annotation: Any) -> Any:
-    text = str(annotation)
-    if "int" in text:
-        return int
-    if "float" in text:
-        return float
+def _flag_type(annotation: Any) -> type:
+    """int, float or str: the scalar type of a Config field's annotation
+    (``int | None`` is int)."""
+    args = typing.get_args(annotation) or (annotation,)
+    for kind in (int, float):
+        if kind in args:
+            return kind
     return str
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field; unset flags stay None (not overrides)."""
+    """One flag per Config field; unset flags stay None (not overrides).
+    Fields with a fixed set of values get it as ``choices``."""
     hints = typing.get_type_hints(Config)
     group = parser.add_argument_group("model and training options")
     defaults = Config()
     for f in dataclasses.fields(Config):
         if f.name == "extra":
             continue
+        choices = CHOICES.get(f.name)
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=_flag_type(hints[f.name]),
+            choices=choices,
             default=None,
-            metavar=f.name.upper(),
+            metavar="|".join(choices) if choices else f.name.upper(),
             help=f"{FIELD_HELP.get(f.name, '')} "
             f"(default: {getattr(defaults, f.name)})",
         )
@@ -105,9 +118,6 @@ def config_from_args(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vaelab import runfolder
-    from vaelab.train import train
-
     out = Path(args.out)
     base = None
     if args.resume and (out / runfolder.CONFIG).exists():
@@ -126,11 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import torch
-
-    from vaelab.data import find_data
-    from vaelab.runfolder import versions
-
     for name in ("mnist", "fashion-mnist"):
         try:
             where = str(find_data(name, args.data_dir, download=False))
@@ -141,14 +146,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     dev = torch.cuda.get_device_name(0) if cuda else "no CUDA device"
     print(f"{'device':14s} {'cuda' if cuda else 'cpu'} ({dev}); "
           f"{torch.get_num_threads()} CPU threads")
-    for k, v in versions().items():
+    for k, v in runfolder.versions().items():
         print(f"{k:14s} {v}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from vaelab.plots import make_figures
-
     paths = make_figures(
         args.run_dir, args.out, title=args.title, device=args.device,
         noise=args.noise, manifold=args.manifold, seed=args.seed,
@@ -160,8 +163,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vaelab.run import run_zoo
-
     only = [n.strip() for n in args.only.split(",") if n.strip()] \
         if args.only else None
     run_zoo(
@@ -173,16 +174,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from vaelab.errors import ConfigError
-    from vaelab.evaluate import evaluate_run, format_table
-
-    for name in ("n", "k", "gap_n"):
+    for name in ("n", "k"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, "
-                              f"got {value}")
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    if args.gap_n is not None and args.gap_n < 0:
+        raise ConfigError(
+            f"--gap-n must be >= 0 (0: no gaps), got {args.gap_n}")
     result = evaluate_run(
         args.run_dir, n=args.n, k=args.k, device=args.device,
         progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
@@ -261,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5000,
                    help="importance samples per image (default: 5000)")
     p.add_argument("--gap-n", type=int, default=None, metavar="N",
-                   help="images for the amortization gap (default: 1000)")
+                   help="images for the inference gaps (default: 1000; "
+                   "0: skip the gaps)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: <= 1000 images, k <= 500")
     p.add_argument("--json", action="store_true",

@@ -36,7 +36,8 @@ from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import dequantize
 from vaelab.distributions import Categorical, kl_divergence
-from vaelab.inference import FAMILIES, elbo_of, fit_posterior, posterior
+from vaelab.inference import FAMILIES, fit_posterior, posterior
+from vaelab.objectives import compute_elbo
 from vaelab.quadrature import quadrature_log_px
 
 EVALUATION = "evaluation.json"
@@ -207,8 +208,8 @@ def _crn_elbos(
     for q in qs:
         g = torch.Generator(device=x.device).manual_seed(seed)
         out.append(torch.cat([
-            elbo_of(model, x[i:i + per], slice_q(q, slice(i, i + per)),
-                    n_samples, g).elbo.double()
+            compute_elbo(model, x[i:i + per], n_samples, g,
+                         q=slice_q(q, slice(i, i + per))).elbo.double()
             for i in range(0, x.shape[0], per)
         ]))
     return out

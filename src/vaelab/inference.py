@@ -27,36 +27,11 @@ from tqdm.auto import tqdm
 
 from vaelab.config import Config
 from vaelab.distributions import DiagGaussian, Laplace, StandardNormal
-from vaelab.objectives import ElboTerms, compute_elbo
+from vaelab.objectives import compute_elbo
 
 # The location-scale families q can be fitted in: constructor(loc, spread)
 # with spread = variance (Gaussian) or scale b (Laplace).
 FAMILIES = (DiagGaussian, Laplace)
-
-
-class _FixedPosterior:
-    """A model whose q(z|x) is a given distribution: lets ``compute_elbo``
-    (one ELBO for the whole package) score any q."""
-
-    def __init__(self, model: Any, q: Any) -> None:
-        self.prior = model.prior
-        self._model = model
-        self._q = q
-
-    def posterior(self, x: Tensor) -> Any:
-        return self._q
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        return self._model.log_likelihood(x, z)
-
-
-def elbo_of(
-    model: Any, x: Tensor, q: Any, n_samples: int = 1,
-    generator: torch.Generator | None = None,
-) -> ElboTerms:
-    """Monte Carlo ELBO (B,) of images x (B, D) under the given q (B, P),
-    in nats per image; same estimator as ``compute_elbo``."""
-    return compute_elbo(_FixedPosterior(model, q), x, n_samples, generator)
 
 
 def prior_matched(model: Any, n: int, device: torch.device | str) -> Any:
@@ -130,7 +105,7 @@ def fit_posterior(
                 for group in opt.param_groups:
                     group["lr"] = lr * (1.0 - t / steps)
             q = join_params(family, loc0 + sd0 * delta, log_spread0 + eta)
-            terms = elbo_of(model, x, q, n_samples, generator)
+            terms = compute_elbo(model, x, n_samples, generator, q=q)
             # autograd.grad, not backward: no gradient lands on Theta.
             g_delta, g_eta = torch.autograd.grad(
                 -terms.elbo.sum(), [delta, eta]

@@ -2,16 +2,17 @@
 
 ``run_zoo(out_dir)`` trains every model of a zoo file (default: the
 ``zoo.toml`` shipped with the package) into ``out_dir/<name>/``, makes
-every figure of each, evaluates each with ``vaelab.evaluate`` when that
-module is present, and writes ``out_dir/report.html`` and
-``out_dir/summary.json``. It can be interrupted and run again: finished
-models are reused, interrupted ones resumed.
+every figure of each, evaluates each with ``vaelab.evaluate``, and writes
+``out_dir/report.html`` and ``out_dir/summary.json``. It can be
+interrupted and run again: finished models are reused, interrupted ones
+resumed. One process at a time may use ``out_dir``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
+import shutil
 import sys
 import time
 import tomllib
@@ -23,12 +24,12 @@ from typing import Any
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import Dataset, Split
+from vaelab.data import Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
-
-FIGURE_LIST = "figures.json"  # per run: the figures made, after they were
-# Options that may differ from a finished model's and still reuse it.
-REUSABLE_CHANGES = ("device", "data_dir")
+from vaelab.evaluate import evaluate_run
+from vaelab.plots import make_figures, real_digits_figure
+from vaelab.report import write_pdf, write_report
+from vaelab.train import train
 
 
 @dataclass
@@ -49,7 +50,6 @@ class Zoo:
     source: str
     eval_images: int | None = None
     eval_k: int = 1000
-    quick_train_images: int | None = None
     quick_eval_images: int = 100
     quick_eval_k: int = 100
     quick_config: dict[str, Any] = field(default_factory=dict)
@@ -92,18 +92,17 @@ def load_zoo(path: str | Path | None = None) -> Zoo:
     evaluate = _table(raw.get("evaluate", {}), f"{source}: [evaluate]")
     zoo = Zoo(
         models=[], source=source,
-        eval_images=evaluate.pop("images", None),
-        eval_k=evaluate.pop("k", 1000),
-        quick_train_images=quick.pop("train_images", None),
-        quick_eval_images=quick.pop("eval_images", 200),
-        quick_eval_k=quick.pop("eval_k", 100),
+        eval_images=evaluate.pop("images", Zoo.eval_images),
+        eval_k=evaluate.pop("k", Zoo.eval_k),
+        quick_eval_images=quick.pop("eval_images", Zoo.quick_eval_images),
+        quick_eval_k=quick.pop("eval_k", Zoo.quick_eval_k),
         quick_config=_table(quick.pop("config", {}),
                             f"{source}: [quick.config]"),
     )
     if quick:
         raise ConfigError(
             f"{source}: unknown [quick] key(s) {', '.join(sorted(quick))}; "
-            "known: train_images, eval_images, eval_k, config"
+            "known: eval_images, eval_k, config"
         )
     if evaluate:
         raise ConfigError(
@@ -146,7 +145,6 @@ def model_config(
         # Recorded in the config, so a --quick run folder is never mistaken
         # for (or resumed into) a full one.
         extra["quick"] = True
-        extra["train_images"] = zoo.quick_train_images
     if device is not None:
         values["device"] = device
     if data_dir is not None:
@@ -155,29 +153,18 @@ def model_config(
     return Config.from_dict(values, source=zoo.source).resolved()
 
 
-def _subset(dataset: Dataset, n: int | None) -> Dataset:
-    if n is None or n >= len(dataset.train):
-        return dataset
-    train = Split(dataset.train.images[:n], dataset.train.labels[:n])
-    return dataclasses.replace(dataset, train=train)
-
-
 def _finished(run_dir: Path, config: Config) -> bool:
     """True when ``run_dir`` holds this config's finished run; False when
-    it holds nothing or an unfinished one; an error for another config."""
+    it holds nothing or an unfinished one; an error for another config
+    (the rule of ``runfolder.config_differences``, as for --resume)."""
     if not (run_dir / runfolder.CHECKPOINT).exists():
         return False
-    stored = runfolder.load_config(run_dir).to_dict()
-    wanted = config.to_dict()
-    diff = sorted(
-        k for k, v in wanted.items()
-        if k not in REUSABLE_CHANGES + ("epochs",) and stored.get(k) != v
-    )
+    diff = runfolder.config_differences(runfolder.load_config(run_dir),
+                                        config)
     if diff:
         raise VaelabError(
             f"{run_dir} holds a model trained with other options ("
-            + ", ".join(f"{k}: {stored.get(k)!r} there, {wanted[k]!r} now"
-                        for k in diff)
+            + ", ".join(diff)
             + "); delete that folder or choose another --out"
         )
     epoch, _, _ = runfolder.read_checkpoint(run_dir)
@@ -189,18 +176,8 @@ def _newer(path: Path, than: Path) -> bool:
     return path.exists() and path.stat().st_mtime >= than.stat().st_mtime
 
 
-def _evaluator() -> Callable[..., dict[str, Any]] | None:
-    try:  # issue 4's module; the run works without it
-        from vaelab.evaluate import evaluate_run
-    except ImportError:
-        return None
-    return evaluate_run
-
-
 def chromium() -> str | None:
     """The path of a headless-capable Chromium, or None."""
-    import shutil
-
     for name in ("chromium", "chromium-browser"):
         path = shutil.which(name)
         if path:
@@ -229,14 +206,9 @@ def run_zoo(
     ``out_dir/real_digits.png``, ``report.html``, ``summary.json`` and,
     with ``pdf``, ``report.pdf``. ``only``: a subset of the model names
     (the report covers every model trained in out_dir so far). ``load``:
-    the dataset of a config (default ``vaelab.train.load_data``; tests
+    the full dataset of a config (default ``vaelab.data.load_data``; tests
     pass synthetic data). Returns the summary.
     """
-    from vaelab.data import load_data
-    from vaelab.plots import make_figures, real_digits_figure
-    from vaelab.report import write_pdf, write_report
-    from vaelab.train import train
-
     t_start = time.perf_counter()
     out = Path(out_dir)
     zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
@@ -256,11 +228,6 @@ def run_zoo(
         )
     if command is None:
         command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    load = load or load_data
-    evaluate = _evaluator()
-    if evaluate is None:
-        log("vaelab.evaluate not available: no evaluation.json")
-    out.mkdir(parents=True, exist_ok=True)
     # Configs first: a bad zoo entry stops the run before any training.
     todo = [m for m in zoo.models if not only or m.name in only]
     configs = {
@@ -268,89 +235,94 @@ def run_zoo(
                              data_dir=data_dir)
         for m in todo
     }
+    load = load or load_data
     cache: dict[tuple[Any, ...], Dataset] = {}
 
     def dataset_for(config: Config) -> Dataset:
         # One load per distinct data: models sharing dataset, folder and
-        # preprocessing share the tensors.
+        # preprocessing share the tensors (train takes its subset).
         key = (config.dataset, config.data_dir, config.preprocess,
                config.val_size)
         if key not in cache:
             log(f"loading {config.dataset} ({config.preprocess})")
-            cache[key] = load(config)
+            cache[key] = load(dataclasses.replace(config, train_images=None))
         return cache[key]
 
-    for i, m in enumerate(todo, 1):
-        config = configs[m.name]
-        run_dir = out / m.name
-        head = f"[{i}/{len(todo)}] {m.name}"
-        full = dataset_for(config)
-        data = _subset(full, config.extra.get("train_images"))
-        if _finished(run_dir, config):
-            log(f"{head}: trained already, reused")
-        else:
-            resume = (run_dir / runfolder.CHECKPOINT).exists()
-            log(f"{head}: {'resuming' if resume else 'training'} "
-                f"{config.epochs} epochs on {len(data.train):,} images")
-            train(config, run_dir, resume=resume, dataset=data,
-                  progress=progress, log=log)
-        weights = run_dir / runfolder.CHECKPOINT
-        figures = run_dir / FIGURE_LIST
-        if replot or not _newer(figures, weights):
-            log(f"{head}: drawing figures")
-            paths = make_figures(
-                run_dir, run_dir, full, title=m.title,
-                device=config.device, log=log,
-            )
-            runfolder.write_json(figures, [p.name for p in paths])
-        else:
-            log(f"{head}: figures up to date")
-        if evaluate is not None and not _newer(
-            run_dir / "evaluation.json", weights
-        ):
-            log(f"{head}: evaluating")
-            kwargs: dict[str, Any] = {"device": config.device,
-                                      "progress": progress}
-            if quick:
-                kwargs.update(n=zoo.quick_eval_images, k=zoo.quick_eval_k,
-                              quick=True)
-            else:
-                kwargs.update(n=zoo.eval_images, k=zoo.eval_k)
-            evaluate(run_dir, **kwargs)
-
-    first = configs[todo[0].name]
-    grey = [c for c in configs.values() if c.preprocess != "binarize"]
-    real = real_digits_figure(
-        dataset_for(grey[0] if grey else first), out / "real_digits.png",
-        title=first.dataset.upper() if first.dataset == "mnist"
-        else first.dataset,
-    )
-    # Every model of the zoo with a finished run in out_dir, in zoo order.
-    done = [m for m in zoo.models
-            if (out / m.name / runfolder.RESULTS).exists()]
-    notes = []
-    if quick:
-        n = zoo.quick_train_images
-        notes.append(
-            "--quick smoke test: few epochs"
-            + (f" on the first {n:,} training images" if n else "")
-            + "; the numbers are not converged."
+    with runfolder.lock(out):
+        for i, m in enumerate(todo, 1):
+            config = configs[m.name]
+            _run_model(m, config, out / m.name, dataset_for(config), zoo,
+                       head=f"[{i}/{len(todo)}] {m.name}", quick=quick,
+                       replot=replot, progress=progress, log=log)
+        first = configs[todo[0].name]
+        grey = [c for c in configs.values() if c.preprocess != "binarize"]
+        real = real_digits_figure(
+            dataset_for(grey[0] if grey else first),
+            out / runfolder.REAL_DIGITS,
+            title=first.dataset.upper() if first.dataset == "mnist"
+            else first.dataset,
         )
-    if evaluate is not None:
+        # Every model of the zoo with a finished run in out_dir, in order.
+        done = [m for m in zoo.models
+                if (out / m.name / runfolder.RESULTS).exists()]
         n_eval = zoo.quick_eval_images if quick else zoo.eval_images
-        notes.append(
+        notes = [
             "Evaluation (IWAE, log p(x), gaps) on "
             + (f"the first {n_eval:,}" if n_eval else "all")
             + f" test images, k = {zoo.quick_eval_k if quick else zoo.eval_k}"
             " importance samples; the ELBOs above use every test image."
+        ]
+        if quick:
+            n = first.train_images
+            notes.insert(0,
+                "--quick smoke test: few epochs"
+                + (f" on the first {n:,} training images" if n else "")
+                + "; the numbers are not converged."
+            )
+        report, summary = write_report(
+            out, [(m.name, m.title) for m in done], command=command,
+            real_digits=real, notes=notes,
+            seconds=time.perf_counter() - t_start,
         )
-    report, summary = write_report(
-        out, [(m.name, m.title) for m in done], command=command,
-        real_digits=real, notes=notes,
-        seconds=time.perf_counter() - t_start,
-    )
-    log(f"report: {report}")
-    if pdf:
-        log(f"pdf: {write_pdf(report, out / 'report.pdf', chromium())}")
+        log(f"report: {report}")
+        if pdf:
+            pdf_path = write_pdf(report, out / runfolder.REPORT_PDF,
+                                 chromium())
+            log(f"pdf: {pdf_path}")
     return summary
 
+
+def _run_model(
+    m: ZooModel, config: Config, run_dir: Path, full: Dataset, zoo: Zoo,
+    *, head: str, quick: bool, replot: bool, progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Train (or reuse, or resume), draw and evaluate one zoo model."""
+    if _finished(run_dir, config):
+        log(f"{head}: trained already, reused")
+    else:
+        resume = (run_dir / runfolder.CHECKPOINT).exists()
+        n_train = min(config.train_images or len(full.train),
+                      len(full.train))
+        log(f"{head}: {'resuming' if resume else 'training'} "
+            f"{config.epochs} epochs on {n_train:,} images")
+        train(config, run_dir, resume=resume, dataset=full,
+              progress=progress, log=log)
+    weights = run_dir / runfolder.CHECKPOINT
+    figures = run_dir / runfolder.FIGURE_LIST
+    if replot or not _newer(figures, weights):
+        log(f"{head}: drawing figures")
+        paths = make_figures(run_dir, run_dir, full, title=m.title,
+                             device=config.device, log=log)
+        runfolder.write_json(figures, [p.name for p in paths])
+    else:
+        log(f"{head}: figures up to date")
+    if not _newer(run_dir / runfolder.EVALUATION, weights):
+        log(f"{head}: evaluating")
+        if quick:
+            evaluate_run(run_dir, n=zoo.quick_eval_images,
+                         k=zoo.quick_eval_k, quick=True,
+                         device=config.device, progress=progress)
+        else:
+            evaluate_run(run_dir, n=zoo.eval_images, k=zoo.eval_k,
+                         device=config.device, progress=progress)

@@ -181,10 +181,10 @@ def save_checkpoint(
     epoch: int,
     config: Config,
     extra: dict[str, Any] | None = None,
-    state: dict[str, torch.Tensor] | None = None,
+    method_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write model, optimizer and RNG state for ``epoch``, atomically,
-    with ``state``: the inference method's own tensors (e.g. variational
+    with ``method_state``: the inference method's own tensors (e.g. variational
     EM's per-image parameters), under their keys, in the same file, so
     that everything of one epoch lands together. ``extra``: JSON-able
     numbers (seconds of training so far)."""
@@ -200,7 +200,7 @@ def save_checkpoint(
                 ).detach().cpu().contiguous()
     if generator is not None:
         tensors["rng.train"] = generator.get_state()
-    for key, value in (state or {}).items():
+    for key, value in (method_state or {}).items():
         if key.split(".", 1)[0] in ("model", "optim", "rng"):
             raise ValueError(f"state key {key!r} clashes with the model's")
         tensors[key] = value.detach().cpu().contiguous()

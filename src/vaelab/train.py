@@ -1,40 +1,132 @@
-"""Stochastic gradient ascent on the ELBO (Problem 2b).
+"""Stochastic gradient ascent on the ELBO (Problem 2b): the one training
+loop, for every kind of inference.
+
+``train`` owns what every run shares: the run folder (lock, config,
+resume), epochs, the permutation, dequantization noise, the optimizer
+step, the progress bar, the NaN guard, checkpoints and metrics.jsonl.
+What differs between kinds of inference lives in an ``InferenceMethod``:
+its training step (the ELBO terms of a minibatch, which the loop
+ascends), its held-out ELBO, its extra state to checkpoint and its final
+results. ``Amortized`` (an encoder, for continuous and discrete latents)
+and ``vaelab.vem.VariationalEM`` (per-image parameters) are the two; a new
+one implements the protocol and is added to ``METHODS``.
 
 The whole training set is one tensor on the device; each epoch draws a
 permutation and takes minibatches as slices of it, so no per-image Python
 runs. All randomness (permutation, dequantization noise, reparameterization
-noise) comes from one generator whose state is saved with every epoch's
-checkpoint: a resumed run ends where an uninterrupted one does.
+noise, E-steps) comes from one generator whose state is saved with every
+epoch's checkpoint: a resumed run ends where an uninterrupted one does.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import Dataset, dequantize, load_dataset
+from vaelab.data import Dataset, dequantize, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.model import build_model
-from vaelab.objectives import average_elbo, compute_elbo
+from vaelab.objectives import (
+    ElboTerms,
+    LatentVariableModel,
+    average_elbo,
+    compute_elbo,
+)
+from vaelab.vem import VariationalEM
 
-# Options that may differ when a run is resumed: they change where or how
-# long it runs, not what it computes.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir")
-EVAL_SEED = 12345
+
+class InferenceMethod(Protocol):
+    """What differs between kinds of inference (cf. Pyro's SVI guide and
+    pythae's ``train_step``); ``train`` does everything else."""
+
+    label: str  # progress bar text, e.g. "epoch"
+    divergence_hint: str  # advice when the ELBO turns NaN
+
+    def start_epoch(self, epoch: int) -> None:
+        """Set schedules that depend on the epoch alone (so a resumed run
+        follows them too)."""
+
+    def train_step(
+        self, x: Tensor, rows: Tensor, generator: torch.Generator
+    ) -> ElboTerms:
+        """ELBO terms (B,) of minibatch x (B, D), the training images
+        ``rows`` (B,); the loop ascends ``terms.objective()``."""
+
+    def validate(self, images: Tensor) -> dict[str, float]:
+        """Mean held-out ELBO, log_lik and kl (nats per image)."""
+
+    def state(self) -> dict[str, Tensor]:
+        """Tensors to checkpoint beside the model's (none: {})."""
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore ``state`` from a checkpoint's tensors."""
+
+    def results(self, dataset: Dataset) -> dict[str, Any]:
+        """Final ELBO and terms per split, and method-specific keys."""
+
+
+class Amortized:
+    """Amortized inference: the encoder q(z; g(x, phi)) is trained with the
+    decoder by one gradient step on the ELBO per minibatch (the VAE)."""
+
+    label = "epoch"
+    divergence_hint = "try a smaller --lr"
+
+    def __init__(
+        self, model: LatentVariableModel, config: Config, dataset: Dataset,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.dequantized = dataset.preprocess == "dequantize"
+
+    def start_epoch(self, epoch: int) -> None:
+        # A relaxation's temperature (categorical latents) is annealed.
+        anneal = getattr(self.model, "start_epoch", None)
+        if anneal is not None:
+            anneal(epoch, self.config.epochs)
+
+    def train_step(
+        self, x: Tensor, rows: Tensor, generator: torch.Generator
+    ) -> ElboTerms:
+        return compute_elbo(self.model, x, self.config.n_samples, generator)
+
+    def validate(self, images: Tensor) -> dict[str, float]:
+        return average_elbo(self.model, images, dequantized=self.dequantized)
+
+    def state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        """Nothing beyond the model."""
+
+    def results(self, dataset: Dataset) -> dict[str, Any]:
+        device = next(self.model.parameters()).device
+        return {
+            name: self.validate(getattr(dataset, name).images.to(device))
+            for name in ("train", "val", "test")
+            if len(getattr(dataset, name))
+        }
+
+
+# The inference methods, by ``config.inference``.
+METHODS: dict[str, Callable[..., InferenceMethod]] = {
+    "amortized": Amortized,
+    "vem": VariationalEM,
+}
 
 
 def make_optimizer(
-    params: Any, config: Config
+    params: Iterable[Tensor], config: Config
 ) -> torch.optim.Optimizer:
     """Adam or Adagrad on -ELBO (ascent on the ELBO).
 
@@ -47,122 +139,36 @@ def make_optimizer(
     return cls(params, lr=config.lr, fused=True)
 
 
-def load_data(config: Config) -> Dataset:
-    """The dataset a resolved config names, preprocessed as it says."""
-    return load_dataset(
-        config.dataset, config.data_dir, preprocess=config.preprocess,
-        val_size=config.val_size,
-    )
+def _device(config: Config) -> torch.device:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return device
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of metrics.jsonl (empty if none)."""
-    path = Path(run_dir) / runfolder.METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()
-            if line.strip()]
-
-
-def _prepare_run_dir(
-    config: Config, run_dir: Path, resume: bool
-) -> int:
+def _start_epoch(config: Config, run_dir: Path, resume: bool) -> int:
     """Check the folder against ``resume``; return the epoch to start from."""
-    has_ckpt = (run_dir / runfolder.CHECKPOINT).exists()
-    if has_ckpt and not resume:
+    has_checkpoint = (run_dir / runfolder.CHECKPOINT).exists()
+    if has_checkpoint and not resume:
         raise ConfigError(
             f"{run_dir} already holds a trained run; pass --resume to "
             "continue it or choose another --out"
         )
-    if not has_ckpt:
+    if not has_checkpoint:
         return 0
-    stored = runfolder.load_config(run_dir)
-    diff = [
-        k for k, v in stored.to_dict().items()
-        if k not in RESUMABLE_CHANGES and getattr(config, k) != v
-    ]
+    diff = runfolder.config_differences(runfolder.load_config(run_dir),
+                                        config)
     if diff:
         raise ConfigError(
             f"--resume: options differ from the run in {run_dir}: "
-            + ", ".join(f"{k} ({getattr(stored, k)!r} there, "
-                        f"{getattr(config, k)!r} here)" for k in diff)
+            + ", ".join(diff)
         )
     epoch, _, _ = runfolder.read_checkpoint(run_dir)
     return epoch
 
 
-def _truncate_metrics(run_dir: Path, epoch: int) -> None:
-    # A kill between the checkpoint and the metrics line, or after a
-    # metrics line of an epoch whose checkpoint never landed, must not
-    # leave records the checkpoint does not back.
-    keep = [m for m in read_metrics(run_dir) if m["epoch"] <= epoch]
-    runfolder.atomic_write_bytes(
-        run_dir / runfolder.METRICS,
-        "".join(json.dumps(m) + "\n" for m in keep).encode(),
-    )
-
-
-@dataclass
-class OpenRun:
-    """A run folder made ready to train: model, optimizer and generator at
-    ``start_epoch`` (restored from the checkpoint when resuming, whose
-    tensors are in ``checkpoint`` for callers with more state)."""
-
-    run_dir: Path
-    start_epoch: int
-    device: torch.device
-    dataset: Dataset
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    elapsed: float
-    checkpoint: dict[str, torch.Tensor] | None
-
-
-def open_run(
-    config: Config,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    dataset: Dataset | None = None,
-    log: Callable[[str], None] = print,
-) -> OpenRun:
-    """Check the run folder, write config and environment, build (or
-    restore) model, optimizer and generator; shared by every trainer."""
-    run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch = _prepare_run_dir(config, run_dir, resume)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if dataset is None:
-        dataset = load_data(config)
-
-    runfolder.write_json(run_dir / runfolder.CONFIG, config.to_dict())
-    runfolder.record_session(run_dir, str(device), start_epoch)
-    _truncate_metrics(run_dir, start_epoch)
-
-    # Initialize on the CPU from the seed, so CPU and CUDA runs start equal,
-    # without touching the global RNG of the caller.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config)
-    model.to(device)
-    optimizer = make_optimizer(model.parameters(), config)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed)
-    elapsed, tensors = 0.0, None
-    if start_epoch > 0:
-        _, tensors, extra = runfolder.read_checkpoint(run_dir)
-        runfolder.restore(tensors, model, optimizer, generator)
-        elapsed = float(extra.get("train_seconds", 0.0))
-        log(f"resuming {run_dir} after epoch {start_epoch}")
-    return OpenRun(run_dir, start_epoch, device, dataset, model, optimizer,
-                   generator, elapsed, tensors)
-
-
 def check_epoch(
-    means: torch.Tensor, tensors: Any, epoch: int, run_dir: Path,
+    means: Tensor, tensors: Iterable[Tensor], epoch: int, run_dir: Path,
     hint: str,
 ) -> list[float]:
     """The epoch's mean (ELBO, log_lik, KL) as floats, or TrainingDiverged
@@ -194,15 +200,10 @@ def epoch_record(
         "val_elbo": val.get("elbo"),
         "val_log_lik": val.get("log_lik"),
         "val_kl": val.get("kl"),
+        "images": n,
         "seconds": seconds,
         "images_per_second": n / seconds,
     }
-
-
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one epoch's line, after its checkpoint has landed."""
-    with open(run_dir / runfolder.METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def train(
@@ -219,52 +220,76 @@ def train(
     Writes config.json, environment.json, metrics.jsonl (one line per epoch:
     ELBO and its terms in nats per image, ``seconds`` of training steps),
     checkpoint.safetensors after every epoch and results.json at the end.
+    ``dataset``: the data, preprocessed as the config says (default: loaded
+    from it); its first ``config.train_images`` training images are used.
     Returns the results (final train/val/test ELBO with their terms).
     """
+    # Bad options and missing data stop the run before anything is written.
     config = config.resolved()
-    if config.inference == "vem":  # per-image lambda instead of an encoder
-        from vaelab.vem import train_vem
+    device = _device(config)
+    dataset = (load_data(config) if dataset is None else
+               first_training_images(dataset, config.train_images))
+    if len(dataset.train) == 0:
+        raise ConfigError("the training set is empty")
+    run_dir = Path(out_dir)
+    with runfolder.lock(run_dir):
+        start_epoch = _start_epoch(config, run_dir, resume)
+        return _fit(config, run_dir, start_epoch, device, dataset,
+                    progress, log)
 
-        return train_vem(config, out_dir, resume=resume, dataset=dataset,
-                         progress=progress, log=log)
-    run = open_run(config, out_dir, resume=resume, dataset=dataset, log=log)
-    run_dir, start_epoch, device, dataset = (
-        run.run_dir, run.start_epoch, run.device, run.dataset)
-    model, optimizer, generator = run.model, run.optimizer, run.generator
-    elapsed = run.elapsed
+
+def _fit(
+    config: Config, run_dir: Path, start_epoch: int, device: torch.device,
+    dataset: Dataset, progress: bool, log: Callable[[str], None],
+) -> dict[str, Any]:
+    runfolder.write_json(run_dir / runfolder.CONFIG, config.to_dict())
+    runfolder.record_session(run_dir, str(device), start_epoch)
+    runfolder.truncate_metrics(run_dir, start_epoch)
+
+    # Initialize on the CPU from the seed, so CPU and CUDA runs start equal,
+    # without touching the global RNG of the caller.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config)
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), config)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    method = METHODS[config.inference](model, config, dataset, device)
+    elapsed = 0.0
+    if start_epoch > 0:
+        _, tensors, extra = runfolder.read_checkpoint(run_dir)
+        runfolder.restore(tensors, model, optimizer, generator)
+        method.load_state(tensors)
+        elapsed = float(extra.get("train_seconds", 0.0))
+        log(f"resuming {run_dir} after epoch {start_epoch}")
 
     x_train = dataset.train.images.to(device)
     x_val = dataset.val.images.to(device)
     dequantized = dataset.preprocess == "dequantize"
     n, batch = x_train.shape[0], config.batch_size
-    if n == 0:
-        raise ConfigError("the training set is empty")
-
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
-        # Schedules (e.g. a relaxation's temperature) depend on the epoch
-        # alone, so a resumed run follows the same schedule.
-        if hasattr(model, "start_epoch"):
-            model.start_epoch(epoch, config.epochs)
+        method.start_epoch(epoch)
         sums = torch.zeros(3, device=device)
         bar = tqdm(
             total=n, unit="img", unit_scale=True, leave=False,
-            desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+            desc=f"{method.label} {epoch}/{config.epochs}",
+            disable=not progress,
         )
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator, device=device)
         for step, i in enumerate(range(0, n, batch)):
-            x = x_train[perm[i:i + batch]]
+            rows = perm[i:i + batch]
+            x = x_train[rows]
             if dequantized:
                 x = dequantize(x, generator)
-            terms = compute_elbo(model, x, config.n_samples, generator)
+            terms = method.train_step(x, rows, generator)
             loss = -terms.objective().mean()  # ascent on the ELBO
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                sums += torch.stack([terms.elbo.sum(), terms.log_lik.sum(),
-                                     terms.kl.sum()])
+            sums += terms.sums()
             if progress:
                 bar.update(x.shape[0])
                 if step % 50 == 0:
@@ -273,51 +298,35 @@ def train(
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         bar.close()
-        train_terms = check_epoch(sums / n, model.parameters(), epoch,
-                                  run_dir, "try a smaller --lr")
+        state = method.state()
+        train_terms = check_epoch(
+            sums / n, [*model.parameters(), *state.values()], epoch,
+            run_dir, method.divergence_hint)
         elapsed += seconds
         model.eval()
-        val = (average_elbo(model, x_val, dequantized=dequantized,
-                            seed=EVAL_SEED) if x_val.shape[0] else {})
+        val = method.validate(x_val) if x_val.shape[0] else {}
         record = epoch_record(epoch, train_terms, val, seconds, n)
-        runfolder.save_checkpoint(run_dir, model, optimizer, generator, epoch,
-                             config, {"train_seconds": elapsed})
-        append_metrics(run_dir, record)
+        runfolder.save_checkpoint(
+            run_dir, model, optimizer, generator, epoch, config,
+            {"train_seconds": elapsed}, method_state=state,
+        )
+        runfolder.append_metrics(run_dir, record)
         if progress:
+            val_text = f"{val['elbo']:.2f}" if val else "-"
             log(
                 f"epoch {epoch}/{config.epochs}: train ELBO "
-                f"{record['train_elbo']:.2f}, val ELBO "
-                f"{val.get('elbo', float('nan')):.2f} nats/image "
-                f"({seconds:.1f} s, "
-                f"{n / seconds:,.0f} img/s)"
+                f"{record['train_elbo']:.2f}, val ELBO {val_text} "
+                f"nats/image ({seconds:.1f} s, {n / seconds:,.0f} img/s)"
             )
 
-    results = final_results(model, config, dataset, run_dir, elapsed)
-    runfolder.write_json(run_dir / runfolder.RESULTS, results)
-    return results
-
-
-def final_results(
-    model: torch.nn.Module, config: Config, dataset: Dataset,
-    run_dir: Path, train_seconds: float,
-) -> dict[str, Any]:
-    """ELBO and its terms (nats per image) on every split, final weights."""
-    device = next(model.parameters()).device
-    dequantized = dataset.preprocess == "dequantize"
     model.eval()
-    out: dict[str, Any] = {
-        "epochs": len(read_metrics(run_dir)),
-        "train_seconds": train_seconds,
+    results: dict[str, Any] = {
+        "epochs": len(runfolder.read_metrics(run_dir)),
+        "train_seconds": elapsed,
         "preprocess": dataset.preprocess,
         "dataset": dataset.name,
         "units": "nats per image",
+        **method.results(dataset),
     }
-    for name in ("train", "val", "test"):
-        split = getattr(dataset, name)
-        if len(split) == 0:
-            continue
-        out[name] = average_elbo(
-            model, split.images.to(device), dequantized=dequantized,
-            seed=EVAL_SEED,
-        )
-    return out
+    runfolder.write_json(run_dir / runfolder.RESULTS, results)
+    return results

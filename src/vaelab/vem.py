@@ -10,37 +10,30 @@ Each minibatch alternates
   warm-started at the stored lambda, Theta fixed
   (``vaelab.inference.fit_posterior``);
 - an M-step: one step of the run's optimizer on Theta, ascending the ELBO
-  at the new lambda.
+  at the new lambda (the training loop's step, ``vaelab.train``).
 
 Validation images keep their own lambda too, advanced by ``e_steps``
 iterations per epoch (Theta fixed), so that after E epochs each image of
 either split has had e_steps * E iterations. Test images (results.json,
 ``vaelab evaluate``) are inferred from the prior with that same budget,
-``vaelab.inference.vem_test_steps``. metrics.jsonl and results.json have
-the VAE's keys; the checkpoint is the VAE's plus the lambda tensors, so
+``vaelab.inference.vem_test_steps``. The checkpoint holds the lambda
+tensors beside the model (``VariationalEM.state``), so
 ``vaelab.runfolder.load_model`` gives the trained decoder (its encoder is
 the untrained initial one: use ``vaelab.inference.posterior`` for q).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import Dataset, dequantize
-from vaelab.errors import ConfigError
+from vaelab.data import Dataset
 from vaelab.inference import (
-    elbo_of,
     fit_posterior,
     join_params,
     posterior,
@@ -48,13 +41,11 @@ from vaelab.inference import (
     split_params,
     vem_test_steps,
 )
-from vaelab.train import (
-    EVAL_SEED,
-    append_metrics,
-    check_epoch,
-    epoch_record,
-    open_run,
-    read_metrics,
+from vaelab.objectives import (
+    ElboTerms,
+    LatentVariableModel,
+    average_elbo,
+    compute_elbo,
 )
 
 LAMBDA_KEYS = ("vem.train_loc", "vem.train_log_spread", "vem.val_loc",
@@ -65,248 +56,124 @@ class Lambdas:
     """Per-image variational parameters of one split: loc and log spread,
     each (N, P), and the q family they parametrize."""
 
-    def __init__(self, model: Any, n: int, device: torch.device) -> None:
+    def __init__(
+        self, model: LatentVariableModel, n: int, device: torch.device
+    ) -> None:
         q = prior_matched(model, n, device)
         self.family = type(q)
         self.loc, self.log_spread = (t.clone() for t in split_params(q))
 
-    def q(self, idx: torch.Tensor | slice) -> Any:
-        return join_params(self.family, self.loc[idx], self.log_spread[idx])
+    def q(self, rows: Tensor | slice) -> Any:
+        """q of the images ``rows``, over (B, P)."""
+        return join_params(self.family, self.loc[rows],
+                           self.log_spread[rows])
 
-    def store(self, idx: torch.Tensor | slice, q: Any) -> None:
+    def store(self, rows: Tensor | slice, q: Any) -> None:
         loc, log_spread = split_params(q)
-        self.loc[idx] = loc
-        self.log_spread[idx] = log_spread
+        self.loc[rows] = loc
+        self.log_spread[rows] = log_spread
 
 
-def save_vem_checkpoint(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    generator: torch.Generator, epoch: int, config: Config,
-    extra: dict[str, Any], train_lam: Lambdas, val_lam: Lambdas,
-) -> None:
-    """``checkpoint.save_checkpoint``'s file (same keys, so load_model and
-    restore read it) plus the lambda tensors, in one atomic write: lambda
-    and Theta of the same epoch always land together."""
-    tensors: dict[str, torch.Tensor] = {
-        f"model.{k}": v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
-    for idx, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(
-                value
-            ).detach().cpu().contiguous()
-    tensors["rng.train"] = generator.get_state()
-    for key, t in zip(LAMBDA_KEYS, (train_lam.loc, train_lam.log_spread,
-                                    val_lam.loc, val_lam.log_spread),
-                      strict=True):
-        tensors[key] = t.detach().cpu().contiguous()
-    meta = {
-        "format": runfolder.FORMAT,
-        "epoch": str(epoch),
-        "config": json.dumps(config.to_dict()),
-        "extra": json.dumps(extra),
-    }
-    tmp = run_dir / (runfolder.CHECKPOINT + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / runfolder.CHECKPOINT)
+class VariationalEM:
+    """The training loop's inference method for ``--inference vem``: the
+    E-step on the minibatch's lambda inside each training step, lambda as
+    extra checkpoint state (``vaelab.train.InferenceMethod``)."""
+
+    label = "vEM epoch"
+    divergence_hint = "try a smaller --lr or --e-lr"
+
+    def __init__(
+        self, model: LatentVariableModel, config: Config, dataset: Dataset,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.dequantized = dataset.preprocess == "dequantize"
+        self.train_lam = Lambdas(model, len(dataset.train), device)
+        self.val_lam = Lambdas(model, len(dataset.val), device)
+
+    def start_epoch(self, epoch: int) -> None:
+        """No schedule."""
+
+    def train_step(
+        self, x: Tensor, rows: Tensor, generator: torch.Generator
+    ) -> ElboTerms:
+        """E-step on lambda of training images ``rows`` (Theta fixed), then
+        the ELBO at the new lambda, for the loop's M-step on Theta."""
+        c = self.config
+        q = fit_posterior(self.model, x, self.train_lam.q(rows),
+                          steps=c.e_steps, lr=c.e_lr,
+                          n_samples=c.n_samples, generator=generator)
+        self.train_lam.store(rows, q)
+        return compute_elbo(self.model, x, c.n_samples, generator, q=q)
+
+    def validate(self, images: Tensor) -> dict[str, float]:
+        """Advance the validation images' lambda by e_steps iterations and
+        return their mean ELBO and terms (nats per image). The fixed seed
+        gives every epoch the same noise, as the VAE's validation does."""
+        c = self.config
+
+        def advance(rows: slice, x: Tensor, g: torch.Generator) -> Any:
+            q = fit_posterior(self.model, x, self.val_lam.q(rows),
+                              steps=c.e_steps, lr=c.e_lr,
+                              n_samples=c.n_samples, generator=g)
+            self.val_lam.store(rows, q)
+            return q
+
+        return average_elbo(self.model, images, dequantized=self.dequantized,
+                            posterior=advance)
+
+    def state(self) -> dict[str, Tensor]:
+        """lambda of both splits, by LAMBDA_KEYS."""
+        return dict(zip(LAMBDA_KEYS, (
+            self.train_lam.loc, self.train_lam.log_spread,
+            self.val_lam.loc, self.val_lam.log_spread,
+        ), strict=True))
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        for key, t in self.state().items():
+            t.copy_(tensors[key])
+
+    def results(self, dataset: Dataset) -> dict[str, Any]:
+        """Final ELBO and terms (nats per image): training and validation
+        images at their stored lambda, test images after the test-time
+        E-step from the prior."""
+        device = self.train_lam.loc.device
+        out: dict[str, Any] = {
+            "inference": "vem",
+            "test_e_steps": vem_test_steps(self.config),
+        }
+        for name, lam in (("train", self.train_lam), ("val", self.val_lam)):
+            split = getattr(dataset, name)
+            if len(split):
+                out[name] = average_elbo(
+                    self.model, split.images.to(device),
+                    dequantized=self.dequantized,
+                    posterior=lambda rows, x, g, lam=lam: lam.q(rows),
+                )
+        if len(dataset.test):
+            out["test"] = heldout_elbo(
+                self.model, self.config, dataset.test.images.to(device),
+                self.dequantized,
+            )
+        return out
 
 
-def load_lambdas(run_dir: str | Path) -> dict[str, torch.Tensor]:
+def load_lambdas(run_dir: str | Path) -> dict[str, Tensor]:
     """The stored lambda tensors of a vEM run folder, by LAMBDA_KEYS."""
     _, tensors, _ = runfolder.read_checkpoint(Path(run_dir))
     return {k: tensors[k] for k in LAMBDA_KEYS if k in tensors}
 
 
-def _e_step_split(
-    model: Any, images: torch.Tensor, lam: Lambdas, config: Config,
-    dequantized: bool, batch_size: int = 1000,
-) -> dict[str, float]:
-    """Advance a held-out split's lambda by e_steps iterations (Theta
-    fixed) and return its mean ELBO and terms (nats per image). A fresh
-    generator seeded EVAL_SEED gives every epoch the same noise, as the
-    VAE's validation does."""
-    n = images.shape[0]
-    if n == 0:
-        return {"elbo": float("nan"), "log_lik": float("nan"),
-                "kl": float("nan")}
-    g = torch.Generator(device=images.device).manual_seed(EVAL_SEED)
-    total = torch.zeros(3, dtype=torch.float64, device=images.device)
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        x = images[sl]
-        if dequantized:
-            x = dequantize(x, g)
-        q = fit_posterior(model, x, lam.q(sl), steps=config.e_steps,
-                          lr=config.e_lr, n_samples=config.n_samples,
-                          generator=g)
-        lam.store(sl, q)
-        with torch.no_grad():
-            t = elbo_of(model, x, q, 1, g)
-        total += torch.stack([t.elbo.sum(), t.log_lik.sum(),
-                              t.kl.sum()]).double()
-    elbo, log_lik, kl = (total / n).tolist()
-    return {"elbo": elbo, "log_lik": log_lik, "kl": kl}
-
-
-@torch.no_grad()
-def _elbo_at(
-    model: Any, images: torch.Tensor, lam: Lambdas, dequantized: bool,
-    batch_size: int = 1000,
-) -> dict[str, float]:
-    """Mean ELBO and terms of a split at its stored lambda (no E-step)."""
-    n = images.shape[0]
-    g = torch.Generator(device=images.device).manual_seed(EVAL_SEED)
-    total = torch.zeros(3, dtype=torch.float64, device=images.device)
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        x = images[sl]
-        if dequantized:
-            x = dequantize(x, g)
-        t = elbo_of(model, x, lam.q(sl), 1, g)
-        total += torch.stack([t.elbo.sum(), t.log_lik.sum(),
-                              t.kl.sum()]).double()
-    elbo, log_lik, kl = (total / max(n, 1)).tolist()
-    return {"elbo": elbo, "log_lik": log_lik, "kl": kl}
-
-
 def heldout_elbo(
-    model: Any, config: Config, images: torch.Tensor, dequantized: bool,
-    *, steps: int | None = None, progress: bool = False,
+    model: LatentVariableModel, config: Config, images: Tensor,
+    dequantized: bool, *, steps: int | None = None,
 ) -> dict[str, float]:
     """Mean ELBO and terms (nats per image) of unseen images: the E-step
     from the prior with ``steps`` iterations (default vem_test_steps), then
     the ELBO of the q it found. Fixed seed, so repeated calls agree."""
-    g = torch.Generator(device=images.device).manual_seed(EVAL_SEED)
-    x = dequantize(images, g) if dequantized else images
-    q = posterior(model, config, x, generator=g, steps=steps,
-                  progress=progress)
-    with torch.no_grad():
-        t = elbo_of(model, x, q, 1, g)
-    return {k: v for k, v in zip(("elbo", "log_lik", "kl"),
-                                 (t.elbo.double().mean().item(),
-                                  t.log_lik.double().mean().item(),
-                                  t.kl.double().mean().item()),
-                                 strict=True)}
-
-
-def train_vem(
-    config: Config,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    dataset: Dataset | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train the generative model of ``config`` by variational EM into the
-    run folder ``out_dir``; what ``vaelab.train.train`` does for
-    ``--inference vem``. Same run folder, metrics keys and results as the
-    VAE's (ELBOs in nats per image); ``seconds`` counts E- and M-steps.
-    """
-    config = config.resolved()
-    if config.latent != "gaussian":
-        raise ConfigError(
-            "--inference vem fits a Gaussian or Laplace q per image; it "
-            "needs --latent gaussian"
-        )
-    run = open_run(config, out_dir, resume=resume, dataset=dataset, log=log)
-    run_dir, start_epoch, device, dataset = (
-        run.run_dir, run.start_epoch, run.device, run.dataset)
-    # The encoder never gets a gradient, so the optimizer never moves it.
-    model, optimizer, generator = run.model, run.optimizer, run.generator
-    elapsed = run.elapsed
-
-    x_train = dataset.train.images.to(device)
-    x_val = dataset.val.images.to(device)
-    dequantized = dataset.preprocess == "dequantize"
-    n, batch = x_train.shape[0], config.batch_size
-    if n == 0:
-        raise ConfigError("the training set is empty")
-    train_lam = Lambdas(model, n, device)
-    val_lam = Lambdas(model, x_val.shape[0], device)
-    if run.checkpoint is not None:
-        for lam, part in ((train_lam, "train"), (val_lam, "val")):
-            lam.loc.copy_(run.checkpoint[f"vem.{part}_loc"])
-            lam.log_spread.copy_(run.checkpoint[f"vem.{part}_log_spread"])
-
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        model.train()
-        sums = torch.zeros(3, device=device)
-        bar = tqdm(
-            total=n, unit="img", unit_scale=True, leave=False,
-            desc=f"vEM epoch {epoch}/{config.epochs}", disable=not progress,
-        )
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=generator, device=device)
-        for step, i in enumerate(range(0, n, batch)):
-            idx = perm[i:i + batch]
-            x = x_train[idx]
-            if dequantized:
-                x = dequantize(x, generator)
-            # E-step: lambda of this minibatch, Theta fixed.
-            q = fit_posterior(model, x, train_lam.q(idx),
-                              steps=config.e_steps, lr=config.e_lr,
-                              n_samples=config.n_samples,
-                              generator=generator)
-            train_lam.store(idx, q)
-            # M-step: Theta, lambda fixed.
-            terms = elbo_of(model, x, q, config.n_samples, generator)
-            loss = -terms.elbo.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                sums += torch.stack([terms.elbo.sum(), terms.log_lik.sum(),
-                                     terms.kl.sum()])
-            if progress:
-                bar.update(x.shape[0])
-                if step % 50 == 0:
-                    bar.set_postfix(elbo=f"{terms.elbo.mean().item():.1f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        bar.close()
-        train_terms = check_epoch(
-            sums / n, [*model.parameters(), train_lam.loc], epoch, run_dir,
-            "try a smaller --lr or --e-lr")
-        elapsed += seconds
-        model.eval()
-        has_val = x_val.shape[0] > 0
-        val = (_e_step_split(model, x_val, val_lam, config, dequantized)
-               if has_val else {})
-        record = epoch_record(epoch, train_terms, val, seconds, n)
-        save_vem_checkpoint(run_dir, model, optimizer, generator, epoch,
-                            config, {"train_seconds": elapsed},
-                            train_lam, val_lam)
-        append_metrics(run_dir, record)
-        if progress:
-            val_text = f"{val['elbo']:.2f}" if has_val else "-"
-            log(
-                f"epoch {epoch}/{config.epochs}: train ELBO "
-                f"{record['train_elbo']:.2f}, val ELBO {val_text} "
-                f"nats/image ({seconds:.1f} s, {n / seconds:,.0f} img/s)"
-            )
-
-    model.eval()
-    results: dict[str, Any] = {
-        "epochs": len(read_metrics(run_dir)),
-        "train_seconds": elapsed,
-        "preprocess": dataset.preprocess,
-        "dataset": dataset.name,
-        "units": "nats per image",
-        "inference": "vem",
-        "test_e_steps": vem_test_steps(config),
-        "train": _elbo_at(model, x_train, train_lam, dequantized),
-    }
-    if x_val.shape[0]:
-        results["val"] = _elbo_at(model, x_val, val_lam, dequantized)
-    if len(dataset.test):
-        results["test"] = heldout_elbo(
-            model, config, dataset.test.images.to(device), dequantized,
-            progress=progress,
-        )
-    runfolder.write_json(run_dir / runfolder.RESULTS, results)
-    return results
+    return average_elbo(
+        model, images, dequantized=dequantized,
+        posterior=lambda rows, x, g: posterior(model, config, x,
+                                               generator=g, steps=steps),
+    )
