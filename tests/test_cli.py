@@ -31,23 +31,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["--data-dir", "no/such/folder"], "no/such/folder"),
         (["--optimizer", "sgd"], "optimizer"),
         (["--device", "quantum"], "device"),
-    ],
-)
-def test_bad_options_one_line_exit_2(
-    flags: list[str], words: str, tmp_path: Path,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    code, err = _run(["train", "--out", str(tmp_path / "r"), *flags],
-                     capsys)
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("vaelab: error:")
-    assert words in err
-    assert not (tmp_path / "r").exists()  # nothing written
-
-
-@pytest.mark.parametrize(
-    "flags, words",
-    [
+        # combinations, checked by Config.validate
         (["--init-var", "1e-7"], "init_var"),
         (["--init-var", "0.01", "--var-floor", "0.05"], "var_floor"),
         (["--latent", "categorical", "--prior", "laplace"], "prior"),
@@ -61,7 +45,7 @@ def test_bad_options_one_line_exit_2(
         (["--device", "cuda:x"], "device"),
     ],
 )
-def test_bad_combinations_one_line_exit_2_nothing_written(
+def test_bad_options_one_line_exit_2_nothing_written(
     flags: list[str], words: str, tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:

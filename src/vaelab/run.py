@@ -157,19 +157,11 @@ def _finished(run_dir: Path, config: Config) -> bool:
     """True when ``run_dir`` holds this config's finished run; False when
     it holds nothing or an unfinished one; an error for another config
     (the rule of ``runfolder.config_differences``, as for --resume)."""
-    if not (run_dir / runfolder.CHECKPOINT).exists():
-        return False
-    diff = runfolder.config_differences(runfolder.load_config(run_dir),
-                                        config)
-    if diff:
-        raise VaelabError(
-            f"{run_dir} holds a model trained with other options ("
-            + ", ".join(diff)
-            + "); delete that folder or choose another --out"
-        )
-    epoch, _, _ = runfolder.read_checkpoint(run_dir)
+    epoch = runfolder.trained_epoch(
+        run_dir, config, "delete that folder or choose another --out")
     # More epochs than asked (the zoo was shortened) is finished too.
-    return (run_dir / runfolder.RESULTS).exists() and epoch >= config.epochs
+    return (epoch is not None and epoch >= config.epochs
+            and (run_dir / runfolder.RESULTS).exists())
 
 
 def _newer(path: Path, than: Path) -> bool:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from vaelab import __version__
 from vaelab.config import Config
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.model import build_model
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -93,6 +93,21 @@ def config_differences(
         for k, v in ours.items()
         if k not in allowed and theirs.get(k) != v
     ]
+
+
+def trained_epoch(run_dir: Path, config: Config, advice: str) -> int | None:
+    """The epoch of ``run_dir``'s checkpoint, or None when it has none; a
+    ConfigError when it was trained with other options than ``config``
+    (``config_differences``), ending with ``advice``."""
+    if not (run_dir / CHECKPOINT).exists():
+        return None
+    diff = config_differences(load_config(run_dir), config)
+    if diff:
+        raise ConfigError(
+            f"{run_dir} holds a run trained with other options: "
+            + ", ".join(diff) + f"; {advice}"
+        )
+    return read_checkpoint(run_dir)[0]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -4,12 +4,13 @@ loop, for every kind of inference.
 ``train`` owns what every run shares: the run folder (lock, config,
 resume), epochs, the permutation, dequantization noise, the optimizer
 step, the progress bar, the NaN guard, checkpoints and metrics.jsonl.
-What differs between kinds of inference lives in an ``InferenceMethod``:
-its training step (the ELBO terms of a minibatch, which the loop
-ascends), its held-out ELBO, its extra state to checkpoint and its final
-results. ``Amortized`` (an encoder, for continuous and discrete latents)
-and ``vaelab.vem.VariationalEM`` (per-image parameters) are the two; a new
-one implements the protocol and is added to ``METHODS``.
+What differs between kinds of inference lives in an
+``vaelab.method.InferenceMethod``: its training step (the ELBO terms of a
+minibatch, which the loop ascends), its held-out ELBO, its extra state to
+checkpoint and its final results. ``Amortized`` (an encoder, for
+continuous and discrete latents) and ``vaelab.vem.VariationalEM``
+(per-image parameters) are the two; a new one subclasses
+``vaelab.method.Method`` and is added to ``METHODS``.
 
 The whole training set is one tensor on the device; each epoch draws a
 permutation and takes minibatches as slices of it, so no per-image Python
@@ -24,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,60 +35,15 @@ from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
+from vaelab.method import InferenceMethod, Method
 from vaelab.model import build_model
-from vaelab.objectives import (
-    ElboTerms,
-    LatentVariableModel,
-    average_elbo,
-    compute_elbo,
-)
+from vaelab.objectives import ElboTerms, average_elbo, compute_elbo
 from vaelab.vem import VariationalEM
 
 
-class InferenceMethod(Protocol):
-    """What differs between kinds of inference (cf. Pyro's SVI guide and
-    pythae's ``train_step``); ``train`` does everything else."""
-
-    label: str  # progress bar text, e.g. "epoch"
-    divergence_hint: str  # advice when the ELBO turns NaN
-
-    def start_epoch(self, epoch: int) -> None:
-        """Set schedules that depend on the epoch alone (so a resumed run
-        follows them too)."""
-
-    def train_step(
-        self, x: Tensor, rows: Tensor, generator: torch.Generator
-    ) -> ElboTerms:
-        """ELBO terms (B,) of minibatch x (B, D), the training images
-        ``rows`` (B,); the loop ascends ``terms.objective()``."""
-
-    def validate(self, images: Tensor) -> dict[str, float]:
-        """Mean held-out ELBO, log_lik and kl (nats per image)."""
-
-    def state(self) -> dict[str, Tensor]:
-        """Tensors to checkpoint beside the model's (none: {})."""
-
-    def load_state(self, tensors: dict[str, Tensor]) -> None:
-        """Restore ``state`` from a checkpoint's tensors."""
-
-    def results(self, dataset: Dataset) -> dict[str, Any]:
-        """Final ELBO and terms per split, and method-specific keys."""
-
-
-class Amortized:
+class Amortized(Method):
     """Amortized inference: the encoder q(z; g(x, phi)) is trained with the
     decoder by one gradient step on the ELBO per minibatch (the VAE)."""
-
-    label = "epoch"
-    divergence_hint = "try a smaller --lr"
-
-    def __init__(
-        self, model: LatentVariableModel, config: Config, dataset: Dataset,
-        device: torch.device,
-    ) -> None:
-        self.model = model
-        self.config = config
-        self.dequantized = dataset.preprocess == "dequantize"
 
     def start_epoch(self, epoch: int) -> None:
         # A relaxation's temperature (categorical latents) is annealed.
@@ -102,12 +58,6 @@ class Amortized:
 
     def validate(self, images: Tensor) -> dict[str, float]:
         return average_elbo(self.model, images, dequantized=self.dequantized)
-
-    def state(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_state(self, tensors: dict[str, Tensor]) -> None:
-        """Nothing beyond the model."""
 
     def results(self, dataset: Dataset) -> dict[str, Any]:
         device = next(self.model.parameters()).device
@@ -148,23 +98,15 @@ def _device(config: Config) -> torch.device:
 
 def _start_epoch(config: Config, run_dir: Path, resume: bool) -> int:
     """Check the folder against ``resume``; return the epoch to start from."""
-    has_checkpoint = (run_dir / runfolder.CHECKPOINT).exists()
-    if has_checkpoint and not resume:
+    epoch = runfolder.trained_epoch(
+        run_dir, config, "resume with the same options or choose another "
+        "--out")
+    if epoch is not None and not resume:
         raise ConfigError(
             f"{run_dir} already holds a trained run; pass --resume to "
             "continue it or choose another --out"
         )
-    if not has_checkpoint:
-        return 0
-    diff = runfolder.config_differences(runfolder.load_config(run_dir),
-                                        config)
-    if diff:
-        raise ConfigError(
-            f"--resume: options differ from the run in {run_dir}: "
-            + ", ".join(diff)
-        )
-    epoch, _, _ = runfolder.read_checkpoint(run_dir)
-    return epoch
+    return epoch or 0
 
 
 def check_epoch(
@@ -255,7 +197,7 @@ def _fit(
     optimizer = make_optimizer(model.parameters(), config)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
-    method = METHODS[config.inference](model, config, dataset, device)
+    method = METHODS[config.inference](model, config, dataset)
     elapsed = 0.0
     if start_epoch > 0:
         _, tensors, extra = runfolder.read_checkpoint(run_dir)

@@ -41,6 +41,7 @@ from vaelab.inference import (
     split_params,
     vem_test_steps,
 )
+from vaelab.method import Method
 from vaelab.objectives import (
     ElboTerms,
     LatentVariableModel,
@@ -74,26 +75,21 @@ class Lambdas:
         self.log_spread[rows] = log_spread
 
 
-class VariationalEM:
+class VariationalEM(Method):
     """The training loop's inference method for ``--inference vem``: the
     E-step on the minibatch's lambda inside each training step, lambda as
-    extra checkpoint state (``vaelab.train.InferenceMethod``)."""
+    extra checkpoint state."""
 
     label = "vEM epoch"
     divergence_hint = "try a smaller --lr or --e-lr"
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
-        device: torch.device,
     ) -> None:
-        self.model = model
-        self.config = config
-        self.dequantized = dataset.preprocess == "dequantize"
+        super().__init__(model, config, dataset)
+        device = next(model.parameters()).device
         self.train_lam = Lambdas(model, len(dataset.train), device)
         self.val_lam = Lambdas(model, len(dataset.val), device)
-
-    def start_epoch(self, epoch: int) -> None:
-        """No schedule."""
 
     def train_step(
         self, x: Tensor, rows: Tensor, generator: torch.Generator
