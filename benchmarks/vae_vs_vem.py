@@ -47,9 +47,9 @@ def measure(run_dir: Path, images: torch.Tensor, preprocess: str,
     model, config = load_model(run_dir)
     r = evaluate_model(model, config, images, preprocess, n=n_test, k=100,
                        progress=False, gap_n=0)
-    return {"elbo": r["elbo"], "log_px": r["log_px"]["value"],
-            "log_px_error": r["log_px"]["error"],
-            "log_px_ok": r["log_px"]["coverage"]["ok"]}
+    return {"elbo": r.elbo.value, "log_px": r.log_px.value,
+            "log_px_error": r.log_px.error,
+            "log_px_ok": r.log_px.coverage.ok}
 
 
 def race(configs: dict[str, Config], root: Path, budget: float,

@@ -17,19 +17,35 @@ import torch
 from helpers import synthetic_dataset
 from torch import nn
 
-from vaelab import cli
+from vaelab import cli, runfolder
 from vaelab.config import Config
 from vaelab.distributions import DiagGaussian, StandardNormal
+from vaelab.errors import VaelabError
 from vaelab.evaluate import (
-    EVALUATION,
+    Evaluation,
     evaluate_model,
+    format_table,
     inference_gaps,
     iwae_dataset,
     to_bpd,
 )
-from vaelab.model import build_model
-from vaelab.quadrature import SharedPoints, quadrature_log_px
+from vaelab.quadrature import quadrature_log_px
 from vaelab.train import train
+
+
+class IdentityGaussian:
+    """p(x|z) = N(m, s I), the mean m given directly (no sigmoid)."""
+
+    def __init__(self, s: float) -> None:
+        self.s = s
+
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        return -0.5 * (((x - mean) ** 2).sum(-1) / self.s
+                       + d * math.log(2 * math.pi * self.s))
+
+    def pairwise_log_prob(self, mean: torch.Tensor):
+        return lambda x: self.log_prob(x[:, None, :], mean[None])
 
 
 class LinearGaussian(nn.Module):
@@ -48,15 +64,16 @@ class LinearGaussian(nn.Module):
         self.w = nn.Parameter(torch.randn(d, 2, generator=g, dtype=f64))
         self.b = nn.Parameter(torch.randn(d, generator=g, dtype=f64))
         self.s = s
+        self.likelihood = IdentityGaussian(s)
         self.prior = StandardNormal(2)
         self.latent_dim = 2
         self.shift, self.widen = shift, widen
 
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.w.T + self.b  # (..., D)
+
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        mean = z @ self.w.T + self.b  # (S, B, D) or broadcast
-        d = x.shape[-1]
-        return -0.5 * (((x - mean) ** 2).sum(-1) / self.s
-                       + d * math.log(2 * math.pi * self.s))
+        return self.likelihood.log_prob(x, self.decode_logits(z))
 
     def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
         cov = self.w @ self.w.T + self.s * torch.eye(x.shape[-1],
@@ -128,24 +145,6 @@ def test_iwae_matches_closed_form_within_its_se(ppca) -> None:
     assert 0.25 * predicted <= float(diff.var()) <= 4.0 * predicted
     # And the ELBO is below it, by a clear margin for this proposal.
     assert float((terms.elbo - exact).mean()) < -4.0 * se
-
-
-def test_shared_points_fast_paths_match_direct() -> None:
-    for likelihood in ("gaussian", "bernoulli"):
-        config = Config(hidden=32, likelihood=likelihood,
-                        preprocess="binarize" if likelihood == "bernoulli"
-                        else "dequantize").resolved()
-        torch.manual_seed(0)
-        model = build_model(config)
-        x = torch.rand(7, 784)
-        if likelihood == "bernoulli":
-            x = (x > 0.5).float()
-        z = torch.randn(11, 2)
-        with torch.no_grad():
-            fast = SharedPoints(model, z).log_lik(x)
-            direct = model.log_likelihood(x, z[:, None, :]).T
-        assert fast.shape == (7, 11)
-        assert torch.allclose(fast, direct, rtol=1e-5, atol=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -226,34 +225,97 @@ def test_optimized_q_beats_the_encoder(trained) -> None:
 def test_evaluate_model_keys_and_file(trained) -> None:
     model, config, _, ds, out = trained
     result = evaluate_model(
-        model, config, ds.test.images, ds.preprocess, run_dir=out, n=50,
-        k=50, progress=False, gap_n=20, gap_steps=10,
+        model, config, ds.test.images, ds.preprocess, n=50, k=50,
+        progress=False, gap_n=20, gap_steps=10,
     )
-    assert result["n_images"] == 50
-    assert set(result["iwae"]) >= {"value", "se", "k", "mc_se"}
-    assert result["iwae"]["k"] == 50
-    assert set(result["log_px"]) >= {"value", "error", "coverage"}
-    assert set(result["gaps"]) >= {
-        "encoder_elbo", "optimized_elbo", "log_px", "amortization_gap",
-        "approximation_gap",
+    result.write(out)
+    assert result.n_images == 50
+    assert result.iwae.k == 50
+    g = result.gaps
+    assert g.amortization_gap == pytest.approx(
+        g.optimized_elbo - g.encoder_elbo)
+    assert g.approximation_gap == pytest.approx(
+        g.log_px - g.optimized_elbo)
+    assert result.elbo.value <= result.iwae.value + 1.0
+    assert result.bpd.log_px == pytest.approx(
+        to_bpd(result.log_px.value, 784, "dequantize"))
+    # evaluation.json's keys, exactly.
+    stored = json.loads((out / runfolder.EVALUATION).read_text())
+    assert list(stored) == [
+        "units", "inference", "preprocess", "n_images", "k", "elbo",
+        "elbo_se", "iwae", "log_px", "bpd", "gaps", "gaps_log_px_method",
+        "notes", "timings", "seconds",
+    ]
+    assert list(stored["iwae"]) == ["value", "se", "k", "mc_se"]
+    assert stored["iwae"]["k"] == 50
+    assert list(stored["log_px"]) == [
+        "value", "error", "method", "error_max", "coverage"]
+    assert set(stored["log_px"]["coverage"]) == {
+        "ok", "covered_fraction", "max_edge_mass", "max_outside_mass",
+        "box", "prior_mass_outside_box", "zoomed_images", "mean_window",
     }
-    g = result["gaps"]
-    assert g["amortization_gap"] == pytest.approx(
-        g["optimized_elbo"] - g["encoder_elbo"])
-    assert g["approximation_gap"] == pytest.approx(
-        g["log_px"] - g["optimized_elbo"])
-    assert result["elbo"] <= result["iwae"]["value"] + 1.0
-    assert result["bpd"]["log_px"] == pytest.approx(
-        to_bpd(result["log_px"]["value"], 784, "dequantize"))
-    stored = json.loads((out / EVALUATION).read_text())
-    assert stored["elbo"] == pytest.approx(result["elbo"])
+    assert list(stored["bpd"]) == ["elbo", "iwae", "log_px"]
+    assert list(stored["gaps"]) == [
+        "n_images", "encoder_elbo", "optimized_elbo", "log_px",
+        "amortization_gap", "approximation_gap",
+    ]
+    assert stored["gaps_log_px_method"] == "quadrature"
+    assert list(stored["timings"]) == ["elbo_iwae", "log_px", "gaps"]
+    assert stored["elbo"] == pytest.approx(result.elbo.value)
     # Same seeds, same numbers.
     again = evaluate_model(
         model, config, ds.test.images, ds.preprocess, n=50, k=50,
         progress=False, gap_n=20, gap_steps=10,
     )
-    assert again["iwae"]["value"] == result["iwae"]["value"]
-    assert again["log_px"]["value"] == result["log_px"]["value"]
+    assert again.iwae.value == result.iwae.value
+    assert again.log_px.value == result.log_px.value
+    assert "IWAE (k = 50)" in format_table(result)
+
+
+def test_evaluation_round_trips_through_its_file(trained, tmp_path) -> None:
+    model, config, _, ds, _ = trained
+    result = evaluate_model(
+        model, config, ds.test.images, ds.preprocess, n=20, k=10,
+        progress=False, gap_n=5, gap_steps=2,
+    )
+    result.write(tmp_path)
+    assert Evaluation.read(tmp_path) == result
+    assert Evaluation.from_json(result.to_json()) == result
+    # Without the quadrature's extras (enumeration), and without gaps.
+    data = result.to_json()
+    data["log_px"] = {"value": -1.5, "error": 0.0, "method": "enumeration"}
+    data["gaps"] = data["gaps_log_px_method"] = data["bpd"] = None
+    data["timings"] = {"elbo_iwae": 1.0}
+    assert Evaluation.from_json(data).to_json() == data
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("iwae"), "lacks iwae"),
+    (lambda d: d.update(extra=1), "unknown extra"),
+    (lambda d: d["gaps"].update(n_images="3"), "gaps.n_images"),
+    (lambda d: d.update(log_px={"value": 1.0}), "log_px lacks error"),
+    (lambda d: d.update(timings={"iwae": 1.0}), "timings has unknown"),
+])
+def test_a_malformed_evaluation_is_a_clear_error(tmp_path, change,
+                                                 message) -> None:
+    data = {
+        "units": "nats per image", "inference": "amortized",
+        "preprocess": "scale", "n_images": 3, "k": 2, "elbo": 1.0,
+        "elbo_se": 0.5,
+        "iwae": {"value": 2.0, "se": 0.5, "k": 2, "mc_se": 0.1},
+        "log_px": None, "bpd": None,
+        "gaps": {"n_images": 3, "encoder_elbo": 1.0, "optimized_elbo": 1.5,
+                 "log_px": 2.0, "amortization_gap": 0.5,
+                 "approximation_gap": 0.5},
+        "gaps_log_px_method": "iwae-2", "notes": [], "timings": {},
+        "seconds": 1.0,
+    }
+    Evaluation.from_json(data)
+    change(data)
+    runfolder.write_json(tmp_path / runfolder.EVALUATION, data)
+    with pytest.raises(VaelabError, match=message) as e:
+        Evaluation.read(tmp_path)
+    assert str(tmp_path / runfolder.EVALUATION) in str(e.value)
 
 
 def test_bpd_conversion() -> None:

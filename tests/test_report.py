@@ -11,21 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaelab import report
+from vaelab import plots, report, runfolder
 from vaelab.config import Config
 from vaelab.errors import VaelabError
+from vaelab.evaluate import Evaluation
 from vaelab.plots import plot_tiles, tile_grid
 
 
 def fake_run(
     out: Path, name: str, test_elbo: float, *, likelihood: str = "gaussian",
     evaluation: dict | None = None, figures: tuple[str, ...] = (
-        "samples.png", "manifold.png"),
+        "samples.png", "manifold.png"), inference: str = "amortized",
 ) -> Path:
     """A run folder with config, results and figures, as training leaves."""
     run = out / name
     run.mkdir(parents=True)
-    config = Config(likelihood=likelihood, device="cpu").resolved()
+    config = Config(likelihood=likelihood, device="cpu",
+                    inference=inference).resolved()
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     split = {"elbo": test_elbo, "log_lik": test_elbo + 5.0, "kl": 5.0}
     results = {
@@ -39,7 +41,7 @@ def fake_run(
         plot_tiles([tile_grid(rng.random((4, 784)), 2, 2)], run / f, name)
     (run / "figures.json").write_text(json.dumps(list(figures)))
     if evaluation is not None:
-        (run / "evaluation.json").write_text(json.dumps(evaluation))
+        (run / runfolder.EVALUATION).write_text(json.dumps(evaluation))
     return run
 
 
@@ -101,21 +103,35 @@ def test_comparison_is_computed_from_the_numbers(tmp_path):
     assert not any("comparable" in s for s in summary["comparison"])
 
 
-def test_report_renders_evaluation_gaps_when_present(tmp_path):
-    # The keys vaelab.evaluate documents for evaluation.json.
-    evaluation = {
-        "units": "nats per image", "n_images": 300, "k": 5000,
+def evaluation_json(inference: str = "amortized",
+                    amortization_gap: float = 1.5) -> dict:
+    """evaluation.json as vaelab.evaluate documents it."""
+    encoder = 103.0 - amortization_gap
+    return {
+        "units": "nats per image", "inference": inference,
+        "preprocess": "dequantize", "n_images": 300, "k": 5000,
         "elbo": 101.5, "elbo_se": 0.25,
         "iwae": {"value": 104.25, "se": 0.5, "k": 5000, "mc_se": 0.01},
         "log_px": {"value": 104.75, "error": 0.125, "method": "quadrature",
-                   "coverage": {"ok": False}},
+                   "error_max": 0.5,
+                   "coverage": {"ok": False, "covered_fraction": 0.99,
+                                "max_edge_mass": 1e-7,
+                                "max_outside_mass": 1e-3, "box": 5.0,
+                                "prior_mass_outside_box": 1e-6,
+                                "zoomed_images": 30, "mean_window": 2.5}},
         "bpd": {"elbo": 1.5, "iwae": 1.25, "log_px": 1.125},
-        "gaps": {"n_images": 100, "encoder_elbo": 101.5,
+        "gaps": {"n_images": 100, "encoder_elbo": encoder,
                  "optimized_elbo": 103.0, "log_px": 104.75,
-                 "amortization_gap": 1.5, "approximation_gap": 1.75},
+                 "amortization_gap": 103.0 - encoder,
+                 "approximation_gap": 1.75},
         "gaps_log_px_method": "quadrature",
-        "notes": ["a <warning>"], "timings": {"iwae": 1.0},
+        "notes": ["a <warning>"], "timings": {"elbo_iwae": 1.0},
+        "seconds": 12.0,
     }
+
+
+def test_report_renders_evaluation_gaps_when_present(tmp_path):
+    evaluation = evaluation_json()
     fake_run(tmp_path, "a", 100.0, evaluation=evaluation)
     fake_run(tmp_path, "b", 90.0)
     path, summary = report.write_report(
@@ -134,10 +150,52 @@ def test_report_renders_evaluation_gaps_when_present(tmp_path):
     assert "coverage not ok" in text
     assert "a &lt;warning&gt;" in text
     assert "Not evaluated" in text  # model b has no evaluation.json
-    assert summary["models"][0]["evaluation"] == evaluation
+    assert "ELBO with the encoder&#x27;s q(z | x)" in text
+    assert summary["models"][0]["evaluation"] == Evaluation.from_json(
+        evaluation)
     assert summary["models"][1]["evaluation"] is None
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["models"][0]["evaluation"] == evaluation
     assert any("A has the largest amortization gap: 1.50" in s
                for s in summary["comparison"])
+
+
+def test_a_vem_run_has_no_amortization_gap(tmp_path):
+    # vEM has no encoder: its q is a test-time E-step from the prior.
+    fake_run(tmp_path, "vem", 100.0, inference="vem",
+             evaluation=evaluation_json("vem", amortization_gap=5.0))
+    path, summary = report.write_report(tmp_path, [("vem", "V")],
+                                        command="x")
+    text = path.read_text()
+    assert "ELBO with the test-time E-step&#x27;s q" in text
+    assert "inference gap (E-step vs optimized q)</td><td class=\"num\">5.00" \
+        in text
+    assert "amortization" not in text and "encoder&#x27;s" not in text
+    assert not any("amortization" in s for s in summary["comparison"])
+    # Beside an amortized run, the largest amortization gap is the
+    # amortized run's, though the vEM run's gap is larger.
+    fake_run(tmp_path, "vae", 90.0,
+             evaluation=evaluation_json(amortization_gap=1.25))
+    _, summary = report.write_report(
+        tmp_path, [("vem", "V"), ("vae", "A")], command="x")
+    assert any("A has the largest amortization gap: 1.25" in s
+               for s in summary["comparison"])
+
+
+def test_describe_a_vem_model():
+    # Variational EM trains no encoder: not a VAE.
+    assert (plots.describe(Config(inference="vem"))
+            == "gaussian model, P=2, variational EM, adam")
+    assert plots.describe(Config()) == "gaussian VAE, P=2, adam"
+
+
+def test_a_malformed_evaluation_names_its_file(tmp_path):
+    evaluation = evaluation_json()
+    del evaluation["gaps"]["log_px"]
+    run = fake_run(tmp_path, "a", 100.0, evaluation=evaluation)
+    with pytest.raises(VaelabError, match="gaps lacks log_px") as e:
+        report.write_report(tmp_path, [("a", "A")], command="x")
+    assert str(run / runfolder.EVALUATION) in str(e.value)
 
 
 def test_pdf_without_chromium_is_one_line_error(tmp_path):

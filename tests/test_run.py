@@ -14,6 +14,7 @@ from helpers import synthetic_dataset
 from vaelab import run, runfolder
 from vaelab.cli import main
 from vaelab.errors import ConfigError, VaelabError
+from vaelab.evaluate import Estimate, Evaluation, Gaps, IwaeEstimate, Timings
 
 CONTINUOUS = ["real_digits.png", "samples.png", "samples_noise.png",
               "reconstructions.png", "latent_scatter.png", "manifold.png",
@@ -203,9 +204,15 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
 
     def evaluate_run(run_dir, **kw):
         calls.append((Path(run_dir).name, kw))
-        result = {"elbo": 1.0, "gaps": {"amortization_gap": 2.5,
-                                        "approximation_gap": 0.5}}
-        (Path(run_dir) / "evaluation.json").write_text(json.dumps(result))
+        result = Evaluation(
+            inference="amortized", preprocess="binarize", n_images=10,
+            k=3, elbo=Estimate(1.0, 0.1),
+            iwae=IwaeEstimate(1.5, 0.1, k=3, mc_se=0.01), log_px=None,
+            bpd=None, gaps=Gaps(n_images=10, encoder_elbo=1.0,
+                                optimized_elbo=3.5, log_px=4.0,
+                                log_px_method="iwae-3"),
+            notes=(), timings=Timings(), seconds=1.0)
+        result.write(run_dir)
         return result
 
     monkeypatch.setattr(run, "evaluate_run", evaluate_run)

@@ -140,8 +140,8 @@ def test_evaluate_a_vem_model(vem_run, data) -> None:
     model, config = load_model(out)
     r = evaluate_model(model, config, data.test.images, data.preprocess,
                        n=30, k=30, progress=False, gap_n=10, gap_steps=10)
-    assert r["inference"] == "vem"
-    assert "e_step" in r["timings"]
-    assert r["elbo"] <= r["iwae"]["value"] + 1.0
-    assert r["log_px"]["coverage"]["ok"]
-    assert r["gaps"]["optimized_elbo"] >= r["gaps"]["encoder_elbo"] - 1.0
+    assert r.inference == "vem"
+    assert r.timings.e_step is not None
+    assert r.elbo.value <= r.iwae.value + 1.0
+    assert r.log_px.coverage.ok
+    assert r.gaps.optimized_elbo >= r.gaps.encoder_elbo - 1.0

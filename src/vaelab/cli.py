@@ -186,7 +186,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
         data_dir=args.data_dir,
     )
-    print(json.dumps(result, indent=2) if args.json
+    print(json.dumps(result.to_json(), indent=2) if args.json
           else format_table(result))
     return 0
 

@@ -16,17 +16,19 @@ where that has a meaning):
   optimized ELBO), after Cremer, Li and Duvenaud (2018).
 
 Every estimator sees the same test images and, for dequantized data, the
-same dequantization noise (drawn once with a fixed seed).
+same dequantization noise (drawn once with a fixed seed). The results are
+an ``Evaluation``, whose ``to_json`` is the run folder's evaluation.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -34,13 +36,13 @@ from tqdm.auto import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import dequantize
-from vaelab.distributions import Categorical, kl_divergence
+from vaelab.data import dequantize, load_data
+from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
+from vaelab.errors import VaelabError
 from vaelab.inference import FAMILIES, fit_posterior, posterior
-from vaelab.objectives import compute_elbo
-from vaelab.quadrature import quadrature_log_px
+from vaelab.objectives import compute_elbo, exact_log_marginal
+from vaelab.quadrature import Quadrature, quadrature_log_px
 
-EVALUATION = "evaluation.json"
 # Seeds of the evaluation's random numbers, one per use, so that changing
 # one estimator's settings leaves the others' draws alone.
 DEQUANTIZE_SEED = 20210517
@@ -137,8 +139,6 @@ def enumerated_log_px(
 ) -> Tensor:
     """log p(x) (N,) of a categorical-latent model, exactly, by summing
     over all K^M codes (``objectives.exact_log_marginal``)."""
-    from vaelab.objectives import exact_log_marginal
-
     return torch.cat([
         exact_log_marginal(model, x[i:i + batch_size]).double()
         for i in range(0, x.shape[0], batch_size)
@@ -215,6 +215,344 @@ def _crn_elbos(
     return out
 
 
+# ------------------------------------------------------- typed results
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over images, nats per image, and its standard error."""
+
+    value: float
+    se: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class IwaeEstimate(Estimate):
+    """IWAE_k: ``se`` over images; ``mc_se`` the Monte Carlo standard
+    error of the mean (delta method)."""
+
+    k: int
+    mc_se: float
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The quadrature's checks over all images (see ``Quadrature``):
+    ``ok`` when every image is covered and resolved; largest shares of
+    p(x) on a window's edge and outside it; the net's half-width ``box``
+    (latent units) and the prior mass outside it; images that zoomed in;
+    the mean window width (latent units)."""
+
+    ok: bool
+    covered_fraction: float
+    max_edge_mass: float
+    max_outside_mass: float
+    box: float
+    prior_mass_outside_box: float
+    zoomed_images: int
+    mean_window: float
+
+
+@dataclass(frozen=True)
+class LogPx:
+    """Mean log p(x), nats per image; ``error``: mean per-image error
+    bound (0 for enumeration, exact); quadrature only: ``error_max``, the
+    largest per-image bound, and ``coverage``."""
+
+    value: float
+    error: float
+    method: Literal["quadrature", "enumeration"]
+    error_max: float | None = None
+    coverage: Coverage | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value, "error": self.error,
+                               "method": self.method}
+        if self.error_max is not None:
+            out["error_max"] = self.error_max
+        if self.coverage is not None:
+            out["coverage"] = dataclasses.asdict(self.coverage)
+        return out
+
+
+@dataclass(frozen=True)
+class Bpd:
+    """Bits per dimension of the ELBO, IWAE and log p(x) (``to_bpd``);
+    None where there is no such number."""
+
+    elbo: float | None
+    iwae: float | None
+    log_px: float | None
+
+
+@dataclass(frozen=True)
+class Gaps:
+    """Means over the first ``n_images`` images, nats per image: the
+    ELBO under the run's q (the encoder's, or for vEM the test-time
+    E-step's), under q optimized per image, and log p(x) by
+    ``log_px_method`` (quadrature, enumeration or iwae-k)."""
+
+    n_images: int
+    encoder_elbo: float
+    optimized_elbo: float
+    log_px: float
+    log_px_method: str
+
+    @property
+    def amortization_gap(self) -> float:
+        """Optimized minus the run's q's ELBO (for vEM not amortization:
+        the E-step's shortfall)."""
+        return self.optimized_elbo - self.encoder_elbo
+
+    @property
+    def approximation_gap(self) -> float:
+        """log p(x) minus the optimized ELBO: the family's limit."""
+        return self.log_px - self.optimized_elbo
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_images": self.n_images,
+            "encoder_elbo": self.encoder_elbo,
+            "optimized_elbo": self.optimized_elbo,
+            "log_px": self.log_px,
+            "amortization_gap": self.amortization_gap,
+            "approximation_gap": self.approximation_gap,
+        }
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per part; None for a part not run."""
+
+    e_step: float | None = None
+    elbo_iwae: float | None = None
+    log_px: float | None = None
+    gaps: float | None = None
+
+    def to_json(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None}
+
+
+UNITS = "nats per image"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate_model`` measured; ``to_json`` is evaluation.json.
+
+    Its keys (stable; the report reads them), nats per image:
+
+    - ``elbo``: mean test ELBO, E over k draws of q; ``elbo_se``: its
+      standard error over images.
+    - ``iwae``: {value, se, k, mc_se}: IWAE_k, se over images, and mc_se
+      the Monte Carlo standard error of the mean (delta method).
+    - ``log_px``: {value, error, method[, error_max, coverage]} or None:
+      log p(x) by ``quadrature`` (P = 2; error: mean per-image error
+      bound) or ``enumeration`` (categorical latents; exact, error 0);
+      coverage: {ok, covered_fraction, max_edge_mass, max_outside_mass,
+      box, prior_mass_outside_box, zoomed_images, mean_window}
+      (quadrature only).
+    - ``bpd``: {elbo, iwae, log_px} in bits per dimension, or None
+      (see ``to_bpd``); ELBO and IWAE give upper bounds on bpd.
+    - ``gaps``: {n_images, encoder_elbo, optimized_elbo, log_px,
+      amortization_gap, approximation_gap} on the first gap_n images, or
+      None (no fittable q). log_px there is the quadrature (or exact)
+      value, else IWAE_k, named by ``gaps_log_px_method``. For vEM runs
+      "encoder" is the test-time E-step (``inference.vem_test_steps``).
+    - ``units``, ``n_images``, ``k``, ``inference``, ``preprocess``,
+      ``seconds``, ``timings`` (seconds per part), ``notes`` (warnings).
+    """
+
+    inference: str
+    preprocess: str
+    n_images: int
+    k: int
+    elbo: Estimate
+    iwae: IwaeEstimate
+    log_px: LogPx | None
+    bpd: Bpd | None
+    gaps: Gaps | None
+    notes: tuple[str, ...]
+    timings: Timings
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """evaluation.json's content, as plain JSON data."""
+        return {
+            "units": UNITS,
+            "inference": self.inference,
+            "preprocess": self.preprocess,
+            "n_images": self.n_images,
+            "k": self.k,
+            "elbo": self.elbo.value,
+            "elbo_se": self.elbo.se,
+            "iwae": self.iwae.to_json(),
+            "log_px": self.log_px.to_json() if self.log_px else None,
+            "bpd": dataclasses.asdict(self.bpd) if self.bpd else None,
+            "gaps": self.gaps.to_json() if self.gaps else None,
+            "gaps_log_px_method": self.gaps.log_px_method
+            if self.gaps else None,
+            "notes": list(self.notes),
+            "timings": self.timings.to_json(),
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = runfolder.EVALUATION
+                  ) -> Evaluation:
+        """The inverse of ``to_json``; VaelabError naming ``source`` for
+        anything that is not what ``to_json`` writes."""
+        try:
+            return _read_evaluation(data)
+        except ValueError as e:
+            raise VaelabError(
+                f"{source}: not an evaluation vaelab writes ({e})"
+            ) from None
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> Evaluation:
+        """``run_dir``'s evaluation.json."""
+        path = Path(run_dir) / runfolder.EVALUATION
+        return cls.from_json(runfolder.read_json(path), str(path))
+
+    def write(self, run_dir: str | Path) -> None:
+        """Write ``run_dir``'s evaluation.json."""
+        runfolder.write_json(Path(run_dir) / runfolder.EVALUATION,
+                             self.to_json())
+
+
+class _Fields:
+    """One JSON object with exactly the given keys; typed access, or a
+    ValueError naming the key."""
+
+    def __init__(self, data: Any, where: str, required: tuple[str, ...],
+                 optional: tuple[str, ...] = ()) -> None:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} is {type(data).__name__}, not an "
+                             "object")
+        missing = [k for k in required if k not in data]
+        unknown = [k for k in data if k not in required + optional]
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(missing)}")
+        if unknown:
+            raise ValueError(f"{where} has unknown {', '.join(unknown)}")
+        self.data, self.where = data, where
+
+    def _bad(self, key: str, what: str) -> ValueError:
+        return ValueError(f"{self.where}.{key} is {self.data[key]!r}, not "
+                          f"{what}")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def number(self, key: str) -> float:
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self._bad(key, "a number")
+        return float(v)
+
+    def maybe_number(self, key: str) -> float | None:
+        return self.number(key) if self.has(key) else None
+
+    def integer(self, key: str) -> int:
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._bad(key, "an integer")
+        return v
+
+    def text(self, key: str, choices: tuple[str, ...] = ()) -> str:
+        v = self.data[key]
+        if not isinstance(v, str) or (choices and v not in choices):
+            raise self._bad(key, " or ".join(choices) or "a string")
+        return v
+
+    def flag(self, key: str) -> bool:
+        v = self.data[key]
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false")
+        return v
+
+    def sub(self, key: str, required: tuple[str, ...],
+            optional: tuple[str, ...] = ()) -> _Fields:
+        return _Fields(self.data[key], f"{self.where}.{key}", required,
+                       optional)
+
+
+def _read_evaluation(data: Any) -> Evaluation:
+    f = _Fields(data, "evaluation", (
+        "units", "inference", "preprocess", "n_images", "k", "elbo",
+        "elbo_se", "iwae", "log_px", "bpd", "gaps", "gaps_log_px_method",
+        "notes", "timings", "seconds"))
+    f.text("units", (UNITS,))
+    iw = f.sub("iwae", ("value", "se", "k", "mc_se"))
+    log_px = None
+    if f.has("log_px"):
+        lp = f.sub("log_px", ("value", "error", "method"),
+                   ("error_max", "coverage"))
+        coverage = None
+        if lp.has("coverage"):
+            c = lp.sub("coverage", tuple(
+                x.name for x in dataclasses.fields(Coverage)))
+            coverage = Coverage(
+                ok=c.flag("ok"),
+                covered_fraction=c.number("covered_fraction"),
+                max_edge_mass=c.number("max_edge_mass"),
+                max_outside_mass=c.number("max_outside_mass"),
+                box=c.number("box"),
+                prior_mass_outside_box=c.number("prior_mass_outside_box"),
+                zoomed_images=c.integer("zoomed_images"),
+                mean_window=c.number("mean_window"),
+            )
+        log_px = LogPx(
+            value=lp.number("value"), error=lp.number("error"),
+            method=lp.text("method", ("quadrature", "enumeration")),
+            error_max=lp.maybe_number("error_max"), coverage=coverage,
+        )
+    bpd = None
+    if f.has("bpd"):
+        b = f.sub("bpd", ("elbo", "iwae", "log_px"))
+        bpd = Bpd(*(b.maybe_number(k) for k in ("elbo", "iwae", "log_px")))
+    gaps = None
+    if f.has("gaps"):
+        g = f.sub("gaps", ("n_images", "encoder_elbo", "optimized_elbo",
+                           "log_px", "amortization_gap",
+                           "approximation_gap"))
+        g.number("amortization_gap"), g.number("approximation_gap")
+        gaps = Gaps(
+            n_images=g.integer("n_images"),
+            encoder_elbo=g.number("encoder_elbo"),
+            optimized_elbo=g.number("optimized_elbo"),
+            log_px=g.number("log_px"),
+            log_px_method=f.text("gaps_log_px_method"),
+        )
+    notes = f.data["notes"]
+    if not (isinstance(notes, list)
+            and all(isinstance(n, str) for n in notes)):
+        raise ValueError(f"evaluation.notes is {notes!r}, not a list of "
+                         "strings")
+    t = f.sub("timings", (), tuple(
+        x.name for x in dataclasses.fields(Timings)))
+    return Evaluation(
+        inference=f.text("inference"),
+        preprocess=f.text("preprocess"),
+        n_images=f.integer("n_images"),
+        k=f.integer("k"),
+        elbo=Estimate(f.number("elbo"), f.number("elbo_se")),
+        iwae=IwaeEstimate(iw.number("value"), iw.number("se"),
+                          k=iw.integer("k"), mc_se=iw.number("mc_se")),
+        log_px=log_px,
+        bpd=bpd,
+        gaps=gaps,
+        notes=tuple(notes),
+        timings=Timings(**{k: t.number(k) for k in t.data}),
+        seconds=f.number("seconds"),
+    )
+
+
 # ------------------------------------------------------------- the run
 
 
@@ -245,59 +583,163 @@ def to_bpd(log_p: float | None, dim: int, preprocess: str) -> float | None:
     return None
 
 
-def evaluate_run(
-    run_dir: Path,
-    *,
-    n: int | None = None,
-    k: int = 5000,
-    device: str = "cpu",
-    progress: bool = True,
-    quick: bool = False,
-    gap_n: int | None = None,
-    data_dir: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate the trained run in ``run_dir`` on its test set; write and
-    return ``RUN_DIR/evaluation.json``. Units: nats per image.
+def estimate_bounds(
+    model: Any, x: Tensor, q: Any, k: int, generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[Estimate, IwaeEstimate, Tensor]:
+    """The ELBO and IWAE_k of images x (N, D) with proposal q (over
+    (N, P)), means over images in nats per image, and the per-image
+    IWAE_k (N,)."""
+    bar = tqdm(total=x.shape[0], unit="img", leave=False,
+               desc=f"IWAE k={k}", disable=not progress)
+    terms = iwae_dataset(model, x, q, k, generator, progress=bar.update)
+    bar.close()
+    iwae = IwaeEstimate(*_stats(terms.iwae), k=k,
+                        mc_se=float(terms.var.sum().sqrt() / x.shape[0]))
+    return Estimate(*_stats(terms.elbo)), iwae, terms.iwae
 
-    ``n``: the first n test images (default all); ``k``: importance
-    samples per image; ``quick``: a smoke test (at most 1000 images and
-    k <= 500, the gaps on 100 images with 30 steps); ``gap_n``: images for
-    the gaps (default min(n, 1000); 0: no gaps).
 
-    Keys (stable; the report reads them):
+@dataclass
+class ExactLogPx:
+    """log p(x) per image ``values`` (N,), nats; its ``summary`` for
+    evaluation.json; and the ``quadrature``'s per-image results when it
+    was the method (the posterior's moments among them)."""
 
-    - ``elbo``: mean test ELBO, E over k draws of q; ``elbo_se``: its
-      standard error over images.
-    - ``iwae``: {value, se, k, mc_se}: IWAE_k, se over images, and mc_se
-      the Monte Carlo standard error of the mean (delta method).
-    - ``log_px``: {value, error, method, coverage} or None: log p(x) by
-      ``quadrature`` (P = 2; error: mean per-image error bound) or
-      ``enumeration`` (categorical latents; exact, error 0); coverage:
-      {ok, covered_fraction, max_edge_mass, max_outside_mass, box,
-      prior_mass_outside_box} (quadrature only).
-    - ``bpd``: {elbo, iwae, log_px} in bits per dimension, or None
-      (see ``to_bpd``); ELBO and IWAE give upper bounds on bpd.
-    - ``gaps``: {n_images, encoder_elbo, optimized_elbo, log_px,
-      amortization_gap, approximation_gap} on the first gap_n images, or
-      None (no fittable q). log_px there is the quadrature (or exact)
-      value, else IWAE_k, named by ``gaps_log_px_method``. For vEM runs
-      "encoder" is the test-time E-step (``inference.vem_test_steps``).
-    - ``n_images``, ``k``, ``inference``, ``preprocess``, ``seconds``,
-      ``timings`` (seconds per part), ``notes`` (list of warnings).
-    """
-    t_start = time.perf_counter()
-    from vaelab.data import load_data
+    values: Tensor
+    summary: LogPx
+    quadrature: Quadrature | None = None
 
-    run_dir = Path(run_dir)
-    model, config = runfolder.load_model(run_dir, device)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    dataset = load_data(config)
-    return evaluate_model(
-        model, config, dataset.test.images, dataset.preprocess,
-        run_dir=run_dir, n=n, k=k, progress=progress, quick=quick,
-        gap_n=gap_n, t_start=t_start,
+
+def enumerated_estimate(model: Any, x: Tensor) -> ExactLogPx:
+    """log p(x) of images x (N, D) of a categorical-latent model, exact;
+    ValueError when there are too many codes to enumerate."""
+    values = enumerated_log_px(model, x)
+    return ExactLogPx(values, LogPx(float(values.mean()), 0.0,
+                                    "enumeration"))
+
+
+def quadrature_estimate(
+    model: Any, x: Tensor, q: Any, progress: bool = False
+) -> ExactLogPx:
+    """log p(x) of images x (N, D) of a 2-D latent model by quadrature,
+    windows placed by q (a Gaussian or Laplace over (N, 2))."""
+    bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
+               desc="quadrature", disable=not progress)
+    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt(),
+                             progress=bar.update)
+    bar.close()
+    covered = float(quad.covered.double().mean())
+    coverage = Coverage(
+        ok=covered == 1.0,
+        covered_fraction=covered,
+        max_edge_mass=float(quad.edge.max()),
+        max_outside_mass=float(quad.outside.max()),
+        box=quad.box,
+        prior_mass_outside_box=quad.prior_outside,
+        zoomed_images=int((quad.level > 0).sum()),
+        mean_window=float((quad.hi - quad.lo).mean()),
     )
+    summary = LogPx(
+        value=float(quad.log_px.mean()), error=float(quad.error.mean()),
+        method="quadrature", error_max=float(quad.error.max()),
+        coverage=coverage,
+    )
+    return ExactLogPx(quad.log_px, summary, quad)
+
+
+def estimate_log_px(
+    model: Any, x: Tensor, q: Any, k: int, progress: bool = False
+) -> tuple[ExactLogPx | None, list[str]]:
+    """log p(x) of images x (N, D) by enumeration (categorical q) or
+    quadrature (P = 2, Gaussian or Laplace q), or None; and notes on what
+    failed or could not be computed (``k``: the IWAE's, for the note)."""
+    if isinstance(q, Categorical):
+        try:
+            return enumerated_estimate(model, x), []
+        except ValueError as e:
+            return None, [f"log p(x) not computed: {e}"]
+    dim = model.prior.dim
+    if dim != 2:
+        return None, [f"log p(x) by quadrature needs P = 2 (P = {dim}); "
+                      f"IWAE_{k} is the best estimate"]
+    if not isinstance(q, FAMILIES):
+        return None, []
+    exact = quadrature_estimate(model, x, q, progress)
+    cov = exact.summary.coverage
+    if cov is None or cov.ok:
+        return exact, []
+    return exact, [
+        f"quadrature check failed for {1 - cov.covered_fraction:.2%} of "
+        f"the images (not covered or not resolved); largest share "
+        f"outside a window {cov.max_outside_mass:.2g}"
+    ]
+
+
+def _moment_matched(q: Any, quad: Quadrature) -> Any:
+    """The q of q's family (over (m, 2)) with the mean and variances of
+    the quadrature's posterior, first m images."""
+    m = q.mean.shape[0]
+    var = quad.cov[:m].diagonal(dim1=-2, dim2=-1).float()
+    mean = quad.mean[:m].float()
+    var = torch.maximum(var, (q.var * 1e-2).clamp(min=1e-12))
+    # A Gaussian takes variances; a Laplace scales b, var = 2 b^2.
+    spread = var if isinstance(q, DiagGaussian) else (var / 2.0).sqrt()
+    return type(q)(mean, spread)
+
+
+def estimate_gaps(
+    model: Any, x: Tensor, q: Any, *, steps: int,
+    exact: ExactLogPx | None, iwae: Tensor, k: int, progress: bool = False,
+) -> Gaps:
+    """Inference gaps on images x (m, D), q (a Gaussian or Laplace over
+    (m, P)) the run's: ``inference_gaps`` with ``steps`` steps, started
+    also at the quadrature posterior's moments when ``exact`` has them.
+    The reference log p(x) is ``exact``'s, else the per-image IWAE_k
+    ``iwae``; both (N,) with N >= m."""
+    m = x.shape[0]
+    starts = []
+    if exact is not None and exact.quadrature is not None:
+        starts.append(_moment_matched(q, exact.quadrature))
+    bar = tqdm(total=m * steps * (1 + len(starts)), unit="img-step",
+               unit_scale=True, leave=False, desc="per-image q",
+               disable=not progress)
+    enc, opt = inference_gaps(model, x, q, starts=starts, steps=steps,
+                              progress=bar.update)
+    bar.close()
+    if exact is not None:
+        ref, method = exact.values[:m], exact.summary.method
+    else:
+        ref, method = iwae[:m], f"iwae-{k}"
+    return Gaps(n_images=m, encoder_elbo=float(enc.mean()),
+                optimized_elbo=float(opt.mean()), log_px=float(ref.mean()),
+                log_px_method=method)
+
+
+def bits_per_dim(
+    elbo: float, iwae: float, log_px: LogPx | None, dim: int,
+    preprocess: str,
+) -> Bpd | None:
+    """The estimates (nats per image) in bits per dimension, or None
+    where the preprocessing gives them no such reading (``to_bpd``)."""
+    if preprocess not in ("dequantize", "binarize"):
+        return None
+    return Bpd(
+        elbo=to_bpd(elbo, dim, preprocess),
+        iwae=to_bpd(iwae, dim, preprocess),
+        log_px=to_bpd(log_px.value, dim, preprocess) if log_px else None,
+    )
+
+
+def _prepare(images: Tensor, preprocess: str, n: int,
+             device: torch.device) -> Tensor:
+    """The first n test images (n, D) as every estimator sees them."""
+    # One fixed-seed noise draw for all test images, then the first n:
+    # the same images and noise for every estimator and every n.
+    x = images.to(device)
+    if preprocess == "dequantize":
+        g = torch.Generator(device="cpu").manual_seed(DEQUANTIZE_SEED)
+        x = dequantize(x, g)
+    return x[:n]
 
 
 def evaluate_model(
@@ -306,38 +748,27 @@ def evaluate_model(
     images: Tensor,
     preprocess: str,
     *,
-    run_dir: Path | None = None,
     n: int | None = None,
     k: int = 5000,
     progress: bool = True,
     quick: bool = False,
     gap_n: int | None = None,
     gap_steps: int | None = None,
-    t_start: float | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """``evaluate_run`` for a model in memory and its test ``images``
-    (N, D), pixels as the preprocessing left them; writes
-    evaluation.json only when ``run_dir`` is given."""
-    t_start = time.perf_counter() if t_start is None else t_start
-    device = next(model.parameters()).device
-    model.eval()
-    notes: list[str] = []
+    (N, D), pixels as the preprocessing left them; writes nothing."""
+    t_start = time.perf_counter()
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if quick:
         n = min(n or images.shape[0], 1000)
         k = min(k, 500)
-    n_all = images.shape[0]
-    n = n_all if n is None else min(n, n_all)
+    n = images.shape[0] if n is None else min(n, images.shape[0])
     if n < 1:
         raise ValueError("no test images to evaluate")
-    # One fixed-seed noise draw for all test images, then the first n:
-    # the same images and noise for every estimator and every n.
-    x = images.to(device)
-    if preprocess == "dequantize":
-        g = torch.Generator(device="cpu").manual_seed(DEQUANTIZE_SEED)
-        x = dequantize(x, g)
-    x = x[:n]
+    device = next(model.parameters()).device
+    model.eval()
+    x = _prepare(images, preprocess, n, device)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -347,68 +778,15 @@ def evaluate_model(
         timings["e_step"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    bar = tqdm(total=n, unit="img", leave=False, desc=f"IWAE k={k}",
-               disable=not progress)
-    terms = iwae_dataset(model, x, q, k, g, progress=bar.update)
-    bar.close()
+    elbo, iwae, iwae_values = estimate_bounds(model, x, q, k, g, progress)
     timings["elbo_iwae"] = time.perf_counter() - t
-    elbo, elbo_se = _stats(terms.elbo)
-    iwae, iwae_se = _stats(terms.iwae)
-    iwae_mc_se = float(terms.var.sum().sqrt() / n)
 
-    log_px = None
-    log_px_values: Tensor | None = None
-    quad = None
-    latent_dim = getattr(model.prior, "dim", None)
-    if isinstance(q, Categorical):
-        try:
-            t = time.perf_counter()
-            log_px_values = enumerated_log_px(model, x)
-            timings["log_px"] = time.perf_counter() - t
-            log_px = {"value": float(log_px_values.mean()), "error": 0.0,
-                      "method": "enumeration"}
-        except ValueError as e:
-            notes.append(f"log p(x) not computed: {e}")
-    elif latent_dim == 2 and isinstance(q, FAMILIES):
-        t = time.perf_counter()
-        bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
-                   desc="quadrature", disable=not progress)
-        quad = quadrature_log_px(model, x, q.mean, q.var.sqrt(),
-                                 progress=bar.update)
-        bar.close()
+    t = time.perf_counter()
+    exact, notes = estimate_log_px(model, x, q, k, progress)
+    if exact is not None:
         timings["log_px"] = time.perf_counter() - t
-        log_px_values = quad.log_px
-        ok_frac = float(quad.covered.double().mean())
-        max_out = float(quad.outside.max())
-        ok = ok_frac == 1.0
-        log_px = {
-            "value": float(quad.log_px.mean()),
-            "error": float(quad.error.mean()),
-            "method": "quadrature",
-            "error_max": float(quad.error.max()),
-            "coverage": {
-                "ok": ok,
-                "covered_fraction": ok_frac,
-                "max_edge_mass": float(quad.edge.max()),
-                "max_outside_mass": max_out,
-                "box": quad.box,
-                "prior_mass_outside_box": quad.prior_outside,
-                "zoomed_images": int((quad.level > 0).sum()),
-                "mean_window": float((quad.hi - quad.lo).mean()),
-            },
-        }
-        if not ok:
-            notes.append(
-                f"quadrature check failed for {1 - ok_frac:.2%} of the "
-                f"images (not covered or not resolved); largest share "
-                f"outside a window {max_out:.2g}"
-            )
-    elif latent_dim != 2:
-        notes.append(f"log p(x) by quadrature needs P = 2 (P = "
-                     f"{latent_dim}); IWAE_{k} is the best estimate")
 
     gaps = None
-    gaps_method = None
     if gap_n == 0:
         pass
     elif isinstance(q, FAMILIES):
@@ -416,122 +794,119 @@ def evaluate_model(
         m = min(n, gap_n if gap_n is not None else (100 if quick else 1000))
         steps = gap_steps if gap_steps is not None else (30 if quick
                                                          else 100)
-        starts = []
-        if quad is not None:
-            # The true posterior's moments, matched in q's family.
-            var = quad.cov[:m].diagonal(dim1=-2, dim2=-1).float()
-            mean = quad.mean[:m].float()
-            floor = (q.var[:m] * 1e-2).clamp(min=1e-12)
-            var = torch.maximum(var, floor)
-            spread = var if type(q).__name__ == "DiagGaussian" \
-                else (var / 2.0).sqrt()
-            starts.append(type(q)(mean, spread))
-        bar = tqdm(total=m * steps * (1 + len(starts)), unit="img-step",
-                   unit_scale=True, leave=False, desc="per-image q",
-                   disable=not progress)
-        enc, opt = inference_gaps(model, x[:m], slice_q(q, slice(0, m)),
-                                  starts=starts, steps=steps,
-                                  progress=bar.update)
-        bar.close()
+        gaps = estimate_gaps(model, x[:m], slice_q(q, slice(0, m)),
+                             steps=steps, exact=exact, iwae=iwae_values,
+                             k=k, progress=progress)
         timings["gaps"] = time.perf_counter() - t
-        if log_px_values is not None:
-            ref, gaps_method = log_px_values[:m], log_px["method"]
-        else:
-            ref, gaps_method = terms.iwae[:m], f"iwae-{k}"
-        e, o, r = (float(v.mean()) for v in (enc, opt, ref))
-        gaps = {
-            "n_images": m,
-            "encoder_elbo": e,
-            "optimized_elbo": o,
-            "log_px": r,
-            "amortization_gap": o - e,
-            "approximation_gap": r - o,
-        }
     else:
         notes.append(f"no gaps: a {type(q).__name__} q cannot be fitted "
                      "per image")
 
-    dim = x.shape[1]
-    bpd = None
-    if preprocess in ("dequantize", "binarize"):
-        bpd = {
-            "elbo": to_bpd(elbo, dim, preprocess),
-            "iwae": to_bpd(iwae, dim, preprocess),
-            "log_px": to_bpd(log_px["value"], dim, preprocess)
-            if log_px else None,
-        }
-    result: dict[str, Any] = {
-        "units": "nats per image",
-        "inference": config.inference,
-        "preprocess": preprocess,
-        "n_images": n,
-        "k": k,
-        "elbo": elbo,
-        "elbo_se": elbo_se,
-        "iwae": {"value": iwae, "se": iwae_se, "k": k, "mc_se": iwae_mc_se},
-        "log_px": log_px,
-        "bpd": bpd,
-        "gaps": gaps,
-        "gaps_log_px_method": gaps_method,
-        "notes": notes,
-        "timings": timings,
-        "seconds": time.perf_counter() - t_start,
-    }
-    if run_dir is not None:
-        runfolder.write_json(Path(run_dir) / EVALUATION, result)
+    log_px = exact.summary if exact is not None else None
+    return Evaluation(
+        inference=config.inference,
+        preprocess=preprocess,
+        n_images=n,
+        k=k,
+        elbo=elbo,
+        iwae=iwae,
+        log_px=log_px,
+        bpd=bits_per_dim(elbo.value, iwae.value, log_px, x.shape[1],
+                         preprocess),
+        gaps=gaps,
+        notes=tuple(notes),
+        timings=Timings(**timings),
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    n: int | None = None,
+    k: int = 5000,
+    device: str = "cpu",
+    progress: bool = True,
+    quick: bool = False,
+    gap_n: int | None = None,
+    data_dir: str | None = None,
+) -> Evaluation:
+    """Evaluate the trained run in ``run_dir`` on its test set; write
+    ``RUN_DIR/evaluation.json`` (``Evaluation`` has its keys) and return
+    it. Units: nats per image.
+
+    ``n``: the first n test images (default all); ``k``: importance
+    samples per image; ``quick``: a smoke test (at most 1000 images and
+    k <= 500, the gaps on 100 images with 30 steps); ``gap_n``: images for
+    the gaps (default min(n, 1000); 0: no gaps).
+    """
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    model, config = runfolder.load_model(run_dir, device)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    dataset = load_data(config)
+    result = evaluate_model(
+        model, config, dataset.test.images, dataset.preprocess, n=n, k=k,
+        progress=progress, quick=quick, gap_n=gap_n,
+    )
+    # Loading the model and the data counts too.
+    result = dataclasses.replace(result,
+                                 seconds=time.perf_counter() - t_start)
+    result.write(run_dir)
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: Evaluation) -> str:
     """The evaluation as a plain-text table (nats per image, bits/dim)."""
-    bpd = result.get("bpd") or {}
+    bpd = result.bpd
 
     def row(name: str, value: float | None, pm: str, key: str) -> str:
-        b = bpd.get(key)
+        b = getattr(bpd, key) if bpd is not None else None
         v = f"{value:12.2f}" if value is not None else f"{'-':>12}"
         bb = f"{b:9.4f}" if b is not None else f"{'-':>9}"
         return f"{name:24s}{v}  {pm:18s}{bb}"
 
     lines = [
-        f"{result['n_images']:,} test images ({result['inference']}, "
-        f"{result['preprocess']}); nats per image",
+        f"{result.n_images:,} test images ({result.inference}, "
+        f"{result.preprocess}); nats per image",
         f"{'estimate':24s}{'value':>12}  {'+-':18s}{'bits/dim':>9}",
     ]
-    lines.append(row(f"ELBO ({result['k']} draws)", result["elbo"],
-                     f"se {result['elbo_se']:.2f}", "elbo"))
-    iw = result["iwae"]
-    lines.append(row(f"IWAE (k = {iw['k']})", iw["value"],
-                     f"se {iw['se']:.2f}, mc {iw['mc_se']:.2g}", "iwae"))
-    lp = result.get("log_px")
+    lines.append(row(f"ELBO ({result.k} draws)", result.elbo.value,
+                     f"se {result.elbo.se:.2f}", "elbo"))
+    iw = result.iwae
+    lines.append(row(f"IWAE (k = {iw.k})", iw.value,
+                     f"se {iw.se:.2f}, mc {iw.mc_se:.2g}", "iwae"))
+    lp = result.log_px
     if lp:
-        lines.append(row(f"log p(x) ({lp['method']})", lp["value"],
-                         f"err {lp['error']:.2g}", "log_px"))
-        cov = lp.get("coverage")
+        lines.append(row(f"log p(x) ({lp.method})", lp.value,
+                         f"err {lp.error:.2g}", "log_px"))
+        cov = lp.coverage
         if cov:
             lines.append(
-                f"  check {'ok' if cov['ok'] else 'FAILED'}: "
-                f"{cov['covered_fraction']:.2%} of images covered and "
-                f"resolved ({cov['zoomed_images']:,} zoomed in); mass on "
-                f"window edges <= {cov['max_edge_mass']:.1g}, outside "
-                f"windows <= {cov['max_outside_mass']:.1g}; net box "
-                f"+-{cov['box']:.2f} (prior mass outside "
-                f"{cov['prior_mass_outside_box']:.1g})"
+                f"  check {'ok' if cov.ok else 'FAILED'}: "
+                f"{cov.covered_fraction:.2%} of images covered and "
+                f"resolved ({cov.zoomed_images:,} zoomed in); mass on "
+                f"window edges <= {cov.max_edge_mass:.1g}, outside "
+                f"windows <= {cov.max_outside_mass:.1g}; net box "
+                f"+-{cov.box:.2f} (prior mass outside "
+                f"{cov.prior_mass_outside_box:.1g})"
             )
-    gaps = result.get("gaps")
+    gaps = result.gaps
     if gaps:
         lines.append(
-            f"gaps on {gaps['n_images']:,} images (log p(x): "
-            f"{result['gaps_log_px_method']}):"
+            f"gaps on {gaps.n_images:,} images (log p(x): "
+            f"{gaps.log_px_method}):"
         )
-        if result["inference"] == "vem":
+        if result.inference == "vem":
             lines.append("  (vEM: the 'encoder' is the test-time E-step "
                          "from the prior)")
-        for key in ("encoder_elbo", "optimized_elbo", "log_px",
-                    "amortization_gap", "approximation_gap"):
-            lines.append(f"  {key:22s}{gaps[key]:12.2f}")
-    for note in result.get("notes", []):
+        for key, value in gaps.to_json().items():
+            if key != "n_images":
+                lines.append(f"  {key:22s}{value:12.2f}")
+    for note in result.notes:
         lines.append(f"note: {note}")
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in
-                      result.get("timings", {}).items())
-    lines.append(f"{result['seconds']:.1f} s ({parts})")
+                      result.timings.to_json().items())
+    lines.append(f"{result.seconds:.1f} s ({parts})")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ likelihood written out. ``build_model(config)`` picks the class.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,31 @@ class GaussianLikelihood(nn.Module):
         log_det = var.log().sum() * (self.dim / var.shape[0])
         return -0.5 * (weighted + log_det + self.dim * LOG_2PI)
 
+    def pairwise_log_prob(
+        self, logits: Tensor
+    ) -> Callable[[Tensor], Tensor]:
+        """log p(x_b | z_g) of any images x (B, D) at G decoded latents
+        ``logits`` (G, D): a function of x giving (B, G), in nats.
+
+        The weighted squared error expands into x^2.(1/s) - 2 x.(f/s) +
+        f^2.(1/s): one (B, D) x (D, G) matrix product instead of B * G * D
+        differences. Float32 error on the spec's model: under 2e-3 nats.
+        """
+        d = logits.shape[-1]
+        var = self.variance().expand(d)
+        inv = var.reciprocal()
+        f = torch.sigmoid(logits)
+        cross = (f * inv).T.contiguous()  # (D, G)
+        f_sq = f.square() @ inv  # (G,)
+        const = var.log().sum() + d * LOG_2PI
+
+        def log_prob(x: Tensor) -> Tensor:
+            sq = ((x.square() @ inv)[:, None] - 2.0 * (x @ cross)
+                  + f_sq[None, :])
+            return -0.5 * (sq + const)
+
+        return log_prob
+
     def sample(
         self, logits: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -102,6 +128,23 @@ class BernoulliLikelihood(nn.Module):
     def log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
         """log p(x|z) summed over pixels: (...,). x: (B, D)."""
         return bernoulli_log_prob(x, logits)
+
+    def pairwise_log_prob(
+        self, logits: Tensor
+    ) -> Callable[[Tensor], Tensor]:
+        """log p(x_b | z_g) of any images x (B, D) at G decoded latents
+        ``logits`` (G, D): a function of x giving (B, G), in nats.
+
+        sum_d x_d l_d - softplus(l_d) is x.l - sum softplus(l): one matrix
+        product.
+        """
+        cross = logits.T.contiguous()  # (D, G)
+        norm = F.softplus(logits).sum(-1)  # (G,)
+
+        def log_prob(x: Tensor) -> Tensor:
+            return x @ cross - norm[None, :]
+
+        return log_prob
 
     def sample(
         self, logits: Tensor, generator: torch.Generator | None = None

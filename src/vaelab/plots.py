@@ -433,16 +433,19 @@ class FigureContext:
 
 
 def describe(config: Config) -> str:
-    """A short model name from a config, e.g. 'gaussian VAE, P=2, adam'."""
+    """A short model name from a config, e.g. 'gaussian VAE, P=2, adam',
+    or 'gaussian model, P=2, variational EM, adam'."""
     latent = f"P={config.latent_dim}"
     if config.latent == "categorical":
         latent = (f"M={config.groups} x K={config.classes} categorical, "
                   f"{config.estimator}")
-    parts = [f"{config.likelihood} VAE", latent]
+    # Variational EM has no encoder: the model is no autoencoder.
+    vem = config.inference == "vem"
+    parts = [f"{config.likelihood} {'model' if vem else 'VAE'}", latent]
     if config.prior != "gaussian":
         parts.append(f"{config.prior} prior")
-    if config.inference != "amortized":
-        parts.append(config.inference)
+    if vem:
+        parts.append("variational EM")
     parts.append(config.optimizer)
     return ", ".join(parts)
 

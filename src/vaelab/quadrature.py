@@ -19,8 +19,9 @@ The scheme (``quadrature_log_px``):
    so wide that a side would get more than 256 points), cut into tiles of
    T x T points (32 x 32). Each image sums over its window. Each tile is
    decoded ONCE for all the images whose window touches it, and
-   log p(x|z) of those images at its points is one matrix product
-   (``SharedPoints``). The integral is the Riemann sum h^2 sum p(x, z).
+   log p(x|z) of those images at its points is one matrix product (the
+   likelihood's ``pairwise_log_prob``). The integral is the Riemann sum
+   h^2 sum p(x, z).
 3. Coverage: the share of the sum on the window's outer ring. Above
    ``edge_tol`` the window doubles, up to ``max_radius``.
 4. Resolution: the sums on the cosets of the lattices of spacing 2h and
@@ -50,68 +51,54 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vaelab.distributions import LaplacePrior, StandardNormal
-from vaelab.model import BernoulliLikelihood, GaussianLikelihood
 
 # Points further below the image's largest log p(x, z) than this (nats)
 # are left on the coarser lattice when an image zooms in (e^-15 = 3e-7).
 SIGNIFICANT = 15.0
-MAX_POINTS = 32_768
 # Largest scatter (nats) of the 4h-lattice cosets' sums around the h sum
 # for which a lattice counts as fine enough (see ``_estimates``).
 ALIAS_TOL = 0.5
 
 
-class SharedPoints:
-    """log p(x|z) at a fixed set of latents z (G, P) for any images.
+def shared_points(model: Any, z: Tensor) -> Callable[[Tensor], Tensor]:
+    """log p(x|z) at latents z (G, P), decoded once: a function of images
+    x (B, D) giving (B, G), in nats (the likelihood's
+    ``pairwise_log_prob``)."""
+    return model.likelihood.pairwise_log_prob(model.decode_logits(z))
 
-    Decodes z once; ``log_lik(x)`` then gives (B, G) for images x (B, D).
-    For the Gaussian likelihood the weighted squared error expands into
-    x^2.(1/s) - 2 x.(f/s) + f^2.(1/s), one (B, D) x (D, G) matrix product
-    instead of B * G * D differences; for the Bernoulli,
-    sum_d x_d l_d - softplus(l_d) is x.l - sum softplus(l) likewise. Other
-    likelihoods fall back to the direct, broadcast computation. Float32
-    error, measured on the spec's model: under 2e-3 nats.
+
+@dataclass(frozen=True)
+class QuadratureSettings:
+    """The tuning knobs of ``quadrature_log_px``; lengths in latent units.
+
+    ``finest``, ``coarsest``: the first lattice's spacing is 2^-finest
+    unless a window would get more than ``side_points`` points along a
+    side, then coarser, down to 2^-coarsest. ``tile``, ``zoom_tile``:
+    lattice points per tile side, first pass and zoom passes. A window's
+    half-width starts at max(``radius``, ``sds`` * q's sd) and doubles
+    while its ring holds ``edge_tol`` of the sum or more, up to
+    ``max_radius``. The net: spacing ``net_spacing``, candidates within
+    ``net_margin`` nats of an image's best point. ``res_tol``: the
+    resolution error (nats) above which an image zooms in, at most
+    ``max_levels`` times.
     """
 
-    def __init__(self, model: Any, z: Tensor) -> None:
-        self.model = model
-        self.z = z
-        self.kind = type(getattr(model, "likelihood", None))
-        if self.kind not in (GaussianLikelihood, BernoulliLikelihood):
-            return
-        logits = model.decode_logits(z)  # (G, D)
-        d = logits.shape[-1]
-        if self.kind is GaussianLikelihood:
-            var = model.likelihood.variance().expand(d)
-            inv = var.reciprocal()
-            f = torch.sigmoid(logits)
-            self.inv = inv
-            self.cross = (f * inv).T.contiguous()  # (D, G)
-            self.f_sq = f.square() @ inv  # (G,)
-            self.const = var.log().sum() + d * math.log(2.0 * math.pi)
-        elif self.kind is BernoulliLikelihood:
-            self.cross = logits.T.contiguous()
-            self.f_sq = F.softplus(logits).sum(-1)
-
-    def log_lik(self, x: Tensor) -> Tensor:
-        """log p(x_b | z_g), (B, G), in nats."""
-        if self.kind is GaussianLikelihood:
-            sq = ((x.square() @ self.inv)[:, None]
-                  - 2.0 * (x @ self.cross) + self.f_sq[None, :])
-            return -0.5 * (sq + self.const)
-        if self.kind is BernoulliLikelihood:
-            return x @ self.cross - self.f_sq[None, :]
-        return self.model.log_likelihood(x, self.z[:, None, :]).T
-
-
-def pairwise_log_lik(model: Any, x: Tensor, z: Tensor) -> Tensor:
-    """log p(x_b | z_g) for images x (B, D) and shared latents z (G, P):
-    (B, G), in nats (see ``SharedPoints``)."""
-    return SharedPoints(model, z).log_lik(x)
+    finest: int = 5
+    coarsest: int = 2
+    side_points: int = 256
+    tile: int = 32
+    radius: float = 1.0
+    sds: float = 6.0
+    net_spacing: float = 1.0 / 6.0
+    net_margin: float = 60.0
+    max_radius: float = 16.0
+    edge_tol: float = 1e-6
+    res_tol: float = 0.05
+    max_levels: int = 6
+    zoom_tile: int = 16
 
 
 @dataclass
@@ -269,7 +256,7 @@ def _window_pass(
         s += c
         z = torch.cartesian_prod(ii.to(x.dtype) * h, jj.to(x.dtype) * h)
         cols, origin = _columns(ii, jj, h)
-        pts = SharedPoints(model, z)
+        log_lik = shared_points(model, z)
         log_prior = model.prior.log_prob(z)
         row_ok = (ii >= lo[idx, :1]) & (ii <= hi[idx, :1])  # (b, T)
         col_ok = (jj >= lo[idx, 1:]) & (jj <= hi[idx, 1:])
@@ -280,7 +267,7 @@ def _window_pass(
                 | (row_ok[:, :, None] & col_edge[:, None, :])).reshape(c, -1)
         for b0 in range(0, c, 4096):
             bs = slice(b0, b0 + 4096)
-            lf = pts.log_lik(x[idx[bs]]) + log_prior
+            lf = log_lik(x[idx[bs]]) + log_prior
             lf = lf.masked_fill(~mask[bs], -math.inf)
             tmax = sums.add(idx[bs], lf, cols, ring[bs], origin)
             pair_max[sl][bs] = tmax
@@ -388,20 +375,8 @@ def quadrature_log_px(
     x: Tensor,
     center: Tensor,
     sd: Tensor,
+    settings: QuadratureSettings = QuadratureSettings(),
     *,
-    finest: int = 5,
-    coarsest: int = 2,
-    side_points: int = 256,
-    tile: int = 32,
-    radius: float = 1.0,
-    sds: float = 6.0,
-    net_spacing: float = 1.0 / 6.0,
-    net_margin: float = 60.0,
-    max_radius: float = 16.0,
-    edge_tol: float = 1e-6,
-    res_tol: float = 0.05,
-    max_levels: int = 6,
-    zoom_tile: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> Quadrature:
     """log p(x) (nats per image) of images x (B, D) under a model with a
@@ -410,24 +385,26 @@ def quadrature_log_px(
     ``center`` (B, 2) and ``sd`` (B, 2): where each image's window starts
     (q's mean and sd); its half-width is max(radius, sds * sd), clipped
     to the net's box, widened to the net's candidates, doubled while mass
-    reaches its edge. The first lattice has spacing 2^-finest (1/32)
-    unless the window is so wide that it would lay more than
-    ``side_points`` points along a side; then it is coarser, down to
-    2^-coarsest. ``progress`` is called with the images of each tile.
+    reaches its edge (``settings``). ``progress`` is called with the
+    images of each tile. The model needs ``prior`` (``log_prob``,
+    ``icdf``), ``decode_logits`` and ``likelihood.pairwise_log_prob``.
     """
     device = x.device
     b = x.shape[0]
     c = center.double()
-    half = torch.maximum(torch.full_like(c, radius), sds * sd.double())
+    half = torch.maximum(torch.full_like(c, settings.radius),
+                         settings.sds * sd.double())
     # The net's box holds the prior's mass and every encoder mean (with a
     # unit to spare); the encoder's sd, which can be absurd early in
     # training, only widens windows within it.
-    box = max(_prior_box(model.prior), float(c.abs().max()) + radius)
-    box = math.ceil(box / net_spacing) * net_spacing
+    box = max(_prior_box(model.prior),
+              float(c.abs().max()) + settings.radius)
+    box = math.ceil(box / settings.net_spacing) * settings.net_spacing
     lo_z = torch.maximum(c - half, torch.full_like(c, -box))
     hi_z = torch.minimum(c + half, torch.full_like(c, box))
-    lo_z, hi_z, log_out = _net_windows(model, x, lo_z, hi_z, box,
-                                       net_spacing, net_margin, progress)
+    lo_z, hi_z, log_out = _net_windows(
+        model, x, lo_z, hi_z, box, settings.net_spacing,
+        settings.net_margin, progress)
     f64 = {"dtype": torch.float64, "device": device}
     log_px = torch.full((b,), math.nan, **f64)
     res = torch.full((b,), math.inf, **f64)
@@ -442,17 +419,19 @@ def quadrature_log_px(
     active = torch.arange(b, device=device)
     while active.numel():
         width = (hi_z[active] - lo_z[active]).amax(1)
-        k[active] = _exponent(width, side_points, coarsest, finest)
+        k[active] = _exponent(width, settings.side_points,
+                              settings.coarsest, settings.finest)
         scale = (2.0 ** k[active].double())[:, None]
         lo_i[active] = torch.floor(lo_z[active] * scale).long()
         hi_i[active] = torch.ceil(hi_z[active] * scale).long()
         r = _passes(model, x, active, lo_i[active], hi_i[active], k[active],
-                    tile, progress)
+                    settings.tile, progress)
         log_px[active], res[active], edge[active] = (r["log_i"], r["err"],
                                                      r["edge"])
         sig_lo[active], sig_hi[active] = r["sig_lo"], r["sig_hi"]
         mean[active], cov[active] = r["mean"], r["cov"]
-        grow = (r["edge"] >= edge_tol) & (width < 2.0 * max_radius)
+        grow = ((r["edge"] >= settings.edge_tol)
+                & (width < 2.0 * settings.max_radius))
         active = active[grow]
         mid = (lo_z[active] + hi_z[active]) / 2.0
         span = hi_z[active] - lo_z[active]
@@ -467,15 +446,16 @@ def quadrature_log_px(
     # the fine lattice's coset of even indices, which are the coarse
     # points. Its share of I, ``rest``, is added to the error as if it
     # could be wholly wrong.
-    todo = (res >= res_tol).nonzero().flatten()
+    todo = (res >= settings.res_tol).nonzero().flatten()
     lo = torch.maximum(sig_lo[todo] - 1, lo_i[todo])
     hi = torch.minimum(sig_hi[todo] + 1, hi_i[todo])
-    for depth in range(1, max_levels + 1):
+    for depth in range(1, settings.max_levels + 1):
         if todo.numel() == 0:
             break
         k[todo] += 1
         lo, hi = lo * 2, hi * 2
-        r = _passes(model, x, todo, lo, hi, k[todo], zoom_tile, progress)
+        r = _passes(model, x, todo, lo, hi, k[todo], settings.zoom_tile,
+                    progress)
         top = torch.maximum(log_px[todo], r["log_i"])
         rest = (torch.exp(log_px[todo] - top)
                 - torch.exp(r["log_c"] - top)).clamp(min=0.0)
@@ -485,12 +465,13 @@ def quadrature_log_px(
         res[todo] = r["err"] * (1.0 - share) + share
         mean[todo], cov[todo] = r["mean"], r["cov"]
         level[todo] = depth
-        still = res[todo] >= res_tol
+        still = res[todo] >= settings.res_tol
         todo = todo[still]
         lo = torch.maximum(r["sig_lo"][still] - 1, lo[still])
         hi = torch.minimum(r["sig_hi"][still] + 1, hi[still])
     outside = torch.exp(log_out - log_px)
-    covered = (edge < edge_tol) & (res < res_tol) & (outside < edge_tol)
+    covered = ((edge < settings.edge_tol) & (res < settings.res_tol)
+               & (outside < settings.edge_tol))
     return Quadrature(
         log_px=log_px, error=res + edge + outside, edge=edge,
         outside=outside, covered=covered, level=level, lo=lo_z, hi=hi_z,
@@ -506,14 +487,15 @@ def _prior_box(prior: Any) -> float:
 
 
 def _net(model: Any, half: float, spacing: float,
-         like: Tensor) -> tuple[SharedPoints, Tensor, Tensor]:
+         like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
     """The coarse lattice over [-half, half]^2 on ``like``'s device and
-    dtype: decoded points, z (G, 2) and log p(z) (G,)."""
+    dtype: log p(x|z) as ``shared_points`` gives it, z (G, 2) and log p(z)
+    (G,)."""
     k = math.ceil(half / spacing)
     axis = torch.arange(-k, k + 1, device=like.device).to(like.dtype)
     axis = axis * spacing
     z = torch.cartesian_prod(axis, axis)
-    return SharedPoints(model, z), z, model.prior.log_prob(z)
+    return shared_points(model, z), z, model.prior.log_prob(z)
 
 
 @torch.no_grad()
@@ -532,14 +514,14 @@ def _net_windows(
     the posterior mass the window misses (an upper one for the final
     window, which can only grow).
     """
-    pts, z, log_prior = _net(model, half, spacing, x)
+    log_lik, z, log_prior = _net(model, half, spacing, x)
     new_lo, new_hi = lo.clone(), hi.clone()
     log_out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     chunk = max(1, max_pairs // z.shape[0])
     zd = z.double()
     for s in range(0, x.shape[0], chunk):
         sl = slice(s, s + chunk)
-        lj = pts.log_lik(x[sl]) + log_prior  # (b, G)
+        lj = log_lik(x[sl]) + log_prior  # (b, G)
         near = lj >= lj.amax(1, keepdim=True) - margin
         for d in range(2):
             coord = zd[:, d][None]

@@ -22,9 +22,9 @@ from typing import Any
 
 from vaelab import runfolder
 from vaelab.errors import VaelabError
+from vaelab.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
 from vaelab.plots import CAPTIONS, FIGURES
 
-EVALUATION = "evaluation.json"
 SPLITS = ("train", "val", "test")
 DATA_NAMES = {
     "dequantize": "dequantized {ds} (a density of continuous pixels)",
@@ -44,7 +44,8 @@ def _data_key(record: dict[str, Any]) -> str:
 
 
 def collect(out_dir: Path, name: str, title: str) -> dict[str, Any]:
-    """Everything known about one model of the run, as plain data."""
+    """Everything known about one model of the run, as plain data but
+    for ``evaluation`` (an ``Evaluation`` or None)."""
     run_dir = out_dir / name
     results = runfolder.read_json(run_dir / runfolder.RESULTS)
     listed = _read_optional(run_dir / "figures.json") or []
@@ -56,22 +57,14 @@ def collect(out_dir: Path, name: str, title: str) -> dict[str, Any]:
         "epochs": results.get("epochs", len(runfolder.read_metrics(run_dir))),
         "train_seconds": results.get("train_seconds"),
         "results": {s: results[s] for s in SPLITS if s in results},
-        "evaluation": _read_optional(run_dir / EVALUATION),
+        "evaluation": Evaluation.read(run_dir)
+        if (run_dir / runfolder.EVALUATION).exists() else None,
         "figures": [f for f in listed if (run_dir / f).is_file()],
     }
 
 
 def _test_elbo(r: dict[str, Any]) -> float:
     return r["results"].get("test", {}).get("elbo", math.nan)
-
-
-def _number(value: Any) -> float | None:
-    """A float from a number or an estimate {value: ...}, else None."""
-    if isinstance(value, dict):
-        value = value.get("value")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 def comparison(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -120,14 +113,12 @@ def comparison(records: Sequence[dict[str, Any]]) -> list[str]:
                 f"its test images (at most {max(gap, 0.0):.2f} nats per "
                 "image)."
             )
-    amortization = []
-    for r in records:
-        gaps = (r["evaluation"] or {}).get("gaps")
-        if isinstance(gaps, dict):
-            for key, value in gaps.items():
-                v = _number(value)
-                if "amortization" in key and v is not None:
-                    amortization.append((v, r))
+    # A vEM run has no encoder: its gap is the E-step's, not amortization.
+    amortization = [
+        (ev.gaps.amortization_gap, r) for r in records
+        if (ev := r["evaluation"]) is not None and ev.gaps is not None
+        and ev.inference == "amortized"
+    ]
     if amortization:
         v, r = max(amortization, key=lambda t: t[0])
         out.append(
@@ -167,19 +158,10 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
-def _fmt(value: Any, digits: int = 2, show_k: bool = True) -> str:
-    """A number, or an estimate {value, se | error, k}, as escaped text."""
+def _fmt(value: Any, digits: int = 2) -> str:
+    """A number (or None) as escaped text."""
     if value is None:
         return "&ndash;"
-    if isinstance(value, dict) and "value" in value:
-        text = _fmt(value["value"], digits)
-        for key in ("se", "error"):
-            if _number(value.get(key)) is not None:
-                text += f" &plusmn; {_fmt(value[key], digits)}"
-                break
-        if "k" in value and show_k:
-            text += f" (k = {_e(str(value['k']))})"
-        return text
     if isinstance(value, bool) or not isinstance(value, int | float):
         return _e(json.dumps(value) if not isinstance(value, str)
                   else value)
@@ -187,6 +169,18 @@ def _fmt(value: Any, digits: int = 2, show_k: bool = True) -> str:
         return f"{value:,}"
     return f"{value:,.{digits}f}" if math.isfinite(value) else _e(
         str(value))
+
+
+def _estimate(est: Estimate | LogPx | None, show_k: bool = True) -> str:
+    """value &plusmn; se (log p(x): its error bound), and IWAE's k."""
+    if est is None:
+        return "&ndash;"
+    if isinstance(est, LogPx):
+        return f"{_fmt(est.value)} &plusmn; {_fmt(est.error)}"
+    text = f"{_fmt(est.value)} &plusmn; {_fmt(est.se)}"
+    if show_k and isinstance(est, IwaeEstimate):
+        text += f" (k = {est.k})"
+    return text
 
 
 def _table(
@@ -212,21 +206,20 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
               "epochs", "training time (s)"]
     rows = []
     for r in records:
-        res, ev = r["results"], r["evaluation"] or {}
+        res, ev = r["results"], r["evaluation"]
         test = res.get("test", {})
         rows.append([
             _e(r["title"]), _e(_data_key(r).split(" (")[0]),
             _fmt(test.get("elbo")), _fmt(test.get("log_lik")),
             _fmt(test.get("kl")), _fmt(res.get("val", {}).get("elbo")),
             _fmt(res.get("train", {}).get("elbo")),
-            _fmt(ev.get("iwae"), show_k=False),
-            _fmt(ev.get("log_px"), show_k=False),
+            _estimate(ev and ev.iwae, show_k=False),
+            _estimate(ev and ev.log_px),
             _fmt(r["epochs"]), _fmt(r["train_seconds"], 1),
         ])
     sizes = {
-        r["title"]: f"{_fmt(r['evaluation'].get('n_images'))} images, "
-        f"k = {_fmt(r['evaluation'].get('k'))}"
-        for r in records if isinstance(r["evaluation"], dict)
+        r["title"]: f"{_fmt(ev.n_images)} images, k = {_fmt(ev.k)}"
+        for r in records if (ev := r["evaluation"]) is not None
     }
     if len(set(sizes.values())) == 1:
         evaluated = [f"{next(iter(sizes.values()))} for every model"]
@@ -258,69 +251,49 @@ GAP_LABELS = {
     "amortization_gap": "amortization gap",
     "approximation_gap": "approximation gap",
 }
+# A vEM run's q comes from a test-time E-step, not an encoder.
+VEM_GAP_LABELS = {
+    **GAP_LABELS,
+    "encoder_elbo": "ELBO with the test-time E-step's q",
+    "amortization_gap": "inference gap (E-step vs optimized q)",
+}
 
 
-def _evaluation_html(ev: Any) -> str:
-    """evaluation.json (vaelab.evaluate) as tables; unknown keys generic."""
+def _evaluation_html(ev: Evaluation | None) -> str:
+    """evaluation.json (``vaelab.evaluate.Evaluation``) as tables."""
     if ev is None:
         return "<p>Not evaluated (no evaluation.json).</p>"
-    if not isinstance(ev, dict):
-        return f"<pre>{_e(json.dumps(ev, indent=1))}</pre>"
-    bpd = ev.get("bpd") or {}
-    rows = []
-    if "elbo" in ev:
-        se = ev.get("elbo_se")
-        rows.append(["ELBO", _fmt({"value": ev["elbo"], "se": se}
-                                  if se is not None else ev["elbo"]),
-                     _fmt(bpd.get("elbo"), 4)])
-    if isinstance(ev.get("iwae"), dict):
-        rows.append(["IWAE", _fmt(ev["iwae"]), _fmt(bpd.get("iwae"), 4)])
-    log_px = ev.get("log_px")
-    if isinstance(log_px, dict):
-        method = _e(str(log_px.get("method", "")))
-        coverage = log_px.get("coverage") or {}
+    bpd = ev.bpd
+    rows = [
+        ["ELBO", _estimate(ev.elbo), _fmt(bpd and bpd.elbo, 4)],
+        ["IWAE", _estimate(ev.iwae), _fmt(bpd and bpd.iwae, 4)],
+    ]
+    if ev.log_px is not None:
+        coverage = ev.log_px.coverage
         warn = (" <b>(grid coverage not ok)</b>"
-                if coverage.get("ok") is False else "")
-        rows.append([f"log p(x) ({method}){warn}", _fmt(log_px),
-                     _fmt(bpd.get("log_px"), 4)])
-    n = ev.get("n_images")
-    parts = []
-    if rows:
+                if coverage is not None and not coverage.ok else "")
+        rows.append([f"log p(x) ({_e(ev.log_px.method)}){warn}",
+                     _estimate(ev.log_px), _fmt(bpd and bpd.log_px, 4)])
+    parts = [
+        f"<p>Evaluation on {_fmt(ev.n_images)} test images, k = "
+        f"{_fmt(ev.k)} importance samples, {_fmt(ev.seconds, 0)} s"
+        " (&plusmn; standard error over images, or the error bound "
+        "of log p(x)):</p>"
+        + _table(["estimate", "nats per image", "bits per dim"], rows)
+    ]
+    if ev.gaps is not None:
+        labels = VEM_GAP_LABELS if ev.inference == "vem" else GAP_LABELS
         parts.append(
-            f"<p>Evaluation on {_fmt(n)} test images, k = "
-            f"{_fmt(ev.get('k'))} importance samples"
-            + (f", {_fmt(ev.get('seconds'), 0)} s" if "seconds" in ev
-               else "")
-            + " (&plusmn; standard error over images, or the error bound "
-            "of log p(x)):</p>"
-            + _table(["estimate", "nats per image", "bits per dim"], rows)
-        )
-    gaps = ev.get("gaps")
-    if isinstance(gaps, dict):
-        method = ev.get("gaps_log_px_method")
-        parts.append(
-            f"<p>Inference gaps on {_fmt(gaps.get('n_images'))} images"
-            + (f" (log p(x) by {_e(str(method))})" if method else "")
-            + ":</p>"
+            f"<p>Inference gaps on {_fmt(ev.gaps.n_images)} images (log "
+            f"p(x) by {_e(ev.gaps.log_px_method)}):</p>"
             + _table(
                 ["quantity", "nats per image"],
-                [[_e(GAP_LABELS.get(k, k)), _fmt(v)]
-                 for k, v in gaps.items() if k != "n_images"],
+                [[_e(labels[k]), _fmt(v)]
+                 for k, v in ev.gaps.to_json().items() if k != "n_images"],
             )
         )
-    elif isinstance(gaps, list) and gaps and isinstance(gaps[0], dict):
-        keys = list(dict.fromkeys(k for row in gaps for k in row))
-        parts.append("<p>Inference gaps (nats per image)</p>" + _table(
-            keys, [[_fmt(row.get(k)) for k in keys] for row in gaps]
-        ))
-    known = {"elbo", "elbo_se", "iwae", "log_px", "bpd", "gaps",
-             "gaps_log_px_method", "n_images", "notes", "timings", "units",
-             "k", "seconds", "inference", "preprocess"}
-    others = [[_e(k), _fmt(v)] for k, v in ev.items() if k not in known]
-    if others:
-        parts.append(_table(["other", "value"], others))
-    for note in ev.get("notes") or []:
-        parts.append(f'<p class="note">{_e(str(note))}</p>')
+    for note in ev.notes:
+        parts.append(f'<p class="note">{_e(note)}</p>')
     return "".join(parts)
 
 
@@ -421,7 +394,9 @@ def write_report(
     """Write ``out_dir/report.html`` and ``out_dir/summary.json`` for the
     trained models ``(name, title)`` in ``out_dir/<name>/``.
 
-    Returns the report's path and the summary (numbers in nats per image).
+    Returns the report's path and the summary (numbers in nats per image;
+    each model's ``evaluation`` an ``Evaluation`` or None, its JSON in
+    summary.json).
     """
     out_dir = Path(out_dir)
     records = [collect(out_dir, name, title) for name, title in models]
@@ -439,7 +414,14 @@ def write_report(
     runfolder.atomic_write_bytes(
         report, render_html(out_dir, summary, real_digits).encode("utf-8")
     )
-    runfolder.write_json(out_dir / "summary.json", summary)
+    runfolder.write_json(out_dir / "summary.json", {
+        **summary,
+        "models": [
+            {**r, "evaluation": r["evaluation"].to_json()
+             if r["evaluation"] is not None else None}
+            for r in records
+        ],
+    })
     return report, summary
 
 
