@@ -372,7 +372,7 @@ def evaluate_model(
         t = time.perf_counter()
         bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
                    desc="quadrature", disable=not progress)
-        quad = quadrature_log_px(model, x, q.mean, q.var.sqrt(),
+        quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt(),
                                  progress=bar.update)
         bar.close()
         timings["log_px"] = time.perf_counter() - t
@@ -420,7 +420,7 @@ def evaluate_model(
             # The true posterior's moments, matched in q's family.
             var = quad.cov[:m].diagonal(dim1=-2, dim2=-1).float()
             mean = quad.mean[:m].float()
-            floor = (q.var[:m] * 1e-2).clamp(min=1e-12)
+            floor = (q.variance[:m] * 1e-2).clamp(min=1e-12)
             var = torch.maximum(var, floor)
             spread = var if type(q).__name__ == "DiagGaussian" \
                 else (var / 2.0).sqrt()

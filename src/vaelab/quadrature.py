@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vaelab.distributions import LaplacePrior, StandardNormal
+from vaelab.distributions import DiagGaussian, Laplace
 from vaelab.model import BernoulliLikelihood, GaussianLikelihood
 
 # Points further below the image's largest log p(x, z) than this (nats)
@@ -502,7 +502,9 @@ def quadrature_log_px(
 def _prior_box(prior: Any) -> float:
     """Half-width of the box [-L, L]^P outside which the prior puts at
     most ~1e-6 of its mass."""
-    return float(prior.icdf(torch.tensor(1.0 - 5e-7, dtype=torch.float64)))
+    return float(
+        prior.icdf(torch.tensor(1.0 - 5e-7, dtype=torch.float64)).max()
+    )
 
 
 def _net(model: Any, half: float, spacing: float,
@@ -561,10 +563,12 @@ def _net_windows(
 
 def _prior_tail(prior: Any, half: float) -> float:
     """Prior mass outside the box [-half, half]^P."""
-    if isinstance(prior, StandardNormal):
-        one = math.erfc(half / math.sqrt(2.0))
-    elif isinstance(prior, LaplacePrior):
-        one = math.exp(-half / prior.tau)
+    # The model's priors are centred with equal coordinates; the largest
+    # spread bounds the mass otherwise.
+    if isinstance(prior, DiagGaussian):
+        one = math.erfc(half / (math.sqrt(2.0) * float(prior.stddev.max())))
+    elif isinstance(prior, Laplace):
+        one = math.exp(-half / float(prior.scale.max()))
     else:
         return math.nan
     return 1.0 - (1.0 - one) ** prior.dim
