@@ -7,6 +7,7 @@ standard deviation of the same draws, with fixed seeds.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -16,14 +17,12 @@ from torch import distributions as td
 from vaelab.distributions import (
     Categorical,
     DiagGaussian,
+    Distribution,
     Laplace,
-    LaplacePrior,
-    StandardNormal,
-    UniformCategorical,
     bernoulli_log_prob,
     gaussian_log_prob,
-    kl_categorical_uniform,
-    kl_diag_gaussian_standard_normal,
+    kl_categorical,
+    kl_diag_gaussian,
     kl_divergence,
     kl_gaussian,
     kl_laplace,
@@ -48,6 +47,18 @@ def assert_mc_close(samples: Tensor, target: Tensor | float) -> None:
 
 
 Tensor = torch.Tensor
+F64 = torch.float64
+
+
+def standard_normal(p: int, dtype: torch.dtype = F64) -> DiagGaussian:
+    """The VAE's prior N(0, I) on R^p."""
+    return DiagGaussian(torch.zeros(p, dtype=dtype), torch.ones(p, dtype=dtype))
+
+
+def laplace_prior(p: int, tau: float, dtype: torch.dtype = F64) -> Laplace:
+    """The Laplace-prior VAE's prior, Lap(0, tau) per coordinate."""
+    return Laplace(torch.zeros(p, dtype=dtype),
+                   torch.full((p,), tau, dtype=dtype))
 
 
 def random_spd(batch: tuple[int, ...], p: int, g: torch.Generator) -> Tensor:
@@ -67,10 +78,17 @@ def test_gaussian_log_prob_matches_torch_normal() -> None:
     ref = td.Normal(mean, var.sqrt()).log_prob(x).sum(-1)
     torch.testing.assert_close(gaussian_log_prob(x, mean, var), ref)
     torch.testing.assert_close(
-        StandardNormal(5).log_prob(x),
+        standard_normal(5).log_prob(x),
         td.Normal(0.0, 1.0).log_prob(x).sum(-1),
     )
-    torch.testing.assert_close(DiagGaussian(mean, var).log_prob(x), ref)
+    q = DiagGaussian(mean, var)
+    torch.testing.assert_close(q.log_prob(x), ref)
+    # torch.distributions.Normal's moments and names
+    normal = td.Normal(mean, var.sqrt())
+    assert q.loc is mean and q.variance is var and q.mean is mean
+    torch.testing.assert_close(q.stddev, normal.stddev)
+    torch.testing.assert_close(q.scale, normal.scale)
+    torch.testing.assert_close(q.variance, normal.variance)
 
 
 def test_bernoulli_log_prob_matches_torch_and_is_finite_when_saturated(
@@ -90,8 +108,25 @@ def test_bernoulli_log_prob_matches_torch_and_is_finite_when_saturated(
 
 def test_standard_normal_icdf_inverts_the_cdf() -> None:
     q = torch.linspace(0.01, 0.99, 31, dtype=torch.float64)
-    z = StandardNormal(1).icdf(q)
+    z = standard_normal(1).icdf(q)
     torch.testing.assert_close(td.Normal(0.0, 1.0).cdf(z), q)
+    # a float64 probability gets a float64 quantile from a float32 prior
+    tail = torch.tensor(1.0 - 5e-7, dtype=F64)
+    box = standard_normal(2, torch.float32).icdf(tail)
+    assert box.dtype == F64
+    torch.testing.assert_close(box, td.Normal(0.0, 1.0).icdf(tail).expand(2))
+
+
+def test_gaussian_cdf_icdf_match_torch() -> None:
+    g = gen(19)
+    loc = torch.randn(6, 3, generator=g, dtype=F64)
+    var = torch.rand(6, 3, generator=g, dtype=F64) + 0.1
+    z = torch.randn(6, 3, generator=g, dtype=F64) * 2
+    ref = td.Normal(loc, var.sqrt())
+    q = DiagGaussian(loc, var)
+    torch.testing.assert_close(q.cdf(z), ref.cdf(z))
+    u = torch.rand(6, 3, generator=g, dtype=F64) * 0.98 + 0.01
+    torch.testing.assert_close(q.icdf(u), ref.icdf(u))
 
 
 # -- Gaussian KL (Problem 1c) --------------------------------------------
@@ -147,10 +182,20 @@ def test_diagonal_kl_is_the_full_kl_on_diagonal_covariances() -> None:
     var = torch.rand(5, 4, generator=g, dtype=torch.float64) * 4 + 0.05
     eye = torch.eye(4, dtype=torch.float64)
     full = kl_gaussian(mean, torch.diag_embed(var), torch.zeros(4), eye)
-    torch.testing.assert_close(kl_diag_gaussian_standard_normal(mean, var),
-                               full)
+    prior = standard_normal(4)
     torch.testing.assert_close(
-        kl_divergence(DiagGaussian(mean, var), StandardNormal(4)), full
+        kl_diag_gaussian(mean, var, prior.loc, prior.variance), full
+    )
+    kl = kl_divergence(DiagGaussian(mean, var), prior)
+    torch.testing.assert_close(kl, full)
+    # Against N(0, I) the general form is eq. (1c.7) to the last bit.
+    assert torch.equal(kl, 0.5 * (var + mean.square() - 1 - var.log()).sum(-1))
+    # any diagonal p, its batch axes broadcast against q's
+    loc2 = torch.randn(4, generator=g, dtype=torch.float64)
+    var2 = torch.rand(4, generator=g, dtype=torch.float64) * 2 + 0.1
+    torch.testing.assert_close(
+        kl_divergence(DiagGaussian(mean, var), DiagGaussian(loc2, var2)),
+        kl_gaussian(mean, torch.diag_embed(var), loc2, torch.diag(var2)),
     )
 
 
@@ -167,7 +212,10 @@ def test_laplace_log_prob_cdf_icdf_match_torch() -> None:
     torch.testing.assert_close(lap.cdf(z), ref.cdf(z))
     q = torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.98 + 0.01
     torch.testing.assert_close(lap.icdf(q), ref.icdf(q))
-    prior = LaplacePrior(3, tau=0.7)
+    torch.testing.assert_close(lap.variance, ref.variance)
+    torch.testing.assert_close(lap.stddev, ref.stddev)
+    assert lap.mean is loc
+    prior = laplace_prior(3, tau=0.7)
     torch.testing.assert_close(
         prior.log_prob(z), td.Laplace(0.0, 0.7).log_prob(z).sum(-1)
     )
@@ -193,7 +241,7 @@ def test_laplace_sampler_matches_cdf_and_moments() -> None:
 
 
 def test_laplace_prior_sampler_matches_moments() -> None:
-    z = LaplacePrior(3, tau=2.0).sample(100_000, gen(9))
+    z = laplace_prior(3, 2.0, torch.float32).sample(100_000, gen(9))
     assert z.shape == (100_000, 3)
     assert_mc_close(z.double(), torch.zeros(3))
     assert_mc_close(z.double().abs(), torch.full((3,), 2.0))
@@ -227,7 +275,7 @@ def test_laplace_kl_matches_torch_and_monte_carlo() -> None:
     ref = td.kl_divergence(td.Laplace(loc1, scale1), td.Laplace(loc2, scale2))
     torch.testing.assert_close(out, ref.sum(-1))
     # Monte Carlo E_q[log q - log p], with the prior Lap(0, tau).
-    q, prior = Laplace(loc1, scale1), LaplacePrior(2, tau=0.8)
+    q, prior = Laplace(loc1, scale1), laplace_prior(2, tau=0.8)
     z = q.rsample(100_000, gen(12))
     assert_mc_close(q.log_prob(z) - prior.log_prob(z),
                     kl_divergence(q, prior))
@@ -247,13 +295,19 @@ def test_categorical_kl_log_prob_and_gumbel_max_frequencies() -> None:
     q = Categorical(logits)
     ref = td.Categorical(logits=logits)
     uniform = td.Categorical(logits=torch.zeros(4, dtype=torch.float64))
+    prior = Categorical(torch.zeros(3, 4, dtype=torch.float64))
     torch.testing.assert_close(
-        kl_categorical_uniform(logits),
-        td.kl_divergence(ref, uniform).sum(-1),
+        kl_divergence(q, prior), td.kl_divergence(ref, uniform).sum(-1),
     )
+    # eq. (4b.2), sum q log(q K), to the last bit
+    log_q = logits.log_softmax(-1)
+    assert torch.equal(kl_divergence(q, prior),
+                       (log_q.exp() * (log_q + math.log(4))).sum((-2, -1)))
+    # any categorical p
+    other = torch.randn(3, 4, generator=g, dtype=torch.float64) * 2
     torch.testing.assert_close(
-        kl_divergence(q, UniformCategorical(3, 4)),
-        kl_categorical_uniform(logits),
+        kl_categorical(q.log_probs, other.log_softmax(-1)),
+        td.kl_divergence(ref, td.Categorical(logits=other)).sum(-1),
     )
     n = 50_000
     hard, relaxed = q.gumbel(n, temperature=0.5, generator=gen(14))
@@ -289,9 +343,22 @@ def test_relaxation_tends_to_the_hard_sample_as_temperature_falls() -> None:
     assert (warm - 1 / 6).abs().max() < 0.05  # near uniform
 
 
+def test_categorical_logits_are_kept_as_given() -> None:
+    logits = torch.randn(4, 2, 3, generator=gen(20)) * 3 + 5
+    q = Categorical(logits)
+    assert q.logits is logits and q.params == (logits,)
+    torch.testing.assert_close(q.log_probs, logits.log_softmax(-1))
+    torch.testing.assert_close(q.probs.sum(-1), torch.ones(4, 2))
+    torch.testing.assert_close(q.mean, q.probs)
+    assert (q.groups, q.classes) == (2, 3)
+    # rebuilding from params (how posteriors are sliced) is the same q
+    again = type(q)(*(p[1:3] for p in q.params))
+    torch.testing.assert_close(again.log_probs, q.log_probs[1:3])
+
+
 def test_uniform_categorical_codes_and_samples() -> None:
-    prior = UniformCategorical(groups=2, classes=3)
-    codes = prior.all_codes()
+    prior = Categorical(torch.zeros(2, 3))
+    codes = prior.enumerate_support()
     assert codes.shape == (9, 2, 3) and prior.n_codes == 9
     assert len({tuple(c.argmax(-1).tolist()) for c in codes}) == 9
     torch.testing.assert_close(prior.log_prob(codes),
@@ -305,6 +372,67 @@ def test_uniform_categorical_codes_and_samples() -> None:
 
 def test_kl_divergence_has_no_closed_form_for_mismatched_pairs() -> None:
     q = DiagGaussian(torch.zeros(2), torch.ones(2))
-    assert kl_divergence(q, LaplacePrior(2)) is None
+    assert kl_divergence(q, laplace_prior(2, 1.0)) is None
     assert kl_divergence(Laplace(torch.zeros(2), torch.ones(2)),
-                         StandardNormal(2)) is None
+                         standard_normal(2)) is None
+    assert kl_divergence(Categorical(torch.zeros(2, 3)), q) is None
+
+
+# -- one interface for every family ---------------------------------------
+
+B2, P3, M2, K4 = 2, 3, 2, 4
+FAMILIES = {
+    "gaussian": lambda: DiagGaussian(torch.randn(B2, P3),
+                                     torch.rand(B2, P3) + 0.1),
+    "laplace": lambda: Laplace(torch.randn(B2, P3), torch.rand(B2, P3) + 0.1),
+    "categorical": lambda: Categorical(torch.randn(B2, M2, K4)),
+}
+EVENTS = {"gaussian": (P3,), "laplace": (P3,), "categorical": (M2, K4)}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_has_the_same_interface(name: str) -> None:
+    torch.manual_seed(0)
+    d = FAMILIES[name]()
+    event = EVENTS[name]
+    assert isinstance(d, Distribution)
+    assert d.batch_shape == (B2,) and d.event_shape == event
+    for method in ("sample", "rsample"):
+        sig = inspect.signature(getattr(type(d), method))
+        assert list(sig.parameters) == ["self", "n_samples", "generator"]
+        assert sig.parameters["n_samples"].default == 1
+        assert sig.parameters["generator"].default is None
+        draw = getattr(d, method)
+        assert draw().shape == (1, B2, *event)
+        z = draw(5, gen(21))
+        assert z.shape == (5, B2, *event)
+        torch.testing.assert_close(draw(5, gen(21)), z)  # same generator
+        assert d.log_prob(z).shape == (5, B2)
+    assert list(inspect.signature(type(d).log_prob).parameters) == [
+        "self", "z"]
+    assert not d.sample(2, gen(22)).requires_grad
+    # a prior (no batch axes) repeated over images
+    prior = type(d)(*(p[0] for p in d.params))
+    assert prior.batch_shape == () and prior.sample(4).shape == (4, *event)
+    wide = prior.expand((3,))
+    assert wide.batch_shape == (3,)
+    z = wide.sample(2, gen(23))
+    torch.testing.assert_close(wide.log_prob(z), prior.log_prob(z))
+    assert kl_divergence(d, prior).shape == (B2,)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "laplace"])
+def test_mass_outside_matches_the_cdf_and_keeps_tiny_tails(family) -> None:
+    loc = torch.tensor([0.0, 0.8, -1.5], dtype=torch.float64)
+    spread = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    d = (DiagGaussian(loc, spread.square()) if family == "gaussian"
+         else Laplace(loc, spread))
+    h = torch.tensor(1.3, dtype=torch.float64)
+    by_cdf = 1.0 - (d.cdf(h) - d.cdf(-h))
+    assert torch.allclose(d.mass_outside(1.3), by_cdf, atol=1e-12)
+    # Centred, far out: the closed form, where 1 - cdf would round to 0.
+    c = (DiagGaussian(torch.zeros(1), torch.ones(1)) if family == "gaussian"
+         else Laplace(torch.zeros(1), torch.ones(1)))
+    exact = (math.erfc(40.0 / math.sqrt(2.0)) if family == "gaussian"
+             else math.exp(-40.0))
+    assert float(c.mass_outside(40.0)) == pytest.approx(exact, rel=1e-9)

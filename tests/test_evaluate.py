@@ -19,7 +19,7 @@ from torch import nn
 
 from vaelab import cli, runfolder
 from vaelab.config import Config
-from vaelab.distributions import DiagGaussian, StandardNormal
+from vaelab.distributions import DiagGaussian
 from vaelab.errors import VaelabError
 from vaelab.evaluate import (
     Evaluation,
@@ -65,7 +65,8 @@ class LinearGaussian(nn.Module):
         self.b = nn.Parameter(torch.randn(d, generator=g, dtype=f64))
         self.s = s
         self.likelihood = IdentityGaussian(s)
-        self.prior = StandardNormal(2)
+        self.prior = DiagGaussian(torch.zeros(2, dtype=f64),
+                                  torch.ones(2, dtype=f64))
         self.latent_dim = 2
         self.shift, self.widen = shift, widen
 
@@ -109,7 +110,7 @@ def test_quadrature_matches_closed_form(ppca) -> None:
     model, x, exact = ppca
     with torch.no_grad():
         q = model.posterior(x)
-    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
     assert bool(quad.covered.all())
     # Within its stated error, image by image (plus float64 round-off).
     gap = (quad.log_px - exact).abs()
@@ -121,7 +122,7 @@ def test_quadrature_posterior_moments(ppca) -> None:
     model, x, _ = ppca
     with torch.no_grad():
         q = model.posterior(x)
-    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
     prec = model.w.T @ model.w / model.s + torch.eye(2, dtype=x.dtype)
     cov = torch.linalg.inv(prec).detach()
     mean = ((x - model.b) @ model.w @ cov.T / model.s).detach()
@@ -171,7 +172,7 @@ def test_elbo_below_iwae_below_log_px(trained) -> None:
         q = model.posterior(x)
     terms = iwae_dataset(model, x, q, k=200,
                          generator=torch.Generator().manual_seed(1))
-    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
     assert bool(quad.covered.all())
 
     def mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -217,7 +218,7 @@ def test_optimized_q_beats_the_encoder(trained) -> None:
     # of the reporting draws (common to both, hence small).
     assert float(d.mean()) >= -3.0 * se
     assert float(d.min()) > -1.0
-    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt())
+    quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
     # No ELBO exceeds log p(x) beyond Monte Carlo noise.
     assert float((opt - quad.log_px).mean()) <= 0.05
 

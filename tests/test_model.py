@@ -17,11 +17,10 @@ from vaelab.distributions import (
     Categorical,
     DiagGaussian,
     Laplace,
-    LaplacePrior,
-    StandardNormal,
     gaussian_log_prob,
     kl_laplace,
 )
+from vaelab.inference import prior_matched
 from vaelab.model import (
     DATA_DIM,
     VAE,
@@ -107,18 +106,63 @@ def test_laplace_model_uses_laplace_posterior_and_prior() -> None:
     model = make("laplace")
     x = torch.rand(B, DATA_DIM)
     q = model.posterior(x)
-    assert isinstance(q, Laplace) and isinstance(model.prior, LaplacePrior)
-    assert model.prior.tau == 0.5
+    assert isinstance(q, Laplace) and isinstance(model.prior, Laplace)
+    torch.testing.assert_close(model.prior.scale, torch.full((2,), 0.5))
     loc, scale = model.infer(x)
     t = model.compute_elbo(x)
     torch.testing.assert_close(t.kl, kl_laplace(loc, scale, 0.0, 0.5))
     # prior quantiles for the manifold grid: symmetric, increasing
-    grid = model.prior.icdf(torch.linspace(0.05, 0.95, 7))
-    assert torch.all(grid.diff() > 0)
+    grid = model.prior.icdf(torch.linspace(0.05, 0.95, 7)[:, None])
+    assert grid.shape == (7, 2)
+    assert torch.all(grid.diff(dim=0) > 0)
     torch.testing.assert_close(grid, -grid.flip(0))
     gauss = make("gaussian")
     assert isinstance(gauss.posterior(x), DiagGaussian)
-    assert isinstance(gauss.prior, StandardNormal)
+    assert isinstance(gauss.prior, DiagGaussian)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace", "categorical"])
+def test_priors_are_instances_of_the_families(name: str) -> None:
+    """p(z): N(0, I) = DiagGaussian(0, 1), Lap(0, tau) = Laplace(0, tau),
+    uniform = Categorical(zeros(M, K)); draws (n, *event_shape)."""
+    model = make(name)
+    prior = model.prior
+    family = {"gaussian": DiagGaussian, "laplace": Laplace,
+              "categorical": Categorical}[name]
+    assert type(prior) is family
+    assert type(model.posterior(torch.rand(B, DATA_DIM))) is family
+    assert prior.batch_shape == ()
+    if name == "categorical":
+        assert prior.event_shape == (2, 5)
+        assert torch.equal(prior.logits, torch.zeros(2, 5))
+    else:
+        assert prior.event_shape == (2,) and prior.dim == 2
+        assert torch.equal(prior.loc, torch.zeros(2))
+        spread = 0.5 if name == "laplace" else 1.0
+        assert torch.equal(prior.params[1], torch.full((2,), spread))
+    z = prior.sample(7, torch.Generator().manual_seed(0))
+    assert z.shape == (7, *prior.event_shape)
+    assert prior.log_prob(z).shape == (7,)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace", "categorical"])
+def test_prior_follows_the_model_to_another_dtype(name: str) -> None:
+    """The prior's tensors are buffers: model.to(...) moves them (device
+    or dtype); they are not in the state dict, whose keys stay those of
+    existing checkpoints."""
+    model = make(name)
+    keys = set(model.state_dict())
+    assert not any(k.startswith("prior") for k in keys)
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.prior.params)
+    z = model.prior.sample(3, torch.Generator().manual_seed(0))
+    assert z.dtype == torch.float64
+    assert model.sample(3).dtype == torch.float64
+    if name != "categorical":
+        q0 = prior_matched(model, 4, "cpu")
+        assert q0.batch_shape == (4,) and q0.loc.dtype == torch.float64
+        torch.testing.assert_close(q0.loc, model.prior.loc.expand(4, 2))
+    assert set(model.state_dict()) == keys
 
 
 # -- the likelihood's variance Sigma -----------------------------------------
@@ -184,7 +228,7 @@ def test_categorical_decoder_takes_concatenated_codes() -> None:
     model = make("categorical")
     assert model.decoder_hidden.in_features == 10  # M * K
     assert model.encoder_out.out_features == 10
-    codes = model.prior.all_codes()
+    codes = model.prior.enumerate_support()
     assert codes.shape == (25, 2, 5)
     assert model.generate(codes).shape == (25, DATA_DIM)
 

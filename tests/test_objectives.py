@@ -243,7 +243,7 @@ def test_enumeration_and_exact_marginal_are_consistent() -> None:
     x = tiny_images(4, 9)
     with torch.no_grad():
         q = model.posterior(x)
-        codes = model.prior.all_codes(dtype=x.dtype)  # (9, 2, 3)
+        codes = model.prior.enumerate_support()  # (9, 2, 3)
         table = model.log_likelihood(x, codes.unsqueeze(1))  # (9, 4)
         log_q = torch.stack([q.log_prob(c.expand(4, 2, 3)) for c in codes])
         expected = (log_q.exp() * table).sum(0)

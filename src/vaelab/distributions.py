@@ -1,14 +1,19 @@
 """Densities, samplers and KL divergences used by the model, in nats.
 
-Each family is a small class with ``rsample`` (reparameterized draws),
-``log_prob`` (summed over the last, latent axis) and ``mean``; KL
-divergences in closed form live in ``kl_divergence``. The equations are
-derived in ``docs/derivations.md``.
+Every family -- ``DiagGaussian``, ``Laplace``, ``Categorical`` -- has the
+interface of ``Distribution`` (torch.distributions' vocabulary):
+``sample`` and ``rsample`` return draws (n_samples, *batch_shape,
+*event_shape), ``log_prob`` sums over the event axes. Priors are instances
+of the same families (N(0, I) is ``DiagGaussian(zeros(P), ones(P))``).
+Closed-form KL divergences are dispatched on pairs of families by
+``kl_divergence``. The equations are derived in ``docs/derivations.md``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -17,64 +22,141 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-class DiagGaussian:
-    """N(mean, diag(var)); ``mean`` and ``var`` have shape (..., P)."""
+class Distribution:
+    """What every family offers. A distribution over one latent of
+    ``event_shape`` ((P,), or (M, K) for codes), with independent copies
+    over ``batch_shape`` (e.g. (B,) images); its parameter tensors
+    ``params`` (in constructor order) have shape (*batch_shape,
+    *event_shape), up to broadcasting.
+    """
 
-    def __init__(self, mean: Tensor, var: Tensor) -> None:
-        self.mean = mean
-        self.var = var
+    event_dims = 1  # trailing axes of the parameters that form one latent
 
     @property
-    def params(self) -> tuple[Tensor, Tensor]:
-        return self.mean, self.var
+    def params(self) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _shape(self) -> torch.Size:
+        return torch.broadcast_shapes(*(p.shape for p in self.params))
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self._shape()[:-self.event_dims]
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self._shape()[-self.event_dims:]
+
+    def expand(self, batch_shape: Sequence[int]) -> Self:
+        """The same distribution repeated over ``batch_shape`` (views)."""
+        shape = (*batch_shape, *self.event_shape)
+        return type(self)(*(p.expand(shape) for p in self.params))
 
     def rsample(
         self, n_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Reparameterized draws z = mean + sqrt(var) * eps, eps ~ N(0, I).
-
-        Returns shape (n_samples, ..., P); gradients flow to mean and var
-        (docs/derivations.md, eqs. (1d.1), (1d.3)).
-        """
-        shape = (n_samples, *self.mean.shape)
-        eps = torch.randn(
-            shape, generator=generator, device=self.mean.device,
-            dtype=self.mean.dtype,
-        )
-        return self.mean + self.var.sqrt() * eps
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log N(z; mean, diag(var)) summed over the last axis: (...,)."""
-        return gaussian_log_prob(z, self.mean, self.var)
-
-
-class StandardNormal:
-    """The prior p(z) = N(0, I) on R^P."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
+        """Draws (n_samples, *batch_shape, *event_shape), differentiable in
+        the parameters where the family allows it."""
+        raise NotImplementedError
 
     def sample(
-        self, n: int, generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
+        self, n_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Draws of shape (n, P)."""
-        return torch.randn(n, self.dim, generator=generator, device=device)
+        """Draws (n_samples, *batch_shape, *event_shape), no gradient."""
+        with torch.no_grad():
+            return self.rsample(n_samples, generator)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """log N(z; 0, I) summed over the last axis: (...,)."""
-        return -0.5 * (z.square().sum(-1) + self.dim * LOG_2PI)
-
-    def icdf(self, u: Tensor) -> Tensor:
-        """Inverse CDF of one coordinate, for quantile grids."""
-        return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+        """log density of z (..., *event_shape), summed over the event
+        axes, in nats: (...,)."""
+        raise NotImplementedError
 
 
-class Laplace:
+def _widened(q: Tensor, *params: Tensor) -> tuple[Tensor, ...]:
+    """q and params in their widest dtype: a float64 probability gives a
+    float64 quantile even from float32 parameters (torch would keep a 0-d
+    q's float64 out of a float32 result)."""
+    dtype = q.dtype
+    for p in params:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return tuple(t.to(dtype) for t in (q, *params))
+
+
+class DiagGaussian(Distribution):
+    """N(loc, diag(variance)); ``loc`` and ``variance``: (..., P)."""
+
+    def __init__(self, loc: Tensor, variance: Tensor) -> None:
+        self.loc = loc
+        self.variance = variance
+
+    @property
+    def params(self) -> tuple[Tensor, Tensor]:
+        return self.loc, self.variance
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def stddev(self) -> Tensor:
+        """sqrt(variance), (..., P)."""
+        return self.variance.sqrt()
+
+    @property
+    def scale(self) -> Tensor:
+        """sqrt(variance), (..., P): torch.distributions.Normal's name."""
+        return self.stddev
+
+    @property
+    def dim(self) -> int:
+        """P, the number of latent coordinates."""
+        return self.event_shape[0]
+
+    def rsample(
+        self, n_samples: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Reparameterized draws z = loc + sqrt(variance) * eps, eps ~ N(0, I).
+
+        Returns shape (n_samples, ..., P); gradients flow to loc and
+        variance (docs/derivations.md, eqs. (1d.1), (1d.3)).
+        """
+        shape = (n_samples, *self._shape())
+        eps = torch.randn(
+            shape, generator=generator, device=self.loc.device,
+            dtype=self.loc.dtype,
+        )
+        return self.loc + self.stddev * eps
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log N(z; loc, diag(variance)) summed over the last axis: (...,)."""
+        return gaussian_log_prob(z, self.loc, self.variance)
+
+    def cdf(self, z: Tensor) -> Tensor:
+        """Per-coordinate CDF, z broadcast against loc (..., P)."""
+        z, loc, sd = _widened(z, self.loc, self.stddev)
+        return 0.5 * torch.erfc((loc - z) / (sd * math.sqrt(2.0)))
+
+    def icdf(self, q: Tensor) -> Tensor:
+        """Per-coordinate quantiles for q in (0, 1), q broadcast against
+        loc (..., P): loc + sd sqrt(2) erfinv(2q - 1)."""
+        q, loc, sd = _widened(q, self.loc, self.stddev)
+        return loc + sd * (math.sqrt(2.0) * torch.erfinv(2.0 * q - 1.0))
+
+    def mass_outside(self, half: float) -> Tensor:
+        """Per coordinate, P(|z_p| > half), (..., P) in float64; by erfc,
+        so tails far below 1e-16 keep their digits."""
+        h, loc, sd = _widened(torch.tensor(half, dtype=torch.float64),
+                              self.loc, self.stddev)
+        root2 = math.sqrt(2.0)
+        return 0.5 * (torch.erfc((h - loc) / (sd * root2))
+                      + torch.erfc((h + loc) / (sd * root2)))
+
+
+class Laplace(Distribution):
     """Lap(loc, scale) per coordinate; ``loc``, ``scale``: (..., P).
 
-    Density (1/(2b)) exp(-|z - loc| / b) with b = scale > 0; the posterior
-    of the Laplace-prior VAE (docs/derivations.md, Problem 4a).
+    Density (1/(2b)) exp(-|z - loc| / b) with b = scale > 0; the prior and
+    posterior of the Laplace-prior VAE (docs/derivations.md, Problem 4a).
     """
 
     def __init__(self, loc: Tensor, scale: Tensor) -> None:
@@ -90,9 +172,19 @@ class Laplace:
         return self.loc
 
     @property
-    def var(self) -> Tensor:
+    def variance(self) -> Tensor:
         """Per-coordinate variance 2 b^2, (..., P)."""
         return 2.0 * self.scale.square()
+
+    @property
+    def stddev(self) -> Tensor:
+        """sqrt(2) b, (..., P)."""
+        return self.variance.sqrt()
+
+    @property
+    def dim(self) -> int:
+        """P, the number of latent coordinates."""
+        return self.event_shape[0]
 
     def rsample(
         self, n_samples: int = 1, generator: torch.Generator | None = None
@@ -100,7 +192,7 @@ class Laplace:
         """Reparameterized draws by the inverse CDF, (n_samples, ..., P):
         z = loc - b sgn(u) log(1 - 2|u|), u ~ U(-1/2, 1/2)
         (docs/derivations.md, eq. (4a.1)); differentiable in loc and b."""
-        shape = (n_samples, *self.loc.shape)
+        shape = (n_samples, *self._shape())
         u = uniform_centered(shape, generator, self.loc)
         return self.loc + self.scale * laplace_standard_icdf(u)
 
@@ -109,41 +201,28 @@ class Laplace:
         return laplace_log_prob(z, self.loc, self.scale)
 
     def cdf(self, z: Tensor) -> Tensor:
-        """Per-coordinate CDF, same shape as z."""
-        t = (z - self.loc) / self.scale
+        """Per-coordinate CDF, z broadcast against loc (..., P)."""
+        z, loc, scale = _widened(z, self.loc, self.scale)
+        t = (z - loc) / scale
         return 0.5 + 0.5 * t.sign() * (1.0 - torch.exp(-t.abs()))
 
     def icdf(self, q: Tensor) -> Tensor:
-        """Per-coordinate quantile function for q in (0, 1)."""
-        return self.loc + self.scale * laplace_standard_icdf(q - 0.5)
+        """Per-coordinate quantiles for q in (0, 1), q broadcast against
+        loc (..., P)."""
+        q, loc, scale = _widened(q, self.loc, self.scale)
+        return loc + scale * laplace_standard_icdf(q - 0.5)
 
+    def mass_outside(self, half: float) -> Tensor:
+        """Per coordinate, P(|z_p| > half), (..., P) in float64, each tail
+        from its own exponential so that tiny tails keep their digits."""
+        h, loc, scale = _widened(torch.tensor(half, dtype=torch.float64),
+                                 self.loc, self.scale)
 
-class LaplacePrior:
-    """The prior p(z) = prod_p Lap(z_p; 0, tau) on R^P (Problem 4a)."""
+        def tail(t: Tensor) -> Tensor:  # P(z - loc > t b)
+            return torch.where(t >= 0, 0.5 * torch.exp(-t.abs()),
+                               1.0 - 0.5 * torch.exp(-t.abs()))
 
-    def __init__(self, dim: int, tau: float = 1.0) -> None:
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau!r}")
-        self.dim = dim
-        self.tau = float(tau)
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
-    ) -> Tensor:
-        """Draws of shape (n, P)."""
-        like = torch.empty(0, device=device)
-        u = uniform_centered((n, self.dim), generator, like)
-        return self.tau * laplace_standard_icdf(u)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log prod_p Lap(z_p; 0, tau), summed over the last axis: (...,)."""
-        return -(z.abs().sum(-1) / self.tau
-                 + self.dim * math.log(2.0 * self.tau))
-
-    def icdf(self, q: Tensor) -> Tensor:
-        """Inverse CDF of one coordinate, for quantile grids; q in (0, 1)."""
-        return self.tau * laplace_standard_icdf(q - 0.5)
+        return tail((h - loc) / scale) + tail((h + loc) / scale)
 
 
 def uniform_centered(
@@ -190,20 +269,25 @@ def kl_laplace(
     ).sum(-1)
 
 
-class Categorical:
+class Categorical(Distribution):
     """M independent K-way categoricals q(z) = prod_m Cat(z_m; softmax(l_m)).
 
-    ``logits``: (..., M, K). A code z is one-hot, (..., M, K). Draws are
-    discrete, so there is no reparameterization gradient
-    (docs/derivations.md, Problem 4b): ``rsample`` returns hard one-hot
-    draws WITHOUT a gradient path to the logits (it exists so that
-    importance-sampling code written for continuous posteriors works
-    unchanged); ``gumbel`` returns the same hard draws together with their
-    Gumbel-softmax relaxation for the relaxed estimators.
+    ``logits``: (..., M, K), kept as given (unnormalized); ``log_probs``
+    and ``probs`` are their normalized versions. A code z is one-hot,
+    (..., M, K), so the event shape is (M, K). Draws are discrete, so
+    there is no reparameterization gradient (docs/derivations.md, Problem
+    4b): ``rsample`` returns hard one-hot draws WITHOUT a gradient path to
+    the logits (it exists so that importance-sampling code written for
+    continuous posteriors works unchanged); ``gumbel`` returns the same
+    hard draws together with their Gumbel-softmax relaxation for the
+    relaxed estimators. The uniform prior is ``Categorical(zeros(M, K))``.
     """
 
+    event_dims = 2
+
     def __init__(self, logits: Tensor) -> None:
-        self.logits = logits.log_softmax(-1)  # normalized: log q_mk
+        self.logits = logits
+        self.log_probs = logits.log_softmax(-1)  # log q_mk, (..., M, K)
 
     @property
     def params(self) -> tuple[Tensor]:
@@ -212,7 +296,12 @@ class Categorical:
     @property
     def probs(self) -> Tensor:
         """q_mk, (..., M, K)."""
-        return self.logits.exp()
+        return self.log_probs.exp()
+
+    @property
+    def mean(self) -> Tensor:
+        """E[z] of the one-hot code: q_mk, (..., M, K)."""
+        return self.probs
 
     @property
     def groups(self) -> int:
@@ -221,6 +310,20 @@ class Categorical:
     @property
     def classes(self) -> int:
         return self.logits.shape[-1]
+
+    @property
+    def n_codes(self) -> int:
+        """K^M, the number of distinct codes."""
+        return self.classes ** self.groups
+
+    def enumerate_support(self) -> Tensor:
+        """Every code once, (K^M, M, K), in lexicographic order (group 0
+        varies slowest), on the logits' device and in their dtype."""
+        m, k = self.groups, self.classes
+        grids = torch.cartesian_prod(
+            *[torch.arange(k, device=self.logits.device)] * m
+        ).reshape(-1, m)
+        return F.one_hot(grids, k).to(self.logits.dtype)
 
     def gumbel(
         self, n_samples: int = 1, temperature: float = 1.0,
@@ -232,13 +335,13 @@ class Categorical:
         docs/derivations.md, eq. (4b.4)); relaxed = softmax((l + g) / T)
         is its Concrete relaxation (eq. (4b.5)), differentiable in l.
         """
-        shape = (n_samples, *self.logits.shape)
+        shape = (n_samples, *self.log_probs.shape)
         u = torch.rand(shape, generator=generator,
                        device=self.logits.device, dtype=self.logits.dtype)
         tiny = torch.finfo(u.dtype).tiny
         # g = -log(-log u); clamps keep u = 0 from giving infinities.
         g = -torch.log((-torch.log(u.clamp(min=tiny))).clamp(min=tiny))
-        scores = self.logits + g
+        scores = self.log_probs + g
         relaxed = (scores / temperature).softmax(-1)
         hard = one_hot_argmax(scores)
         return hard, relaxed
@@ -260,50 +363,7 @@ class Categorical:
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log q(z) for one-hot codes z (..., M, K), summed over groups."""
-        return (z * self.logits).sum((-2, -1))
-
-    def entropy(self) -> Tensor:
-        """H[q] summed over groups, (...,)."""
-        return -(self.probs * self.logits).sum((-2, -1))
-
-
-class UniformCategorical:
-    """The prior p(z) = prod_m Cat(z_m; 1/K) over one-hot codes (M, K)."""
-
-    def __init__(self, groups: int, classes: int) -> None:
-        self.groups = groups
-        self.classes = classes
-
-    @property
-    def n_codes(self) -> int:
-        """K^M, the number of distinct codes."""
-        return self.classes ** self.groups
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """One-hot draws of shape (n, M, K)."""
-        idx = torch.randint(self.classes, (n, self.groups),
-                            generator=generator, device=device)
-        return F.one_hot(idx, self.classes).to(dtype)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log p(z) = -M log K for every code z (..., M, K): (...,)."""
-        return torch.full(z.shape[:-2], -self.groups * math.log(self.classes),
-                          dtype=z.dtype, device=z.device)
-
-    def all_codes(
-        self, device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """Every code once, (K^M, M, K), in lexicographic order (group 0
-        varies slowest)."""
-        grids = torch.cartesian_prod(
-            *[torch.arange(self.classes, device=device)] * self.groups
-        ).reshape(-1, self.groups)
-        return F.one_hot(grids, self.classes).to(dtype)
+        return (z * self.log_probs).sum((-2, -1))
 
 
 def one_hot_argmax(scores: Tensor) -> Tensor:
@@ -312,20 +372,20 @@ def one_hot_argmax(scores: Tensor) -> Tensor:
     return F.one_hot(idx, scores.shape[-1]).to(scores.dtype)
 
 
-def kl_categorical_uniform(logits: Tensor) -> Tensor:
-    """KL(prod_m Cat(softmax(l_m)) || uniform) in nats, (..., M, K) ->
-    (...,): sum_m sum_k q_mk log(q_mk K) (docs/derivations.md, eq. (4b.2)).
+def kl_categorical(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """KL(prod_m Cat(q_m) || prod_m Cat(p_m)) in nats from normalized
+    log-probabilities (..., M, K) -> (...,): sum_m sum_k q_mk (log q_mk -
+    log p_mk). Against the uniform prior, log p_mk = -log K: eq. (4b.2) of
+    docs/derivations.md, sum q_mk log(q_mk K).
     """
-    log_q = logits.log_softmax(-1)
-    k = logits.shape[-1]
-    return (log_q.exp() * (log_q + math.log(k))).sum((-2, -1))
+    return (log_q.exp() * (log_q - log_p)).sum((-2, -1))
 
 
-def gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """log N(x; mean, diag(var)) summed over the last axis, in nats
+def gaussian_log_prob(x: Tensor, loc: Tensor, variance: Tensor) -> Tensor:
+    """log N(x; loc, diag(variance)) summed over the last axis, in nats
     (docs/derivations.md, eq. (1a.4))."""
     return -0.5 * (
-        ((x - mean).square() / var + var.log()).sum(-1)
+        ((x - loc).square() / variance + variance.log()).sum(-1)
         + x.shape[-1] * LOG_2PI
     )
 
@@ -339,13 +399,23 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return (x * logits - F.softplus(logits)).sum(-1)
 
 
-def kl_diag_gaussian_standard_normal(mean: Tensor, var: Tensor) -> Tensor:
-    """KL(N(mean, diag(var)) || N(0, I)) in nats, summed over the last axis.
+def kl_diag_gaussian(
+    loc1: Tensor, variance1: Tensor, loc2: Tensor, variance2: Tensor
+) -> Tensor:
+    """KL(N(loc1, diag(variance1)) || N(loc2, diag(variance2))) in nats,
+    summed over the last axis; shapes (..., P) broadcast, returns (...,).
 
-    The diagonal special case of the full KL, docs/derivations.md,
-    eq. (1c.7): 0.5 * sum_p (var_p + mean_p^2 - 1 - log var_p).
+    The diagonal case of the full KL (docs/derivations.md, eqs. (1c.5),
+    (1c.6)), with r = variance1 / variance2:
+    0.5 * sum_p (r_p + (loc1_p - loc2_p)^2 / variance2_p - 1 - log r_p).
+    Against N(0, I) every operation on the prior's 0s and 1s is exact, so
+    this is eq. (1c.7), 0.5 * sum_p (var_p + mean_p^2 - 1 - log var_p), to
+    the last bit.
     """
-    return 0.5 * (var + mean.square() - 1.0 - var.log()).sum(-1)
+    ratio = variance1 / variance2
+    return 0.5 * (
+        ratio + (loc1 - loc2).square() / variance2 - 1.0 - ratio.log()
+    ).sum(-1)
 
 
 def kl_gaussian(
@@ -377,20 +447,20 @@ def kl_gaussian(
     return 0.5 * (trace + mahalanobis - p + logdet2 - logdet1)
 
 
-def kl_divergence(q: object, p: object) -> Tensor | None:
-    """KL(q || p) in closed form, shape (...,), or None when there is none.
+def kl_divergence(q: Distribution, p: Distribution) -> Tensor | None:
+    """KL(q || p) in closed form, shape (...,) over the broadcast batch
+    shapes, or None when the pair of families has none.
 
-    Closed forms: DiagGaussian || StandardNormal (eq. (1c.7)), Laplace ||
-    LaplacePrior or Laplace (eq. (4a.4)), Categorical || UniformCategorical
-    (eq. (4b.2)). The ELBO falls back to a Monte Carlo estimate of
-    E_q[log q(z) - log p(z)] when this returns None.
+    Closed forms: DiagGaussian || DiagGaussian (``kl_diag_gaussian``; eq.
+    (1c.7) against N(0, I)), Laplace || Laplace (eq. (4a.4)), Categorical
+    || Categorical (eq. (4b.2) against the uniform prior). The ELBO falls
+    back to a Monte Carlo estimate of E_q[log q(z) - log p(z)] when this
+    returns None.
     """
-    if isinstance(q, DiagGaussian) and isinstance(p, StandardNormal):
-        return kl_diag_gaussian_standard_normal(q.mean, q.var)
-    if isinstance(q, Laplace) and isinstance(p, LaplacePrior):
-        return kl_laplace(q.loc, q.scale, 0.0, p.tau)
+    if isinstance(q, DiagGaussian) and isinstance(p, DiagGaussian):
+        return kl_diag_gaussian(q.loc, q.variance, p.loc, p.variance)
     if isinstance(q, Laplace) and isinstance(p, Laplace):
         return kl_laplace(q.loc, q.scale, p.loc, p.scale)
-    if isinstance(q, Categorical) and isinstance(p, UniformCategorical):
-        return kl_categorical_uniform(q.logits)
+    if isinstance(q, Categorical) and isinstance(p, Categorical):
+        return kl_categorical(q.log_probs, p.log_probs)
     return None

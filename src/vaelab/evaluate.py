@@ -625,7 +625,7 @@ def quadrature_estimate(
     windows placed by q (a Gaussian or Laplace over (N, 2))."""
     bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
                desc="quadrature", disable=not progress)
-    quad = quadrature_log_px(model, x, q.mean, q.var.sqrt(),
+    quad = quadrature_log_px(model, x, q.mean, q.stddev,
                              progress=bar.update)
     bar.close()
     covered = float(quad.covered.double().mean())
@@ -681,7 +681,7 @@ def _moment_matched(q: Any, quad: Quadrature) -> Any:
     m = q.mean.shape[0]
     var = quad.cov[:m].diagonal(dim1=-2, dim2=-1).float()
     mean = quad.mean[:m].float()
-    var = torch.maximum(var, (q.var * 1e-2).clamp(min=1e-12))
+    var = torch.maximum(var, (q.variance * 1e-2).clamp(min=1e-12))
     # A Gaussian takes variances; a Laplace scales b, var = 2 b^2.
     spread = var if isinstance(q, DiagGaussian) else (var / 2.0).sqrt()
     return type(q)(mean, spread)

@@ -26,29 +26,30 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vaelab.config import Config
-from vaelab.distributions import DiagGaussian, Laplace, StandardNormal
+from vaelab.distributions import DiagGaussian, Laplace
 from vaelab.objectives import compute_elbo
 
 # The location-scale families q can be fitted in: constructor(loc, spread)
-# with spread = variance (Gaussian) or scale b (Laplace).
+# with spread = variance (Gaussian) or scale b (Laplace), q.params in
+# that order.
 FAMILIES = (DiagGaussian, Laplace)
 
 
 def prior_matched(model: Any, n: int, device: torch.device | str) -> Any:
-    """The q of the model's family equal to its prior, n copies (n, P):
-    N(0, I) for the Gaussian prior, Lap(0, tau) for the Laplace prior. The
-    starting point of an E-step that knows nothing about the image."""
+    """The model's prior repeated for n images, a q over (n, P) of the
+    prior's family (N(0, I) or Lap(0, tau) per image), with its own
+    parameter tensors on ``device``. The starting point of an E-step that
+    knows nothing about the image."""
     prior = model.prior
-    p = prior.dim
-    zeros = torch.zeros(n, p, device=device)
-    if isinstance(prior, StandardNormal):
-        return DiagGaussian(zeros, torch.ones(n, p, device=device))
-    if hasattr(prior, "tau"):
-        return Laplace(zeros, torch.full((n, p), prior.tau, device=device))
-    raise TypeError(
-        f"inference by optimization needs a Gaussian or Laplace prior, "
-        f"got {type(prior).__name__}"
-    )
+    if not isinstance(prior, FAMILIES):
+        raise TypeError(
+            f"inference by optimization needs a Gaussian or Laplace prior, "
+            f"got {type(prior).__name__}"
+        )
+    q = prior.expand((n,))
+    # Copies, not views of the model's buffers, so callers may write into
+    # q's parameters.
+    return type(q)(*(t.to(device).clone() for t in q.params))
 
 
 def split_params(q: Any) -> tuple[Tensor, Tensor]:
@@ -93,7 +94,7 @@ def fit_posterior(
     """
     family = type(q0)
     loc0, log_spread0 = (t.detach() for t in split_params(q0))
-    sd0 = q0.var.detach().sqrt()
+    sd0 = q0.stddev.detach()
     delta = torch.zeros_like(loc0, requires_grad=True)
     eta = torch.zeros_like(log_spread0, requires_grad=True)
     if steps <= 0:

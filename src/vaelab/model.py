@@ -23,9 +23,6 @@ from vaelab.distributions import (
     Categorical,
     DiagGaussian,
     Laplace,
-    LaplacePrior,
-    StandardNormal,
-    UniformCategorical,
     bernoulli_log_prob,
 )
 from vaelab.objectives import ElboTerms, compute_elbo
@@ -178,7 +175,8 @@ class VAE(nn.Module):
     ``config.prior``: "gaussian" is the spec's N(0, I) prior with a
     diagonal Gaussian posterior; "laplace" is Problem 4a's Lap(0, tau)
     prior with a Laplace posterior Lap(mu, b), whose second encoder head
-    is log b instead of log sigma^2.
+    is log b instead of log sigma^2. Prior and posterior are of the same
+    family, ``self.family``.
     """
 
     def __init__(self, config: Config | None = None) -> None:
@@ -194,29 +192,40 @@ class VAE(nn.Module):
         self.decoder_hidden = _init_linear(nn.Linear(p, h), std)
         self.decoder_out = _init_linear(nn.Linear(h, DATA_DIM), std)
         self.likelihood = _make_likelihood(config)
-        self.prior: StandardNormal | LaplacePrior
+        self.family: type[DiagGaussian] | type[Laplace]
         if config.prior == "laplace":
-            self.prior = LaplacePrior(p, config.tau)
+            self.family, spread = Laplace, torch.full((p,), config.tau)
         else:
-            self.prior = StandardNormal(p)
+            self.family, spread = DiagGaussian, torch.ones(p)
+        # Buffers, so that model.to(device or dtype) moves the prior;
+        # not persistent: they follow from the config, and checkpoints
+        # keep the keys they always had.
+        self.register_buffer("prior_loc", torch.zeros(p), persistent=False)
+        self.register_buffer("prior_spread", spread, persistent=False)
+
+    @property
+    def prior(self) -> DiagGaussian | Laplace:
+        """p(z) over (P,): N(0, I) (loc 0, variance 1) or Lap(0, tau)
+        (loc 0, scale tau) per coordinate, on the model's device and
+        dtype."""
+        return self.family(self.prior_loc, self.prior_spread)
 
     # -- q(z; g(x, phi)) ---------------------------------------------------
     def infer(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters g(x; phi), each (B, P): (mean, variance)
-        for the gaussian prior, (loc, scale b) for the laplace prior.
+        """Posterior parameters g(x; phi) of x (B, D), in the order of
+        ``self.family``'s constructor, each (B, P): (loc, variance) for
+        the gaussian prior, (loc, scale b) for the laplace prior.
 
         The variance (or scale) is exp of the network output, hence
         positive.
         """
         out = self.encoder_out(F.relu(self.encoder_hidden(x)))
-        mean, log_spread = out.split(self.latent_dim, dim=-1)
-        return mean, log_spread.exp()
+        loc, log_spread = out.split(self.latent_dim, dim=-1)
+        return loc, log_spread.exp()
 
     def posterior(self, x: Tensor) -> DiagGaussian | Laplace:
-        """q(z | x) as a distribution object over (B, P)."""
-        if isinstance(self.prior, LaplacePrior):
-            return Laplace(*self.infer(x))
-        return DiagGaussian(*self.infer(x))
+        """q(z | x) over (B, P), of the prior's family."""
+        return self.family(*self.infer(x))
 
     # -- p(x | z, Theta) ---------------------------------------------------
     def decode_logits(self, z: Tensor) -> Tensor:
@@ -238,8 +247,7 @@ class VAE(nn.Module):
     ) -> Tensor:
         """n images from the model, (n, D): z ~ p(z), then f(z, w), or a
         draw from p(x|z) including Sigma's noise when ``noise``."""
-        device = next(self.parameters()).device
-        z = self.prior.sample(n, generator, device)
+        z = self.prior.sample(n, generator)  # (n, P)
         logits = self.decode_logits(z)
         if noise:
             return self.likelihood.sample(logits, generator)
@@ -280,7 +288,9 @@ class CategoricalVAE(nn.Module):
         self.decoder_hidden = _init_linear(nn.Linear(m * k, h), std)
         self.decoder_out = _init_linear(nn.Linear(h, DATA_DIM), std)
         self.likelihood = _make_likelihood(config)
-        self.prior = UniformCategorical(m, k)
+        # The uniform prior's logits, a buffer as in ``VAE``.
+        self.register_buffer("prior_logits", torch.zeros(m, k),
+                             persistent=False)
         if self.estimator == "reinforce":
             # Control variate b(x) = running mean + w^T x + c. The running
             # mean follows the scale of log p(x|z) (hundreds of nats) at
@@ -292,6 +302,12 @@ class CategoricalVAE(nn.Module):
             self.register_buffer("baseline_mean", torch.zeros(()))
             self.register_buffer("baseline_steps", torch.zeros(()))
 
+    @property
+    def prior(self) -> Categorical:
+        """p(z) = prod_m Cat(z_m; 1/K), event (M, K), on the model's
+        device and dtype."""
+        return Categorical(self.prior_logits)
+
     def start_epoch(self, epoch: int, n_epochs: int) -> None:
         """Anneal the relaxation's temperature exponentially from
         ``config.temperature`` (epoch 1) to ``config.min_temperature``
@@ -302,7 +318,8 @@ class CategoricalVAE(nn.Module):
 
     # -- q(z; g(x, phi)) ---------------------------------------------------
     def infer(self, x: Tensor) -> Tensor:
-        """Posterior logits g(x; phi), (B, M, K) (unnormalized)."""
+        """Posterior logits g(x; phi) of x (B, D): (B, M, K), unnormalized
+        (``Categorical``'s constructor argument)."""
         out = self.encoder_out(F.relu(self.encoder_hidden(x)))
         return out.unflatten(-1, (self.groups, self.classes))
 
@@ -348,8 +365,7 @@ class CategoricalVAE(nn.Module):
         noise: bool = False,
     ) -> Tensor:
         """n images from the model, (n, D): uniform codes, then f(z, w)."""
-        w = self.decoder_hidden.weight
-        z = self.prior.sample(n, generator, w.device, w.dtype)
+        z = self.prior.sample(n, generator)  # (n, M, K)
         logits = self.decode_logits(z)
         if noise:
             return self.likelihood.sample(logits, generator)

@@ -27,11 +27,7 @@ from torch import Tensor
 
 from vaelab.config import ENUMERATE_LIMIT
 from vaelab.data import dequantize
-from vaelab.distributions import (
-    Categorical,
-    UniformCategorical,
-    kl_divergence,
-)
+from vaelab.distributions import Categorical, kl_divergence
 
 # Seed of the held-out ELBO's noise (dequantization, draws of z): every
 # epoch's validation ELBO sees the same noise, and training's stream is
@@ -192,14 +188,14 @@ def code_log_lik(model: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     C = K^M; raises ValueError beyond ``ENUMERATE_LIMIT`` codes.
     """
     prior = model.prior
-    if not isinstance(prior, UniformCategorical):
+    if not isinstance(prior, Categorical):
         raise ValueError("enumeration needs a categorical latent")
     if prior.n_codes > ENUMERATE_LIMIT:
         raise ValueError(
             f"{prior.classes}^{prior.groups} = {prior.n_codes} codes is "
             f"too many to enumerate (limit {ENUMERATE_LIMIT})"
         )
-    codes = prior.all_codes(x.device, x.dtype)
+    codes = prior.enumerate_support()  # the model's device and dtype
     return codes, model.log_likelihood(x, codes.unsqueeze(1))
 
 
@@ -207,7 +203,7 @@ def enumerated_log_lik(model: Any, x: Tensor, q: Categorical) -> Tensor:
     """E_q[log p(x|z)] exactly, sum_c q(c|x) log p(x|c): (B,) in nats
     (docs/derivations.md, eq. (4b.7)); differentiable in phi and Theta."""
     codes, table = code_log_lik(model, x)
-    log_q = (codes.unsqueeze(1) * q.logits.unsqueeze(0)).sum((-2, -1))
+    log_q = q.log_prob(codes.unsqueeze(1))  # (C, B)
     return (log_q.exp() * table).sum(0)
 
 

@@ -174,14 +174,16 @@ def latent_axis(lo: float, hi: float, n: int = 20) -> np.ndarray:
 
 
 def prior_quantile_axis(prior: Any, n: int = 20) -> np.ndarray:
-    """The prior's quantiles at probabilities (i + 0.5) / n, i < n.
+    """The prior's quantiles at probabilities (i + 0.5) / n, i < n, of
+    its first coordinate (every coordinate of the model's priors is the
+    same): (n,).
 
-    Uses ``prior.icdf`` (the inverse CDF of one coordinate), so a Laplace
-    prior gets Laplace quantiles; the midpoints avoid the infinite 0 and 1
-    quantiles.
+    Uses ``prior.icdf`` (per coordinate, broadcast over u (n, 1)), so a
+    Laplace prior gets Laplace quantiles; the midpoints avoid the infinite
+    0 and 1 quantiles.
     """
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    return _numpy(prior.icdf(u)).astype(np.float64)
+    return _numpy(prior.icdf(u[:, None])[:, 0]).astype(np.float64)
 
 
 @torch.no_grad()
