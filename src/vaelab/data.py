@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import importlib.util
 import os
 import zlib
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import platformdirs
+import pooch
 import torch
 
 from vaelab.config import Config
@@ -236,12 +236,6 @@ def _download_disabled() -> bool:
 
 def _download(name: str, folder: Path) -> str | None:
     """Fetch the .gz files into ``folder``; None, or why it failed."""
-    try:  # deferred: only needed once, when there is no local copy
-        import pooch
-    except ImportError:
-        return "the pooch package is not installed (pip install pooch)"
-
-    bar = importlib.util.find_spec("tqdm") is not None
     for stem, gz_md5 in MIRROR_GZ_MD5[name].items():
         errors = []
         for mirror in MIRRORS[name]:
@@ -253,7 +247,7 @@ def _download(name: str, folder: Path) -> str | None:
                     known_hash=f"md5:{gz_md5}",
                     fname=f"{stem}.gz",
                     path=folder,
-                    progressbar=bar,
+                    progressbar=True,
                 )
                 break
             except Exception as e:  # network, HTTP, hash, disk: all alike

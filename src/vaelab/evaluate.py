@@ -40,7 +40,11 @@ from vaelab.data import dequantize, load_data
 from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
 from vaelab.errors import VaelabError
 from vaelab.inference import FAMILIES, fit_posterior, posterior
-from vaelab.objectives import compute_elbo, exact_log_marginal
+from vaelab.objectives import (
+    LatentVariableModel,
+    compute_elbo,
+    exact_log_marginal,
+)
 from vaelab.quadrature import Quadrature, quadrature_log_px
 
 # Seeds of the evaluation's random numbers, one per use, so that changing
@@ -81,7 +85,7 @@ class IwaeTerms:
 
 @torch.no_grad()
 def iwae_bound(
-    model: Any, x: Tensor, q: Any, k: int,
+    model: LatentVariableModel, x: Tensor, q: Any, k: int,
     generator: torch.Generator | None = None,
     max_points: int = MAX_POINTS,
 ) -> IwaeTerms:
@@ -111,7 +115,7 @@ def iwae_bound(
 
 
 def iwae_dataset(
-    model: Any, x: Tensor, q: Any, k: int,
+    model: LatentVariableModel, x: Tensor, q: Any, k: int,
     generator: torch.Generator | None = None,
     max_points: int = MAX_POINTS,
     progress: Callable[[int], None] | None = None,
@@ -135,7 +139,7 @@ def iwae_dataset(
 
 @torch.no_grad()
 def enumerated_log_px(
-    model: Any, x: Tensor, batch_size: int = 500
+    model: LatentVariableModel, x: Tensor, batch_size: int = 500
 ) -> Tensor:
     """log p(x) (N,) of a categorical-latent model, exactly, by summing
     over all K^M codes (``objectives.exact_log_marginal``)."""
@@ -149,7 +153,8 @@ def enumerated_log_px(
 
 
 def inference_gaps(
-    model: Any, x: Tensor, q0: Any, *, starts: list[Any] | None = None,
+    model: LatentVariableModel,
+    x: Tensor, q0: Any, *, starts: list[Any] | None = None,
     steps: int = 100, lr: float = 0.05, n_samples: int = 8,
     eval_samples: int = 256, seed: int = GAP_SEED, batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
@@ -200,7 +205,8 @@ def inference_gaps(
 
 @torch.no_grad()
 def _crn_elbos(
-    model: Any, x: Tensor, qs: list[Any], n_samples: int, seed: int,
+    model: LatentVariableModel,
+    x: Tensor, qs: list[Any], n_samples: int, seed: int,
 ) -> list[Tensor]:
     """ELBOs (B,) of x under each q, every q with the same noise draws."""
     out = []
@@ -584,7 +590,8 @@ def to_bpd(log_p: float | None, dim: int, preprocess: str) -> float | None:
 
 
 def estimate_bounds(
-    model: Any, x: Tensor, q: Any, k: int, generator: torch.Generator,
+    model: LatentVariableModel,
+    x: Tensor, q: Any, k: int, generator: torch.Generator,
     progress: bool = False,
 ) -> tuple[Estimate, IwaeEstimate, Tensor]:
     """The ELBO and IWAE_k of images x (N, D) with proposal q (over
@@ -610,7 +617,7 @@ class ExactLogPx:
     quadrature: Quadrature | None = None
 
 
-def enumerated_estimate(model: Any, x: Tensor) -> ExactLogPx:
+def enumerated_estimate(model: LatentVariableModel, x: Tensor) -> ExactLogPx:
     """log p(x) of images x (N, D) of a categorical-latent model, exact;
     ValueError when there are too many codes to enumerate."""
     values = enumerated_log_px(model, x)
@@ -619,7 +626,7 @@ def enumerated_estimate(model: Any, x: Tensor) -> ExactLogPx:
 
 
 def quadrature_estimate(
-    model: Any, x: Tensor, q: Any, progress: bool = False
+    model: LatentVariableModel, x: Tensor, q: Any, progress: bool = False
 ) -> ExactLogPx:
     """log p(x) of images x (N, D) of a 2-D latent model by quadrature,
     windows placed by q (a Gaussian or Laplace over (N, 2))."""
@@ -648,7 +655,8 @@ def quadrature_estimate(
 
 
 def estimate_log_px(
-    model: Any, x: Tensor, q: Any, k: int, progress: bool = False
+    model: LatentVariableModel,
+    x: Tensor, q: Any, k: int, progress: bool = False
 ) -> tuple[ExactLogPx | None, list[str]]:
     """log p(x) of images x (N, D) by enumeration (categorical q) or
     quadrature (P = 2, Gaussian or Laplace q), or None; and notes on what
@@ -688,7 +696,7 @@ def _moment_matched(q: Any, quad: Quadrature) -> Any:
 
 
 def estimate_gaps(
-    model: Any, x: Tensor, q: Any, *, steps: int,
+    model: LatentVariableModel, x: Tensor, q: Any, *, steps: int,
     exact: ExactLogPx | None, iwae: Tensor, k: int, progress: bool = False,
 ) -> Gaps:
     """Inference gaps on images x (m, D), q (a Gaussian or Laplace over
@@ -743,7 +751,7 @@ def _prepare(images: Tensor, preprocess: str, n: int,
 
 
 def evaluate_model(
-    model: Any,
+    model: LatentVariableModel,
     config: Config,
     images: Tensor,
     preprocess: str,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from vaelab.config import Config
 from vaelab.distributions import DiagGaussian, Laplace
-from vaelab.objectives import compute_elbo
+from vaelab.objectives import LatentVariableModel, compute_elbo
 
 # The location-scale families q can be fitted in: constructor(loc, spread)
 # with spread = variance (Gaussian) or scale b (Laplace), q.params in
@@ -35,7 +35,9 @@ from vaelab.objectives import compute_elbo
 FAMILIES = (DiagGaussian, Laplace)
 
 
-def prior_matched(model: Any, n: int, device: torch.device | str) -> Any:
+def prior_matched(
+    model: LatentVariableModel, n: int, device: torch.device | str
+) -> Any:
     """The model's prior repeated for n images, a q over (n, P) of the
     prior's family (N(0, I) or Lap(0, tau) per image), with its own
     parameter tensors on ``device``. The starting point of an E-step that
@@ -69,7 +71,7 @@ def join_params(family: type, loc: Tensor, log_spread: Tensor) -> Any:
 
 
 def fit_posterior(
-    model: Any,
+    model: LatentVariableModel,
     x: Tensor,
     q0: Any,
     *,
@@ -129,7 +131,7 @@ def vem_test_steps(config: Config) -> int:
 
 
 def posterior(
-    model: Any,
+    model: LatentVariableModel,
     config: Config,
     x: Tensor,
     *,

@@ -18,16 +18,16 @@ straight-through, REINFORCE with a baseline, or exact enumeration) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vaelab.config import ENUMERATE_LIMIT
 from vaelab.data import dequantize
-from vaelab.distributions import Categorical, kl_divergence
+from vaelab.distributions import Categorical, Distribution, kl_divergence
 
 # Seed of the held-out ELBO's noise (dequantization, draws of z): every
 # epoch's validation ELBO sees the same noise, and training's stream is
@@ -38,13 +38,27 @@ PosteriorOf = Callable[[slice, Tensor, "torch.Generator"], Any]
 
 
 class LatentVariableModel(Protocol):
-    """What the ELBO needs from a model: p(z), p(x|z) and q(z|x)."""
+    """What the ELBO, evaluation and the quadrature need from a model:
+    p(z), p(x|z) and q(z|x). ``VAE`` and ``CategoricalVAE`` are ones."""
 
-    prior: Any
+    @property
+    def prior(self) -> Distribution:
+        """p(z), over one image's latent."""
 
-    def posterior(self, x: Tensor) -> Any: ...
+    # p(x | z)'s family: log_prob(x, logits), sample, pairwise_log_prob.
+    likelihood: Any
 
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor: ...
+    def posterior(self, x: Tensor) -> Any:
+        """q(z | x) over (B, ...) for images x (B, D)."""
+
+    def decode_logits(self, z: Tensor) -> Tensor:
+        """The decoder's output for latents z (..., P): (..., D)."""
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z) in nats: x (B, D), z (S, B, ...) -> (S, B)."""
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Theta and phi (torch.nn.Module's)."""
 
 
 @dataclass
@@ -116,7 +130,7 @@ def compute_elbo(
 
 
 def categorical_elbo(
-    model: Any,
+    model: LatentVariableModel,
     q: Categorical,
     x: Tensor,
     n_samples: int = 1,
@@ -182,7 +196,9 @@ def categorical_elbo(
     raise ValueError(f"unknown estimator {estimator!r}")
 
 
-def code_log_lik(model: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+def code_log_lik(
+    model: LatentVariableModel, x: Tensor
+) -> tuple[Tensor, Tensor]:
     """log p(x | c) for every code c: (codes (C, M, K), table (C, B)).
 
     C = K^M; raises ValueError beyond ``ENUMERATE_LIMIT`` codes.
@@ -199,7 +215,9 @@ def code_log_lik(model: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     return codes, model.log_likelihood(x, codes.unsqueeze(1))
 
 
-def enumerated_log_lik(model: Any, x: Tensor, q: Categorical) -> Tensor:
+def enumerated_log_lik(
+    model: LatentVariableModel, x: Tensor, q: Categorical
+) -> Tensor:
     """E_q[log p(x|z)] exactly, sum_c q(c|x) log p(x|c): (B,) in nats
     (docs/derivations.md, eq. (4b.7)); differentiable in phi and Theta."""
     codes, table = code_log_lik(model, x)
@@ -207,7 +225,7 @@ def enumerated_log_lik(model: Any, x: Tensor, q: Categorical) -> Tensor:
     return (log_q.exp() * table).sum(0)
 
 
-def exact_log_marginal(model: Any, x: Tensor) -> Tensor:
+def exact_log_marginal(model: LatentVariableModel, x: Tensor) -> Tensor:
     """log p(x) = log sum_c p(c) p(x|c) of a categorical-latent model,
     exactly, (B,) in nats per image (docs/derivations.md, eq. (4b.8)).
 

@@ -36,8 +36,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from vaelab.config import Config
-from vaelab.data import Dataset
+from vaelab.data import Dataset, load_data
 from vaelab.errors import VaelabError
+from vaelab.inference import posterior
+from vaelab.runfolder import load_model, read_metrics
 
 SIDE = 28  # image side in pixels
 DPI = 100  # screen pixels per inch of every figure
@@ -137,8 +139,6 @@ def _posterior_mean(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     # E-step, as in evaluation.
     config = getattr(model, "config", None)
     if config is not None and config.inference == "vem":
-        from vaelab.inference import posterior
-
         with torch.enable_grad():
             return posterior(model, config, x).mean.detach()
     return model.infer(x)[0]
@@ -476,33 +476,30 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
             [tile_grid(noisy, 10, 10)], ctx.path("samples_noise"),
             f"{title}\n100 samples: {what}",
         ))
-    has_encoder = hasattr(model, "infer")
-    if has_encoder:
-        out.append(plot_tiles(
-            [tile_grid(chosen, 10, 10),
-             tile_grid(reconstruct(model, chosen), 10, 10)],
-            ctx.path("reconstructions"), f"{title}\nreconstructions",
-            subtitles=["test digits x", "f(mean of q(z | x), w)"],
-        ))
+    out.append(plot_tiles(
+        [tile_grid(chosen, 10, 10),
+         tile_grid(reconstruct(model, chosen), 10, 10)],
+        ctx.path("reconstructions"), f"{title}\nreconstructions",
+        subtitles=["test digits x", "f(mean of q(z | x), w)"],
+    ))
     p = model.latent_dim
     if p < 2:
         ctx.log(f"{title}: latent_dim {p} < 2: no scatter or manifold")
         return out
     note = _dims_note(p)
-    if has_encoder:
-        means = encode_means(model, test.images)
-        out.append(plot_scatter(
-            means, _numpy(test.labels), ctx.path("latent_scatter"),
-            f"{title}\n{len(means):,} test images in latent space{note}",
+    means = encode_means(model, test.images)
+    out.append(plot_scatter(
+        means, _numpy(test.labels), ctx.path("latent_scatter"),
+        f"{title}\n{len(means):,} test images in latent space{note}",
+    ))
+    if ctx.manifold in ("range", "both"):
+        (lo1, hi1), (lo2, hi2) = latent_range(means)
+        z1, z2 = latent_axis(lo1, hi1), latent_axis(lo2, hi2)
+        out.append(plot_manifold(
+            decode_grid(model, z1, z2), z1, z2, ctx.path("manifold"),
+            f"{title}\nf(z, w) on a 20x20 grid over the encoded test "
+            f"set's range{note}",
         ))
-        if ctx.manifold in ("range", "both"):
-            (lo1, hi1), (lo2, hi2) = latent_range(means)
-            z1, z2 = latent_axis(lo1, hi1), latent_axis(lo2, hi2)
-            out.append(plot_manifold(
-                decode_grid(model, z1, z2), z1, z2, ctx.path("manifold"),
-                f"{title}\nf(z, w) on a 20x20 grid over the encoded test "
-                f"set's range{note}",
-            ))
     if ctx.manifold in ("quantiles", "both"):
         q = prior_quantile_axis(model.prior)
         out.append(plot_manifold(
@@ -707,8 +704,6 @@ def make_figures(
     the run's config, or ``data_dir``, when None). ``noise``: also
     samples_noise.png; ``manifold``: "range", "quantiles" or "both".
     """
-    from vaelab.data import load_data
-    from vaelab.runfolder import load_model, read_metrics
 
     if manifold not in MANIFOLD_CHOICES:
         raise VaelabError(

@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vaelab.objectives import LatentVariableModel
+
 # Points further below the image's largest log p(x, z) than this (nats)
 # are left on the coarser lattice when an image zooms in (e^-15 = 3e-7).
 SIGNIFICANT = 15.0
@@ -61,7 +63,9 @@ SIGNIFICANT = 15.0
 ALIAS_TOL = 0.5
 
 
-def shared_points(model: Any, z: Tensor) -> Callable[[Tensor], Tensor]:
+def shared_points(
+    model: LatentVariableModel, z: Tensor
+) -> Callable[[Tensor], Tensor]:
     """log p(x|z) at latents z (G, P), decoded once: a function of images
     x (B, D) giving (B, G), in nats (the likelihood's
     ``pairwise_log_prob``)."""
@@ -218,7 +222,8 @@ def _columns(ii: Tensor, jj: Tensor, h: float) -> tuple[Tensor, Tensor]:
 
 
 def _window_pass(
-    model: Any, x: Tensor, lo: Tensor, hi: Tensor, h: float, tile: int,
+    model: LatentVariableModel,
+    x: Tensor, lo: Tensor, hi: Tensor, h: float, tile: int,
     progress: Callable[[int], None] | None,
 ) -> tuple[_Sums, Tensor, Tensor]:
     """Riemann sums over each image's window [lo, hi] (integer lattice
@@ -329,7 +334,8 @@ def _estimates(
 
 
 def _passes(
-    model: Any, x: Tensor, idx: Tensor, lo: Tensor, hi: Tensor, k: Tensor,
+    model: LatentVariableModel,
+    x: Tensor, idx: Tensor, lo: Tensor, hi: Tensor, k: Tensor,
     tile: int, progress: Callable[[int], None] | None,
 ) -> dict[str, Tensor]:
     """``_window_pass`` and ``_estimates`` for images ``idx`` whose
@@ -369,7 +375,7 @@ def _exponent(width: Tensor, points: int, k_min: int, k_max: int) -> Tensor:
 
 @torch.no_grad()
 def quadrature_log_px(
-    model: Any,
+    model: LatentVariableModel,
     x: Tensor,
     center: Tensor,
     sd: Tensor,
@@ -486,7 +492,7 @@ def _prior_box(prior: Any) -> float:
     )
 
 
-def _net(model: Any, half: float, spacing: float,
+def _net(model: LatentVariableModel, half: float, spacing: float,
          like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
     """The coarse lattice over [-half, half]^2 on ``like``'s device and
     dtype: log p(x|z) as ``shared_points`` gives it, z (G, 2) and log p(z)
@@ -500,7 +506,7 @@ def _net(model: Any, half: float, spacing: float,
 
 @torch.no_grad()
 def _net_windows(
-    model: Any, x: Tensor, lo: Tensor, hi: Tensor, half: float,
+    model: LatentVariableModel, x: Tensor, lo: Tensor, hi: Tensor, half: float,
     spacing: float, margin: float,
     progress: Callable[[int], None] | None = None, max_pairs: int = 2**22,
 ) -> tuple[Tensor, Tensor, Tensor]:
