@@ -291,11 +291,13 @@ def test_evaluation_round_trips_through_its_file(trained, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.pop("iwae"), "lacks iwae"),
-    (lambda d: d.update(extra=1), "unknown extra"),
-    (lambda d: d["gaps"].update(n_images="3"), "gaps.n_images"),
-    (lambda d: d.update(log_px={"value": 1.0}), "log_px lacks error"),
-    (lambda d: d.update(timings={"iwae": 1.0}), "timings has unknown"),
+    (lambda d: d.pop("iwae"), 'missing value for field "iwae"'),
+    (lambda d: d.update(extra=1), '"extra"'),
+    (lambda d: d["gaps"].update(n_images="3"), '"gaps.n_images"'),
+    (lambda d: d.update(log_px={"value": 1.0}), '"log_px.error"'),
+    (lambda d: d.update(timings={"iwae": 1.0}), '"iwae" to any'),
+    (lambda d: d.update(k=2.5), '"k"'),
+    (lambda d: d.update(units="bits"), "units"),
 ])
 def test_a_malformed_evaluation_is_a_clear_error(tmp_path, change,
                                                  message) -> None:

@@ -193,7 +193,7 @@ def test_a_malformed_evaluation_names_its_file(tmp_path):
     evaluation = evaluation_json()
     del evaluation["gaps"]["log_px"]
     run = fake_run(tmp_path, "a", 100.0, evaluation=evaluation)
-    with pytest.raises(VaelabError, match="gaps lacks log_px") as e:
+    with pytest.raises(VaelabError, match="gaps.log_px") as e:
         report.write_report(tmp_path, [("a", "A")], command="x")
     assert str(run / runfolder.EVALUATION) in str(e.value)
 

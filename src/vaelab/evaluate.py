@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import dacite
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -414,7 +415,7 @@ class Evaluation:
         anything that is not what ``to_json`` writes."""
         try:
             return _read_evaluation(data)
-        except ValueError as e:
+        except (ValueError, dacite.DaciteError) as e:
             raise VaelabError(
                 f"{source}: not an evaluation vaelab writes ({e})"
             ) from None
@@ -431,131 +432,28 @@ class Evaluation:
                              self.to_json())
 
 
-class _Fields:
-    """One JSON object with exactly the given keys; typed access, or a
-    ValueError naming the key."""
-
-    def __init__(self, data: Any, where: str, required: tuple[str, ...],
-                 optional: tuple[str, ...] = ()) -> None:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where} is {type(data).__name__}, not an "
-                             "object")
-        missing = [k for k in required if k not in data]
-        unknown = [k for k in data if k not in required + optional]
-        if missing:
-            raise ValueError(f"{where} lacks {', '.join(missing)}")
-        if unknown:
-            raise ValueError(f"{where} has unknown {', '.join(unknown)}")
-        self.data, self.where = data, where
-
-    def _bad(self, key: str, what: str) -> ValueError:
-        return ValueError(f"{self.where}.{key} is {self.data[key]!r}, not "
-                          f"{what}")
-
-    def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def number(self, key: str) -> float:
-        v = self.data[key]
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self._bad(key, "a number")
-        return float(v)
-
-    def maybe_number(self, key: str) -> float | None:
-        return self.number(key) if self.has(key) else None
-
-    def integer(self, key: str) -> int:
-        v = self.data[key]
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self._bad(key, "an integer")
-        return v
-
-    def text(self, key: str, choices: tuple[str, ...] = ()) -> str:
-        v = self.data[key]
-        if not isinstance(v, str) or (choices and v not in choices):
-            raise self._bad(key, " or ".join(choices) or "a string")
-        return v
-
-    def flag(self, key: str) -> bool:
-        v = self.data[key]
-        if not isinstance(v, bool):
-            raise self._bad(key, "true or false")
-        return v
-
-    def sub(self, key: str, required: tuple[str, ...],
-            optional: tuple[str, ...] = ()) -> _Fields:
-        return _Fields(self.data[key], f"{self.where}.{key}", required,
-                       optional)
-
-
 def _read_evaluation(data: Any) -> Evaluation:
-    f = _Fields(data, "evaluation", (
-        "units", "inference", "preprocess", "n_images", "k", "elbo",
-        "elbo_se", "iwae", "log_px", "bpd", "gaps", "gaps_log_px_method",
-        "notes", "timings", "seconds"))
-    f.text("units", (UNITS,))
-    iw = f.sub("iwae", ("value", "se", "k", "mc_se"))
-    log_px = None
-    if f.has("log_px"):
-        lp = f.sub("log_px", ("value", "error", "method"),
-                   ("error_max", "coverage"))
-        coverage = None
-        if lp.has("coverage"):
-            c = lp.sub("coverage", tuple(
-                x.name for x in dataclasses.fields(Coverage)))
-            coverage = Coverage(
-                ok=c.flag("ok"),
-                covered_fraction=c.number("covered_fraction"),
-                max_edge_mass=c.number("max_edge_mass"),
-                max_outside_mass=c.number("max_outside_mass"),
-                box=c.number("box"),
-                prior_mass_outside_box=c.number("prior_mass_outside_box"),
-                zoomed_images=c.integer("zoomed_images"),
-                mean_window=c.number("mean_window"),
-            )
-        log_px = LogPx(
-            value=lp.number("value"), error=lp.number("error"),
-            method=lp.text("method", ("quadrature", "enumeration")),
-            error_max=lp.maybe_number("error_max"), coverage=coverage,
-        )
-    bpd = None
-    if f.has("bpd"):
-        b = f.sub("bpd", ("elbo", "iwae", "log_px"))
-        bpd = Bpd(*(b.maybe_number(k) for k in ("elbo", "iwae", "log_px")))
-    gaps = None
-    if f.has("gaps"):
-        g = f.sub("gaps", ("n_images", "encoder_elbo", "optimized_elbo",
-                           "log_px", "amortization_gap",
-                           "approximation_gap"))
-        g.number("amortization_gap"), g.number("approximation_gap")
-        gaps = Gaps(
-            n_images=g.integer("n_images"),
-            encoder_elbo=g.number("encoder_elbo"),
-            optimized_elbo=g.number("optimized_elbo"),
-            log_px=g.number("log_px"),
-            log_px_method=f.text("gaps_log_px_method"),
-        )
-    notes = f.data["notes"]
-    if not (isinstance(notes, list)
-            and all(isinstance(n, str) for n in notes)):
-        raise ValueError(f"evaluation.notes is {notes!r}, not a list of "
-                         "strings")
-    t = f.sub("timings", (), tuple(
-        x.name for x in dataclasses.fields(Timings)))
-    return Evaluation(
-        inference=f.text("inference"),
-        preprocess=f.text("preprocess"),
-        n_images=f.integer("n_images"),
-        k=f.integer("k"),
-        elbo=Estimate(f.number("elbo"), f.number("elbo_se")),
-        iwae=IwaeEstimate(iw.number("value"), iw.number("se"),
-                          k=iw.integer("k"), mc_se=iw.number("mc_se")),
-        log_px=log_px,
-        bpd=bpd,
-        gaps=gaps,
-        notes=tuple(notes),
-        timings=Timings(**{k: t.number(k) for k in t.data}),
-        seconds=f.number("seconds"),
+    """``to_json``'s output back into an Evaluation; ValueError or
+    DaciteError for anything else (unknown or missing keys, wrong types)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a {type(data).__name__}, not an object")
+    data = dict(data)
+    if data.pop("units", None) != UNITS:
+        raise ValueError(f"units must be {UNITS!r}")
+    # evaluation.json flattens the ELBO and keeps the gaps' method and
+    # differences beside them: back to the dataclasses' nesting.
+    nested: dict[str, Any] = {"elbo": {"value": data.pop("elbo", None),
+                                       "se": data.pop("elbo_se", None)}}
+    method = data.pop("gaps_log_px_method", None)
+    gaps = data.pop("gaps", None)
+    if isinstance(gaps, dict):
+        gaps = {k: v for k, v in gaps.items()
+                if k not in ("amortization_gap", "approximation_gap")}
+        gaps["log_px_method"] = method
+    nested["gaps"] = gaps
+    return dacite.from_dict(
+        Evaluation, {**data, **nested},
+        config=dacite.Config(strict=True, cast=[tuple]),
     )
 
 
