@@ -13,6 +13,7 @@ from helpers import synthetic_dataset
 
 from vaelab import run, runfolder
 from vaelab.cli import main
+from vaelab.config import Config
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import Estimate, Evaluation, Gaps, IwaeEstimate, Timings
 
@@ -301,3 +302,16 @@ def test_resume_of_a_quick_zoo_model_keeps_its_training_subset(
     assert code == 0
     metrics = runfolder.read_metrics(out / "g-adam")
     assert [m["images"] for m in metrics] == [100, 100]
+
+
+def test_a_converged_model_counts_as_finished(tmp_path):
+    ds = synthetic_dataset(n_train=100, n_val=20, n_test=20)
+    cfg = Config(epochs=1, hidden=8, patience=3, device="cpu").resolved()
+    run.train(cfg, tmp_path, dataset=ds, progress=False)
+    longer = Config(epochs=5, hidden=8, patience=3, device="cpu").resolved()
+    assert run._finished(tmp_path, cfg)
+    assert not run._finished(tmp_path, longer)  # the cap was reached
+    results = runfolder.read_json(tmp_path / runfolder.RESULTS)
+    results["converged"] = True
+    runfolder.write_json(tmp_path / runfolder.RESULTS, results)
+    assert run._finished(tmp_path, longer)

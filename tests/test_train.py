@@ -147,7 +147,9 @@ def test_resume_after_sigkill(tmp_path: Path, inference: str) -> None:
     try:
         # Generous: the first epochs wait for imports on a loaded machine.
         deadline = time.time() + 300
-        while len(read_metrics(kill)) < 3 and time.time() < deadline:
+        # The line of epoch e lands just before its checkpoint: four lines
+        # mean at least three checkpoints.
+        while len(read_metrics(kill)) < 4 and time.time() < deadline:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -249,3 +251,51 @@ def test_train_images_is_used_and_kept_on_resume(tmp_path: Path) -> None:
     stored.epochs = 2
     train(stored, tmp_path, dataset=ds, progress=False, resume=True)
     assert [m["images"] for m in read_metrics(tmp_path)] == [120, 120]
+
+
+def test_stop_reason_counts_epochs_since_the_best() -> None:
+    def hist(vals):
+        return [{"epoch": i + 1, "val_elbo": v} for i, v in enumerate(vals)]
+
+    assert train_module.stop_reason(hist([1, 2, 3]), 2) is None
+    assert train_module.stop_reason(hist([1, 3, 2]), 2) is None
+    reason = train_module.stop_reason(hist([1, 3, 2, 3]), 2)
+    assert reason is not None and "epoch 2" in reason  # ties keep the first
+    assert train_module.stop_reason(hist([1, 3, 2, 3]), None) is None
+    assert train_module.stop_reason(hist([]), 1) is None
+
+
+def test_patience_stops_keeps_the_best_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = synthetic_dataset(300, 100, 100)
+    # The validation ELBO stops improving after epoch 3 (made so here:
+    # later epochs validate lower), so patience 2 stops after epoch 5.
+    real = train_module.Amortized.validate
+    epochs_seen: list[int] = []
+
+    def worse_after_3(self, images):
+        out = dict(real(self, images))
+        epochs_seen.append(1)
+        if len(epochs_seen) > 3:
+            out["elbo"] -= 1000.0 * len(epochs_seen)
+        return out
+
+    monkeypatch.setattr(train_module.Amortized, "validate", worse_after_3)
+    cfg = Config(epochs=20, patience=2, **SMALL)
+    results = train(cfg, tmp_path / "a", dataset=ds, progress=False)
+    metrics = read_metrics(tmp_path / "a")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert "stop" in metrics[-1] and "epoch 3" in metrics[-1]["stop"]
+    assert results["converged"] and results["model_epoch"] == 3
+    best_epoch, best, _ = runfolder.read_checkpoint(tmp_path / "a",
+                                                    best=True)
+    assert best_epoch == 3
+    model, _ = runfolder.load_model(tmp_path / "a")
+    assert all(torch.equal(v, best["model." + k])
+               for k, v in model.state_dict().items())
+    # A stopped run stays stopped when resumed, even with more epochs.
+    epochs_seen.clear()
+    cfg.epochs = 30
+    train(cfg, tmp_path / "a", dataset=ds, progress=False, resume=True)
+    assert len(read_metrics(tmp_path / "a")) == 5

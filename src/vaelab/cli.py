@@ -54,7 +54,9 @@ FIELD_HELP = {
     "e_lr": "vem: E-step learning rate",
     "optimizer": "adam or adagrad",
     "lr": "learning rate (default 1e-3 for adam, 1e-2 for adagrad)",
-    "epochs": "passes over the training set",
+    "epochs": "passes over the training set (the most, with --patience)",
+    "patience": "stop when the validation ELBO has not improved for N "
+    "epochs, keeping the best epoch's model (default: train all epochs)",
     "batch_size": "images per minibatch",
     "n_samples": "Monte Carlo samples of z per image in the ELBO",
     "seed": "seed of every random draw of the run",

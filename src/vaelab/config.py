@@ -72,6 +72,7 @@ class Config:
     optimizer: Optimizer = "adam"
     lr: float | None = None
     epochs: int = 20
+    patience: int | None = None
     batch_size: int = 100
     n_samples: int = 1
     seed: int = 0
@@ -103,8 +104,9 @@ class Config:
         for name in ("latent_dim", "hidden", "epochs", "batch_size",
                      "n_samples", "groups", "classes", "e_steps"):
             _positive(name, getattr(self, name))
-        if self.train_images is not None:
-            _positive("train_images", self.train_images)
+        for name in ("train_images", "patience"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         if (not isinstance(self.val_size, int)
                 or isinstance(self.val_size, bool) or self.val_size < 0):
             raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
@@ -161,6 +163,11 @@ class Config:
                     f"most {ENUMERATE_LIMIT} are allowed (use gumbel, "
                     "straight-through or reinforce)"
                 )
+        if self.patience is not None and self.val_size == 0:
+            raise ConfigError(
+                "--patience stops on the validation ELBO: it needs "
+                "--val-size > 0"
+            )
         if self.inference == "vem" and self.latent != "gaussian":
             raise ConfigError(
                 "--inference vem fits a Gaussian or Laplace q per image; it "

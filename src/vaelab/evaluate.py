@@ -496,7 +496,7 @@ def estimate_bounds(
     (N, P)), means over images in nats per image, and the per-image
     IWAE_k (N,)."""
     bar = tqdm(total=x.shape[0], unit="img", leave=False,
-               desc=f"IWAE k={k}", disable=not progress)
+               desc=f"IWAE k={k}", disable=None if progress else True)
     terms = iwae_dataset(model, x, q, k, generator, progress=bar.update)
     bar.close()
     iwae = IwaeEstimate(*_stats(terms.iwae), k=k,
@@ -529,7 +529,7 @@ def quadrature_estimate(
     """log p(x) of images x (N, D) of a 2-D latent model by quadrature,
     windows placed by q (a Gaussian or Laplace over (N, 2))."""
     bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
-               desc="quadrature", disable=not progress)
+               desc="quadrature", disable=None if progress else True)
     quad = quadrature_log_px(model, x, q.mean, q.stddev,
                              progress=bar.update)
     bar.close()
@@ -608,7 +608,7 @@ def estimate_gaps(
         starts.append(_moment_matched(q, exact.quadrature))
     bar = tqdm(total=m * steps * (1 + len(starts)), unit="img-step",
                unit_scale=True, leave=False, desc="per-image q",
-               disable=not progress)
+               disable=None if progress else True)
     enc, opt = inference_gaps(model, x, q, starts=starts, steps=steps,
                               progress=bar.update)
     bar.close()

@@ -155,7 +155,7 @@ def posterior(
     steps = vem_test_steps(config) if steps is None else steps
     n = x.shape[0]
     bar = tqdm(total=steps * n, unit="img-step", unit_scale=True,
-               leave=False, desc="E-step", disable=not progress)
+               leave=False, desc="E-step", disable=None if progress else True)
     locs, spreads = [], []
     family: type = DiagGaussian
     for i in range(0, n, batch_size):

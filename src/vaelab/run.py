@@ -159,9 +159,13 @@ def _finished(run_dir: Path, config: Config) -> bool:
     (the rule of ``runfolder.config_differences``, as for --resume)."""
     epoch = runfolder.trained_epoch(
         run_dir, config, "delete that folder or choose another --out")
-    # More epochs than asked (the zoo was shortened) is finished too.
-    return (epoch is not None and epoch >= config.epochs
-            and (run_dir / runfolder.RESULTS).exists())
+    results = run_dir / runfolder.RESULTS
+    if epoch is None or not results.exists():
+        return False
+    # More epochs than asked (the zoo was shortened) is finished too, and
+    # so is a run that stopped when it converged.
+    return (epoch >= config.epochs
+            or bool(runfolder.read_json(results).get("converged")))
 
 
 def _newer(path: Path, than: Path) -> bool:

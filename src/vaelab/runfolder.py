@@ -34,6 +34,7 @@ from vaelab.errors import ConfigError, VaelabError
 from vaelab.model import build_model
 
 CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"  # with --patience: the best validation epoch's
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
@@ -232,11 +233,18 @@ def save_checkpoint(
     os.replace(tmp, run_dir / CHECKPOINT)
 
 
+def keep_best(run_dir: Path) -> None:
+    """Copy the checkpoint to best.safetensors, atomically."""
+    atomic_write_bytes(Path(run_dir) / BEST,
+                       (Path(run_dir) / CHECKPOINT).read_bytes())
+
+
 def read_checkpoint(
-    run_dir: Path,
+    run_dir: Path, best: bool = False,
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
-    """(epoch, tensors, extra) from a run folder's checkpoint."""
-    path = Path(run_dir) / CHECKPOINT
+    """(epoch, tensors, extra) from a run folder's last checkpoint, or its
+    best one (``best``)."""
+    path = Path(run_dir) / (BEST if best else CHECKPOINT)
     if not path.is_file():
         raise VaelabError(f"{run_dir}: no {CHECKPOINT} (not a trained run?)")
     try:
@@ -285,12 +293,14 @@ def load_config(run_dir: Path) -> Config:
 def load_model(
     run_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Config]:
-    """The trained model of a run folder (eval mode) and its config."""
+    """The trained model of a run folder (eval mode) and its config: the
+    best validation epoch's when it trained with --patience, else the
+    last epoch's."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VaelabError(f"run folder not found: {run_dir}")
     config = load_config(run_dir)
-    _, tensors, _ = read_checkpoint(run_dir)
+    _, tensors, _ = read_checkpoint(run_dir, best=(run_dir / BEST).exists())
     model = build_model(config).to(device)
     restore(tensors, model)
     model.eval()

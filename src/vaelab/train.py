@@ -129,6 +129,29 @@ def check_epoch(
     return terms
 
 
+def _best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The first epoch with the highest validation ELBO, or None."""
+    scored = [(m["val_elbo"], -m["epoch"]) for m in history
+              if m.get("val_elbo") is not None]
+    return -max(scored)[1] if scored else None
+
+
+def stop_reason(
+    history: list[dict[str, Any]], patience: int | None
+) -> str | None:
+    """Why to stop after the epochs of ``history`` (metrics.jsonl records):
+    no validation ELBO above the best for ``patience`` epochs; None to go
+    on (and always None without patience or validation images)."""
+    best = _best_epoch(history)
+    if patience is None or best is None:
+        return None
+    if history[-1]["epoch"] - best < patience:
+        return None
+    value = next(m["val_elbo"] for m in history if m["epoch"] == best)
+    return (f"converged: no better validation ELBO in {patience} epochs "
+            f"(best {value:.2f} nats/image, epoch {best})")
+
+
 def epoch_record(
     epoch: int, train_terms: list[float], val: dict[str, float],
     seconds: float, n: int,
@@ -210,14 +233,24 @@ def _fit(
     x_val = dataset.val.images.to(device)
     dequantized = dataset.preprocess == "dequantize"
     n, batch = x_train.shape[0], config.batch_size
+    # The stopping rule reads metrics.jsonl alone, so a resumed run stops
+    # where an uninterrupted one does (and a stopped one stays stopped).
+    history = runfolder.read_metrics(run_dir)
+    stop = stop_reason(history, config.patience)
+    if (config.patience is not None and start_epoch > 0
+            and _best_epoch(history) == start_epoch):
+        runfolder.keep_best(run_dir)  # a kill may have come before it
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        if stop is not None:
+            break
         model.train()
         method.start_epoch(epoch)
         sums = torch.zeros(3, device=device)
+        # disable=None: no bar when stderr is not a terminal (CI logs).
         bar = tqdm(
             total=n, unit="img", unit_scale=True, leave=False,
             desc=f"{method.label} {epoch}/{config.epochs}",
-            disable=not progress,
+            disable=None if progress else True,
         )
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator, device=device)
@@ -248,22 +281,40 @@ def _fit(
         model.eval()
         val = method.validate(x_val) if x_val.shape[0] else {}
         record = epoch_record(epoch, train_terms, val, seconds, n)
+        history.append(record)
+        stop = stop_reason(history, config.patience)
+        if stop is not None:
+            record["stop"] = stop
+        # Metrics first: a kill before the checkpoint lands leaves a line
+        # that resuming trims, never a checkpoint without its line.
+        runfolder.append_metrics(run_dir, record)
         runfolder.save_checkpoint(
             run_dir, model, optimizer, generator, epoch, config,
             {"train_seconds": elapsed}, method_state=state,
         )
-        runfolder.append_metrics(run_dir, record)
+        if config.patience is not None and _best_epoch(history) == epoch:
+            runfolder.keep_best(run_dir)
         if progress:
             val_text = f"{val['elbo']:.2f}" if val else "-"
             log(
                 f"epoch {epoch}/{config.epochs}: train ELBO "
                 f"{record['train_elbo']:.2f}, val ELBO {val_text} "
                 f"nats/image ({seconds:.1f} s, {n / seconds:,.0f} img/s)"
+                + (f"; stopping: {stop}" if stop else "")
             )
 
     model.eval()
+    best = _best_epoch(history) if config.patience is not None else None
+    if best is not None:
+        # Early stopping's model is the best validation epoch's.
+        _, tensors, _ = runfolder.read_checkpoint(run_dir, best=True)
+        runfolder.restore(tensors, model)
+        method.load_state(tensors)
     results: dict[str, Any] = {
-        "epochs": len(runfolder.read_metrics(run_dir)),
+        "epochs": len(history),
+        "stop": stop or f"reached --epochs {config.epochs}",
+        "converged": stop is not None,
+        "model_epoch": best or len(history),
         "train_seconds": elapsed,
         "preprocess": dataset.preprocess,
         "dataset": dataset.name,
