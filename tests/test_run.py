@@ -315,3 +315,31 @@ def test_a_converged_model_counts_as_finished(tmp_path):
     results["converged"] = True
     runfolder.write_json(tmp_path / runfolder.RESULTS, results)
     assert run._finished(tmp_path, longer)
+
+
+def test_run_clock_counts_what_is_left() -> None:
+    clock = run.RunClock({"a": (3, 1000, 1.0), "b": (2, 1000, 2.5)})
+    assert clock.seconds_left() is None and clock.eta() == ""
+    clock.epoch_done("a", {"seconds": 2.0, "images": 1000})
+    # a: 2 epochs at 2 s; b: 2 epochs at 2.5 x a's rate per image.
+    assert clock.seconds_left() == pytest.approx(2 * 2.0 + 2 * 5.0)
+    clock.training_done("a")
+    clock.stages_done(3.0)  # a's figures and evaluation
+    assert clock.seconds_left() == pytest.approx(2 * 5.0 + 3.0)
+    clock.epoch_done("b", {"seconds": 4.0, "images": 1000})
+    assert clock.seconds_left() == pytest.approx(4.0 + 3.0)
+    assert "left" in clock.eta()
+
+
+def test_run_reports_its_cost_in_epoch_times(tmp_path, zoo_file):
+    lines: list[str] = []
+    summary = run.run_zoo(tmp_path / "out", zoo=zoo_file, load=Loader(),
+                          only=["g-adam"], progress=True,
+                          log=lines.append, command="test")
+    per_epoch = run.spec_epoch_seconds(tmp_path / "out" / "g-adam", 200)
+    assert summary["epoch_seconds"] == pytest.approx(per_epoch)
+    assert summary["epoch_times"] == pytest.approx(
+        summary["seconds"] / per_epoch)
+    assert any("run: at most" in line for line in lines)
+    assert any(line.startswith("whole run:") and "epoch-times" in line
+               for line in lines)

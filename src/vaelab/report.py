@@ -48,7 +48,7 @@ def collect(out_dir: Path, name: str, title: str) -> dict[str, Any]:
     for ``evaluation`` (an ``Evaluation`` or None)."""
     run_dir = out_dir / name
     results = runfolder.read_json(run_dir / runfolder.RESULTS)
-    listed = _read_optional(run_dir / "figures.json") or []
+    listed = _read_optional(run_dir / runfolder.FIGURE_LIST) or []
     return {
         "name": name,
         "title": title,
@@ -390,9 +390,12 @@ def write_report(
     real_digits: Path | None = None,
     notes: Sequence[str] = (),
     seconds: float | None = None,
+    epoch_seconds: float | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write ``out_dir/report.html`` and ``out_dir/summary.json`` for the
-    trained models ``(name, title)`` in ``out_dir/<name>/``.
+    trained models ``(name, title)`` in ``out_dir/<name>/``. ``seconds``:
+    the run's wall time; ``epoch_seconds``: one epoch of the spec's model
+    on this machine (the run's cost is their ratio, ``epoch_times``).
 
     Returns the report's path and the summary (numbers in nats per image;
     each model's ``evaluation`` an ``Evaluation`` or None, its JSON in
@@ -407,14 +410,17 @@ def write_report(
         "units": "nats per image",
         "notes": list(notes),
         "seconds": seconds,
+        "epoch_seconds": epoch_seconds,
+        "epoch_times": (seconds / epoch_seconds
+                        if seconds and epoch_seconds else None),
         "comparison": comparison(records),
         "models": records,
     }
-    report = out_dir / "report.html"
+    report = out_dir / runfolder.REPORT
     runfolder.atomic_write_bytes(
         report, render_html(out_dir, summary, real_digits).encode("utf-8")
     )
-    runfolder.write_json(out_dir / "summary.json", {
+    runfolder.write_json(out_dir / runfolder.SUMMARY, {
         **summary,
         "models": [
             {**r, "evaluation": r["evaluation"].to_json()

@@ -168,6 +168,75 @@ def _finished(run_dir: Path, config: Config) -> bool:
             or bool(runfolder.read_json(results).get("converged")))
 
 
+# A variational-EM epoch costs about this many VAE epochs
+# (docs/benchmarks.md, "VAE versus variational EM"): the run's ETA uses it
+# until the model's own first epoch is timed.
+VEM_EPOCH_COST = 2.5
+
+
+class RunClock:
+    """Time left in a zoo run, from what it has timed so far: seconds per
+    training image (per model once it has run an epoch) and seconds of
+    figures and evaluation per model. Epoch caps make it an upper bound
+    when models stop early."""
+
+    def __init__(self, plan: dict[str, tuple[int, int, float]]) -> None:
+        # name -> (epochs left, training images, epoch cost factor)
+        self.plan = dict(plan)
+        self.per_image: dict[str, float] = {}
+        self.stage_seconds: list[float] = []
+        self.stages_left = len(plan)
+        self.current: str | None = None
+
+    def epoch_done(self, name: str, record: dict[str, Any]) -> None:
+        epochs, images, factor = self.plan[name]
+        self.per_image[name] = record["seconds"] / record["images"]
+        self.plan[name] = (max(epochs - 1, 0), images, factor)
+
+    def training_done(self, name: str) -> None:
+        epochs, images, factor = self.plan[name]
+        self.plan[name] = (0, images, factor)
+
+    def stages_done(self, seconds: float) -> None:
+        self.stage_seconds.append(seconds)
+        self.stages_left -= 1
+
+    def seconds_left(self) -> float | None:
+        """Estimated seconds to the end, or None before any timing."""
+        if not self.per_image:
+            return None
+        amortized = [v / f for k, v in self.per_image.items()
+                     for _, _, f in [self.plan[k]]]
+        base = sum(amortized) / len(amortized)  # s per image, VAE epoch
+        left = 0.0
+        for name, (epochs, images, factor) in self.plan.items():
+            per = self.per_image.get(name, base * factor)
+            left += epochs * images * per
+        if self.stage_seconds:
+            mean = sum(self.stage_seconds) / len(self.stage_seconds)
+            left += self.stages_left * mean
+        return left
+
+    def eta(self) -> str:
+        """" (run: at most ~N min left)" or "" before any timing."""
+        left = self.seconds_left()
+        if left is None:
+            return ""
+        text = (f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
+        return f" (run: at most ~{text} left)"
+
+
+def spec_epoch_seconds(run_dir: Path, n_images: int) -> float | None:
+    """Median seconds of one epoch over ``n_images`` images of the run in
+    ``run_dir``, from its metrics.jsonl (None without epochs)."""
+    rates = sorted(m["seconds"] / m["images"]
+                   for m in runfolder.read_metrics(run_dir)
+                   if m.get("images"))
+    if not rates:
+        return None
+    return rates[len(rates) // 2] * n_images
+
+
 def _newer(path: Path, than: Path) -> bool:
     return path.exists() and path.stat().st_mtime >= than.stat().st_mtime
 
@@ -245,11 +314,17 @@ def run_zoo(
         return cache[key]
 
     with runfolder.lock(out):
+        clock = RunClock({
+            m.name: _plan(configs[m.name], out / m.name,
+                          dataset_for(configs[m.name]))
+            for m in todo
+        })
         for i, m in enumerate(todo, 1):
             config = configs[m.name]
             _run_model(m, config, out / m.name, dataset_for(config), zoo,
                        head=f"[{i}/{len(todo)}] {m.name}", quick=quick,
-                       replot=replot, progress=progress, log=log)
+                       replot=replot, progress=progress, log=log,
+                       clock=clock)
         first = configs[todo[0].name]
         grey = [c for c in configs.values() if c.preprocess != "binarize"]
         real = real_digits_figure(
@@ -275,11 +350,21 @@ def run_zoo(
                 + (f" on the first {n:,} training images" if n else "")
                 + "; the numbers are not converged."
             )
+        seconds = time.perf_counter() - t_start
+        # The run's cost in epochs of the spec's model (the zoo's first) on
+        # this machine, which compares across machines.
+        spec = zoo.models[0]
+        epoch = spec_epoch_seconds(out / spec.name, len(
+            dataset_for(configs.get(spec.name, first)).train))
+        cost = (f"; {seconds / epoch:.0f} epoch-times of {spec.name} "
+                f"({epoch:.1f} s per epoch)" if epoch else "")
+        notes.append(f"This run took {seconds / 60:.1f} min{cost}.")
         report, summary = write_report(
             out, [(m.name, m.title) for m in done], command=command,
-            real_digits=real, notes=notes,
-            seconds=time.perf_counter() - t_start,
+            real_digits=real, notes=notes, seconds=seconds,
+            epoch_seconds=epoch,
         )
+        log(f"whole run: {seconds / 60:.1f} min{cost}")
         log(f"report: {report}")
         if pdf:
             pdf_path = write_pdf(report, out / runfolder.REPORT_PDF,
@@ -291,7 +376,7 @@ def run_zoo(
 def _run_model(
     m: ZooModel, config: Config, run_dir: Path, full: Dataset, zoo: Zoo,
     *, head: str, quick: bool, replot: bool, progress: bool,
-    log: Callable[[str], None],
+    log: Callable[[str], None], clock: RunClock,
 ) -> None:
     """Train (or reuse, or resume), draw and evaluate one zoo model."""
     if _finished(run_dir, config):
@@ -301,9 +386,13 @@ def _run_model(
         n_train = min(config.train_images or len(full.train),
                       len(full.train))
         log(f"{head}: {'resuming' if resume else 'training'} "
-            f"{config.epochs} epochs on {n_train:,} images")
+            f"{config.epochs} epochs on {n_train:,} images{clock.eta()}")
         train(config, run_dir, resume=resume, dataset=full,
-              progress=progress, log=log)
+              progress=progress,
+              log=lambda text: log(f"{head}: {text}{clock.eta()}"),
+              on_epoch=lambda record: clock.epoch_done(m.name, record))
+    clock.training_done(m.name)
+    t0 = time.perf_counter()
     weights = run_dir / runfolder.CHECKPOINT
     figures = run_dir / runfolder.FIGURE_LIST
     if replot or not _newer(figures, weights):
@@ -322,3 +411,20 @@ def _run_model(
         else:
             evaluate_run(run_dir, n=zoo.eval_images, k=zoo.eval_k,
                          device=config.device, progress=progress)
+    clock.stages_done(time.perf_counter() - t0)
+
+
+def _plan(
+    config: Config, run_dir: Path, full: Dataset
+) -> tuple[int, int, float]:
+    """(epochs left at most, training images, epoch cost factor) of one
+    zoo model, for the run's clock."""
+    n = min(config.train_images or len(full.train), len(full.train))
+    done = 0
+    if (run_dir / runfolder.CHECKPOINT).exists() and not _finished(
+            run_dir, config):
+        done = runfolder.read_checkpoint(run_dir)[0]
+    elif (run_dir / runfolder.CHECKPOINT).exists():
+        done = config.epochs
+    factor = VEM_EPOCH_COST if config.inference == "vem" else 1.0
+    return max(config.epochs - done, 0), n, factor

@@ -179,6 +179,7 @@ def train(
     dataset: Dataset | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the model ``config`` describes into the run folder ``out_dir``.
 
@@ -187,7 +188,8 @@ def train(
     checkpoint.safetensors after every epoch and results.json at the end.
     ``dataset``: the data, preprocessed as the config says (default: loaded
     from it); its first ``config.train_images`` training images are used.
-    Returns the results (final train/val/test ELBO with their terms).
+    ``on_epoch``: called with each epoch's metrics record, once it is
+    saved. Returns the results (final train/val/test ELBO with terms).
     """
     # Bad options and missing data stop the run before anything is written.
     config = config.resolved()
@@ -200,12 +202,13 @@ def train(
     with runfolder.lock(run_dir):
         start_epoch = _start_epoch(config, run_dir, resume)
         return _fit(config, run_dir, start_epoch, device, dataset,
-                    progress, log)
+                    progress, log, on_epoch)
 
 
 def _fit(
     config: Config, run_dir: Path, start_epoch: int, device: torch.device,
     dataset: Dataset, progress: bool, log: Callable[[str], None],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     runfolder.write_json(run_dir / runfolder.CONFIG, config.to_dict())
     runfolder.record_session(run_dir, str(device), start_epoch)
@@ -294,6 +297,8 @@ def _fit(
         )
         if config.patience is not None and _best_epoch(history) == epoch:
             runfolder.keep_best(run_dir)
+        if on_epoch is not None:
+            on_epoch(record)
         if progress:
             val_text = f"{val['elbo']:.2f}" if val else "-"
             log(
