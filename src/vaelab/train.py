@@ -4,7 +4,7 @@ loop, for every kind of inference.
 ``train`` owns what every run shares: the run folder (lock, config,
 resume), epochs, the permutation, dequantization noise, the optimizer
 step, the progress bar, the NaN guard, checkpoints and metrics.jsonl.
-What differs between kinds of inference lives in an
+What differs between kinds of inference lives in a
 ``vaelab.method.InferenceMethod``: its training step (the ELBO terms of a
 minibatch, which the loop ascends), its held-out ELBO, its extra state to
 checkpoint and its final results. ``Amortized`` (an encoder, for
