@@ -40,6 +40,7 @@ from matplotlib.ticker import MaxNLocator
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
+from vaelab.explorer import EXPLORER, supports, write_explorer
 from vaelab.inference import posterior
 from vaelab.runfolder import load_model, read_metrics
 
@@ -583,6 +584,10 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
     ))
     stats = scatter_stats(means, labels, names)
     (ctx.out_dir / SCATTER_STATS).write_text(json.dumps(stats, indent=1))
+    if supports(model):
+        # Not a figure: beside them, linked from the report.
+        write_explorer(ctx.out_dir / EXPLORER, model, ctx.config,
+                       ctx.dataset, means, title, seed=ctx.seed)
     if ctx.manifold in ("range", "both"):
         (lo1, hi1), (lo2, hi2) = latent_range(means)
         z1, z2 = latent_axis(lo1, hi1), latent_axis(lo2, hi2)

@@ -30,9 +30,8 @@ from vaelab import runfolder
 from vaelab.data import class_names, label_kind
 from vaelab.errors import VaelabError
 from vaelab.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
+from vaelab.explorer import EXPLORER
 from vaelab.plots import CAPTIONS, SCATTER_STATS
-
-EXPLORER = "explorer.html"  # a run's latent explorer (vaelab.explorer)
 
 SPLITS = ("train", "val", "test")
 DATA_NAMES = {
