@@ -332,7 +332,7 @@ GROUP_TITLES = {
 # figures), "print-one" (one per row on paper, for legends to stay
 # legible), default two per row on paper, as many as fit on screen.
 LAYOUTS = {"training_curves": "one", "latent_scatter": "print-one",
-           "reconstructions": "print-one", "confusion": "one"}
+           "reconstructions": "one", "confusion": "one"}
 TILE_KINDS = {"samples", "samples_noise", "reconstructions", "codes",
               "real_digits"}
 
