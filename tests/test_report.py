@@ -71,7 +71,8 @@ def test_report_embeds_every_figure_and_escapes_text(tmp_path):
     assert "src=\"http" not in text and "src=\"file" not in text
     assert "Model &lt;A&gt; &amp; co" in text and "<A>" not in text
     assert "quick &lt;note&gt;" in text
-    assert "vaelab run --out &#x27;&lt;x&gt;&#x27;" in text
+    # Escaped by the template (markupsafe writes ' as &#39;).
+    assert "vaelab run --out &#39;&lt;x&gt;&#39;" in text
     assert "nats per image" in text
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["models"][1]["results"]["test"]["elbo"] == 120.0
@@ -228,3 +229,74 @@ def test_pdf_with_chromium(tmp_path):
     path, _ = report.write_report(tmp_path, [("a", "A")], command="x")
     pdf = report.write_pdf(path, tmp_path / "report.pdf", browser)
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def scatter_json(accuracy: float, names=None) -> dict:
+    names = names or [str(k) for k in range(10)]
+    return {
+        "k": 10, "n_images": 1000, "knn_accuracy": accuracy,
+        "class_names": names, "confusion": [[0.0] * 10] * 10,
+        "overlaps": [
+            {"a": 4, "b": 9, "overlap": 0.3, "a_in_b": 0.25,
+             "b_in_a": 0.35},
+            {"a": 3, "b": 5, "overlap": 0.2, "a_in_b": 0.2, "b_in_a": 0.2},
+        ],
+    }
+
+
+def test_report_reads_by_question_with_real_digits_once(tmp_path):
+    figs = ("real_digits.png", "samples.png", "latent_scatter.png",
+            "manifold.png", "training_curves.png")
+    for name, acc in (("a", 0.8), ("b", 0.6)):
+        run = fake_run(tmp_path, name, 1.0, figures=figs)
+        (run / plots.SCATTER_STATS).write_text(json.dumps(scatter_json(acc)))
+    (tmp_path / "a" / report.EXPLORER).write_text("<html></html>")
+    real = tmp_path / "real_digits.png"
+    plot_tiles([tile_grid(np.ones((4, 784)), 2, 2)], real, "real")
+    path, summary = report.write_report(
+        tmp_path, [("a", "A"), ("b", "B")], command="x", real_digits=real)
+    text = path.read_text()
+    # Numbers first, then one section per question, in the spec's order.
+    order = [text.index(f'id="{s}"') for s in
+             ("comparison", "samples", "scatter", "manifold", "training",
+              "models")]
+    assert order == sorted(order)
+    # The real digits once: the zoo's, not every model's copy.
+    assert text.count(b64(real)) == 1
+    assert b64(tmp_path / "a" / "real_digits.png") not in text
+    # Every model's figure of each kind, enlargeable.
+    for name in ("a", "b"):
+        for f in figs[1:]:
+            assert text.count(b64(tmp_path / name / f)) == 1
+    assert text.count('class="zoom"') == 1 + 2 * 4
+    assert 'id="lightbox"' in text
+    # The scatter's sentence, computed from latent_scatter.json.
+    assert ("A 10-nearest-neighbour vote on the posterior means gives 80% "
+            "of the 1,000 test images their own digit") in text
+    assert "4 and 9 (25% of the 4s&#39; neighbours are 9s" in text
+    assert ("The digits separate best in the latent space of A (80%"
+            in text and "worst in that of B (60%)" in text)
+    # The explorer is linked where it exists.
+    assert 'href="a/explorer.html"' in text
+    assert 'href="b/explorer.html"' not in text
+    assert summary["models"][0]["scatter"]["knn_accuracy"] == 0.8
+    assert summary["models"][1]["explorer"] is None
+    # No network: every src is a data URI.
+    assert "http://" not in text and "https://" not in text
+
+
+def test_report_names_fashion_classes(tmp_path):
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    run = fake_run(tmp_path, "f", 1.0, figures=("latent_scatter.png",))
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"] = "fashion-mnist"
+    (run / "config.json").write_text(json.dumps(config))
+    (run / plots.SCATTER_STATS).write_text(
+        json.dumps(scatter_json(0.7, names)))
+    path, _ = report.write_report(tmp_path, [("f", "F")], command="x")
+    text = path.read_text()
+    assert "Fashion-MNIST" in text
+    assert "their own class" in text
+    assert "Coat and Ankle boot" in text and "Shirt and Sandal" not in text
+    assert "coloured by class" in text

@@ -28,6 +28,27 @@ DATASETS = ("mnist", "fashion-mnist")
 PREPROCESS = ("scale", "dequantize", "binarize")
 IMAGE_SIDE = 28
 N_CLASSES = 10
+# What the labels 0-9 mean, per dataset, and what to call a label.
+CLASS_NAMES = {
+    "mnist": tuple(str(k) for k in range(N_CLASSES)),
+    "fashion-mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+        "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+}
+LABEL_KINDS = {"mnist": "digit", "fashion-mnist": "class"}
+
+
+def class_names(dataset: str) -> tuple[str, ...]:
+    """The names of the labels 0-9 of ``dataset`` ("0"-"9" for MNIST and
+    for data this module does not know, such as the tests' synthetic
+    digits)."""
+    return CLASS_NAMES.get(dataset, CLASS_NAMES["mnist"])
+
+
+def label_kind(dataset: str) -> str:
+    """What one label of ``dataset`` is called: "digit" or "class"."""
+    return LABEL_KINDS.get(dataset, "digit")
 
 # The four standard files, by role; each may also carry a .gz suffix.
 FILES = {

@@ -22,6 +22,8 @@ their own maker to that table).
 from __future__ import annotations
 
 import io
+import json
+import math
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from vaelab.config import Config
-from vaelab.data import Dataset, load_data
+from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
+from vaelab.explorer import EXPLORER, supports, write_explorer
 from vaelab.inference import posterior
 from vaelab.runfolder import load_model, read_metrics
 
@@ -79,6 +82,9 @@ CAPTIONS = {
     "probable class of q(z | x), per test image",
 }
 MANIFOLD_CHOICES = ("range", "quantiles", "both")
+# Numbers about the latent scatter (k-NN overlap of the classes), written
+# beside latent_scatter.png for the report.
+SCATTER_STATS = "latent_scatter.json"
 
 
 # ------------------------------------------------------------ arrays
@@ -229,6 +235,79 @@ def latent_range(means: np.ndarray) -> tuple[tuple[float, float], ...]:
     )
 
 
+@torch.no_grad()
+def knn_confusion(
+    means: Any, labels: Any, k: int = 10, n_classes: int = 10,
+    chunk: int = 1000,
+) -> tuple[np.ndarray, float]:
+    """How the classes overlap in latent space, from each point's ``k``
+    nearest other points (Euclidean, over every latent dimension).
+
+    Returns ``(confusion, accuracy)``: confusion (n_classes, n_classes),
+    row a the mean fraction of a class-a point's neighbours that are of
+    class b (rows of present classes sum to 1, absent ones are 0);
+    accuracy the fraction of points whose neighbours' majority label (ties
+    to the smaller label) is their own: a k-NN classifier on the
+    posterior means, leave-one-out.
+    """
+    z = torch.as_tensor(_numpy(means), dtype=torch.float64)
+    y = torch.as_tensor(_numpy(labels), dtype=torch.long)
+    n = z.shape[0]
+    k = min(k, n - 1)
+    conf = np.zeros((n_classes, n_classes))
+    if k < 1:
+        return conf, float("nan")
+    counts = torch.zeros(n, n_classes, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        d = torch.cdist(z[i:i + chunk], z)
+        rows = torch.arange(i, min(i + chunk, n))
+        d[rows - i, rows] = math.inf  # not its own neighbour
+        nn_idx = d.topk(k, largest=False).indices  # (c, k)
+        counts[rows] = torch.nn.functional.one_hot(
+            y[nn_idx], n_classes).sum(1).double()
+    frac = (counts / k).numpy()
+    yn = y.numpy()
+    np.add.at(conf, yn, frac)
+    sizes = np.bincount(yn, minlength=n_classes)[:, None]
+    conf = conf / np.maximum(sizes, 1)
+    accuracy = float((counts.argmax(1).numpy() == yn).mean())
+    return conf, accuracy
+
+
+def overlapping_pairs(
+    confusion: np.ndarray, top: int = 3
+) -> list[tuple[int, int, float]]:
+    """The ``top`` pairs of classes (a < b) that overlap most: by the mean
+    of a's neighbours in b and b's in a; [(a, b, overlap), ...], most
+    overlapping first, pairs with no overlap left out."""
+    c = np.asarray(confusion, np.float64)
+    sym = (c + c.T) / 2
+    pairs = [(a, b, float(sym[a, b])) for a in range(len(c))
+             for b in range(a + 1, len(c)) if sym[a, b] > 0]
+    pairs.sort(key=lambda t: (-t[2], t[0], t[1]))
+    return pairs[:top]
+
+
+def scatter_stats(
+    means: Any, labels: Any, names: Sequence[str], k: int = 10,
+) -> dict[str, Any]:
+    """The k-NN overlap of the classes in latent space, as plain data
+    (saved as latent_scatter.json): k, accuracy, the confusion matrix,
+    the class names and the three most overlapping pairs."""
+    conf, acc = knn_confusion(means, labels, k, len(names))
+    return {
+        "k": k, "n_images": int(len(_numpy(labels))),
+        "knn_accuracy": acc, "class_names": list(names),
+        "confusion": conf.round(4).tolist(),
+        "overlaps": [
+            {"a": a, "b": b, "overlap": round(v, 4),
+             "a_in_b": round(float(conf[a, b]), 4),
+             "b_in_a": round(float(conf[b, a]), 4)}
+            for a, b, v in overlapping_pairs(conf)
+        ],
+    }
+
+
 # ------------------------------------------------------------ drawing
 
 
@@ -351,9 +430,15 @@ def plot_scatter(
     means: np.ndarray, labels: np.ndarray, path: Path, title: str,
     xlabel: str = "$z_1$ (posterior mean)",
     ylabel: str = "$z_2$ (posterior mean)",
+    names: Sequence[str] | None = None, kind: str = "digit",
 ) -> Path:
-    """Save one point per image at its posterior mean, coloured by label."""
-    fig = Figure(figsize=(7.0, 6.0), dpi=DPI, layout="constrained")
+    """Save one point per image at its posterior mean, coloured by label;
+    the legend names label k ``names[k]`` (default its number) under the
+    title ``kind``."""
+    names = names or [str(k) for k in range(10)]
+    wide = max(len(n) for n in names) > 3
+    fig = Figure(figsize=(8.0 if wide else 7.0, 6.0), dpi=DPI,
+                 layout="constrained")
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["tab10"]
     # Shuffle the drawing order so no digit class is painted over all the
@@ -363,11 +448,13 @@ def plot_scatter(
                cmap=cmap, vmin=-0.5, vmax=9.5, s=3, alpha=0.7,
                linewidths=0, rasterized=True)
     handles = [
-        Line2D([], [], ls="", marker="o", color=cmap(k), label=str(k))
+        Line2D([], [], ls="", marker="o", ms=9, color=cmap(k),
+               label=names[k])
         for k in range(10) if np.any(labels == k)
     ]
-    ax.legend(handles=handles, title="digit", loc="center left",
-              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(handles=handles, title=kind, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=12,
+              title_fontsize=12)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
@@ -488,10 +575,19 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
         return out
     note = _dims_note(p)
     means = encode_means(model, test.images)
+    labels = _numpy(test.labels)
+    names = class_names(ctx.dataset.name)
     out.append(plot_scatter(
-        means, _numpy(test.labels), ctx.path("latent_scatter"),
+        means, labels, ctx.path("latent_scatter"),
         f"{title}\n{len(means):,} test images in latent space{note}",
+        names=names, kind=label_kind(ctx.dataset.name),
     ))
+    stats = scatter_stats(means, labels, names)
+    (ctx.out_dir / SCATTER_STATS).write_text(json.dumps(stats, indent=1))
+    if supports(model):
+        # Not a figure: beside them, linked from the report.
+        write_explorer(ctx.out_dir / EXPLORER, model, ctx.config,
+                       ctx.dataset, means, title, seed=ctx.seed)
     if ctx.manifold in ("range", "both"):
         (lo1, hi1), (lo2, hi2) = latent_range(means)
         z1, z2 = latent_axis(lo1, hi1), latent_axis(lo2, hi2)
@@ -583,11 +679,13 @@ def code_purity(counts: np.ndarray) -> float:
 
 def plot_confusion(
     matrices: Sequence[np.ndarray], path: Path, title: str,
-    subtitles: Sequence[str],
+    subtitles: Sequence[str], names: Sequence[str] | None = None,
+    kind: str = "digit",
 ) -> Path:
     """Heatmaps of label-by-class counts, each row as fractions of its
-    label; columns ordered by the label they hold most, so a code that
-    tracks the digit shows as a diagonal."""
+    label (rows named ``names``, default their numbers); columns ordered
+    by the label they hold most, so a code that tracks the digit shows as
+    a diagonal."""
     n = len(matrices)
     k = matrices[0].shape[1]
     fig = Figure(figsize=(1.5 + n * max(4.0, 0.45 * k), 4.8), dpi=DPI,
@@ -599,9 +697,10 @@ def plot_confusion(
         im = ax.imshow(rows[:, order], cmap="viridis", vmin=0.0, vmax=1.0,
                        aspect="auto", interpolation="nearest")
         ax.set_xticks(range(k), [str(c) for c in order], fontsize=7)
-        ax.set_yticks(range(counts.shape[0]))
-        ax.set_xlabel("class of q(z | x) (ordered by majority digit)")
-        ax.set_ylabel("digit label")
+        rows_n = counts.shape[0]
+        ax.set_yticks(range(rows_n), list(names or range(rows_n))[:rows_n])
+        ax.set_xlabel(f"class of q(z | x) (ordered by majority {kind})")
+        ax.set_ylabel(f"{kind} label")
         ax.set_title(sub, fontsize=10)
         if k <= 20:
             for i, j in np.ndindex(rows.shape):
@@ -611,7 +710,7 @@ def plot_confusion(
                             va="center", fontsize=6,
                             color="black" if v > 0.6 else "white")
     fig.colorbar(im, ax=list(axes), shrink=0.8,
-                 label="fraction of the digit's test images")
+                 label=f"fraction of the {kind}'s test images")
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
@@ -660,8 +759,10 @@ def categorical_figures(ctx: FigureContext) -> list[Path]:
             for g, c in enumerate(mats)]
     out.append(plot_confusion(
         mats, ctx.path("confusion"),
-        f"{title}\ndigit label vs most probable class "
-        f"({len(labels):,} test images)", subs,
+        f"{title}\n{label_kind(ctx.dataset.name)} label vs most probable "
+        f"class ({len(labels):,} test images)", subs,
+        names=class_names(ctx.dataset.name),
+        kind=label_kind(ctx.dataset.name),
     ))
     return out
 

@@ -3,8 +3,11 @@
 Everything is read back from the run folders (config.json, results.json,
 metrics.jsonl, evaluation.json when present, figures.json and the PNGs),
 so a report can be rebuilt without training. The HTML is one
-self-contained file: every figure is embedded as a base64 data URI and
-every piece of text is escaped.
+self-contained file (templates/report.html.j2): every figure is embedded
+as a base64 data URI, every piece of text is escaped, and a click on a
+figure enlarges it (a few lines of inline JavaScript, no network). After
+the numbers, one section per question of the spec's Problem 3, each
+model's figure at a size where a digit can be read.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from markupsafe import Markup
+
 from vaelab import runfolder
+from vaelab.data import class_names, label_kind
 from vaelab.errors import VaelabError
 from vaelab.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
-from vaelab.plots import CAPTIONS, FIGURES
+from vaelab.explorer import EXPLORER
+from vaelab.plots import CAPTIONS, SCATTER_STATS
 
 SPLITS = ("train", "val", "test")
 DATA_NAMES = {
@@ -60,6 +68,8 @@ def collect(out_dir: Path, name: str, title: str) -> dict[str, Any]:
         "evaluation": Evaluation.read(run_dir)
         if (run_dir / runfolder.EVALUATION).exists() else None,
         "figures": [f for f in listed if (run_dir / f).is_file()],
+        "scatter": _read_optional(run_dir / SCATTER_STATS),
+        "explorer": EXPLORER if (run_dir / EXPLORER).is_file() else None,
     }
 
 
@@ -132,30 +142,9 @@ def comparison(records: Sequence[dict[str, Any]]) -> list[str]:
 
 _e = html.escape
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-td, th { border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }
-th { background: #f2f2f2; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.figs td { border: none; text-align: center; }
-table.figs img { max-width: 100%; image-rendering: pixelated; }
-table.grid { table-layout: fixed; width: 100%; }
-table.figs th.row { text-align: left; background: none; border: none;
-  padding-top: 1em; font-weight: normal; font-style: italic; }
-.note { background: #fff4d6; padding: 0.5em; border-left: 4px solid #e0a800; }
-code, pre { background: #f6f6f6; padding: 0.1em 0.3em; }
-details { margin: 0.4em 0; }
-.models { display: flex; flex-wrap: wrap; gap: 2em; }
-.models > div { flex: 1 1 22em; }
-@media print { table.figs img { max-width: 100%; } }
-"""
-
-
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+def _png(path: Path) -> str:
+    """A PNG file as base64 text, for a data URI."""
+    return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -184,7 +173,8 @@ def _estimate(est: Estimate | LogPx | None, show_k: bool = True) -> str:
 
 
 def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], text_cols: int = 1
+    header: Sequence[str], rows: Sequence[Sequence[str]], text_cols: int = 1,
+    cls: str = "",
 ) -> str:
     """An HTML table; header text is escaped, cells are HTML already.
     Columns after the first ``text_cols`` are numbers, right-aligned."""
@@ -197,7 +187,8 @@ def _table(
         ) + "</tr>"
         for row in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><tr>{head}</tr>{body}</table>"
 
 
 def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
@@ -232,7 +223,8 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
         "average every image of their split."
         if evaluated else "* Not evaluated (no evaluation.json)."
     )
-    return _table(header, rows, text_cols=2) + f"<p><small>{note}</small></p>"
+    return (_table(header, rows, text_cols=2, cls="comparison")
+            + f"<p><small>{note}</small></p>")
 
 
 def _results_table(r: dict[str, Any]) -> str:
@@ -304,82 +296,243 @@ def _config_html(config: dict[str, Any]) -> str:
             + "</details>")
 
 
-def _figure_grid(out_dir: Path, records: Sequence[dict[str, Any]]) -> str:
-    """One row per figure kind, one column per model."""
-    stems = [Path(f).stem for f in FIGURES.values()]
+
+# The report's sections after the numbers: one per question of the spec's
+# Problem 3 (and one per further kind of figure), each a list of groups of
+# figures, one figure per model. (section id, title, question, [stems]).
+SECTIONS = (
+    ("samples", "Samples from the models (Problem 3a)",
+     "Sample 100 random z, apply the generator network p(x | z) and show "
+     "the digits on a 10 x 10 grid, beside 100 real test digits.",
+     ["samples", "samples_noise"]),
+    ("reconstructions", "Reconstructions", "Test images and the mean image "
+     "decoded at their posterior mean: what the code keeps of an image.",
+     ["reconstructions"]),
+    ("scatter", "The latent space: test images at their posterior means "
+     "(Problem 3b)", "Transform the test set to the latent space with the "
+     "recognition network; one point per image, coloured by its label.",
+     ["latent_scatter"]),
+    ("manifold", "The manifold: a 20 x 20 grid of decoded z (Problem 3b)",
+     "Between the min and max of z1 and z2 over the encoded test set, "
+     "decode a 20 x 20 grid of z and show the digits.",
+     ["manifold", "manifold_quantiles"]),
+    ("codes", "Discrete latents: what each code decodes to",
+     "", ["codes", "confusion"]),
+    ("training", "Training curves", "", ["training_curves"]),
+)
+GROUP_TITLES = {
+    "samples": "Mean images f(z, w), z ~ p(z)",
+    "samples_noise": "Draws from p(x | z), with the likelihood's noise",
+    "manifold": "Over the encoded test set's range (the spec's grid)",
+    "manifold_quantiles": "At the prior's quantiles",
+    "codes": "The decoded codes",
+    "confusion": "Labels against codes",
+}
+# How a figure kind is laid out: "one" (one per row everywhere; wide
+# figures), "print-one" (one per row on paper, for legends to stay
+# legible), default two per row on paper, as many as fit on screen.
+LAYOUTS = {"training_curves": "one", "latent_scatter": "print-one",
+           "reconstructions": "one", "confusion": "one"}
+TILE_KINDS = {"samples", "samples_noise", "reconstructions", "codes",
+              "real_digits"}
+
+
+def _kind_word(record: dict[str, Any]) -> str:
+    return label_kind(record["config"].get("dataset", "mnist"))
+
+
+def _names(record: dict[str, Any]) -> list[str]:
+    stats = record.get("scatter")
+    if stats and stats.get("class_names"):
+        return list(stats["class_names"])
+    return list(class_names(record["config"].get("dataset", "mnist")))
+
+
+def scatter_sentence(record: dict[str, Any]) -> str | None:
+    """One sentence on how the classes overlap in a model's latent
+    space, from its latent_scatter.json (None without it)."""
+    stats = record.get("scatter")
+    if not stats:
+        return None
+    names = _names(record)
+    kind = _kind_word(record)
+    text = (
+        f"A {stats['k']}-nearest-neighbour vote on the posterior means "
+        f"gives {stats['knn_accuracy']:.0%} of the "
+        f"{stats['n_images']:,} test images their own {kind}"
+    )
+    pairs = [
+        f"{names[o['a']]} and {names[o['b']]} ({o['a_in_b']:.0%} of the "
+        f"{names[o['a']]}s' neighbours are {names[o['b']]}s, "
+        f"{o['b_in_a']:.0%} the other way)"
+        for o in stats.get("overlaps", [])[:3] if o["overlap"] >= 0.01
+    ]
+    if pairs:
+        text += "; the " + kind + "s that overlap most are " + (
+            "; ".join(pairs) if len(pairs) < 3
+            else "; ".join(pairs[:-1]) + "; and " + pairs[-1])
+    return text + "."
+
+
+def scatter_comparison(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Which model's latent space separates the classes best and worst
+    (k-NN accuracy of the posterior means), when two or more have one."""
+    rs = [r for r in records if r.get("scatter")
+          and math.isfinite(r["scatter"]["knn_accuracy"])]
+    if len(rs) < 2:
+        return []
+    rs.sort(key=lambda r: r["scatter"]["knn_accuracy"], reverse=True)
+    best, worst = rs[0], rs[-1]
+    kind = _kind_word(best)
+    return [
+        f"The {kind}s separate best in the latent space of "
+        f"{best['title']} ({best['scatter']['knn_accuracy']:.0%} of test "
+        f"images have their own {kind} by a "
+        f"{best['scatter']['k']}-nearest-neighbour vote) and worst in "
+        f"that of {worst['title']} "
+        f"({worst['scatter']['knn_accuracy']:.0%})."
+    ]
+
+
+def _figure(
+    path: Path, title: str, caption: str, stem: str,
+    text: Sequence[str] = (), link: str | None = None,
+    link_text: str = "",
+) -> dict[str, Any]:
+    return {
+        "data": _png(path), "alt": f"{title}: {stem}", "title": title,
+        "caption": caption, "text": list(text), "link": link,
+        "link_text": link_text,
+        "kind": "tiles" if stem in TILE_KINDS else "plot",
+    }
+
+
+def _real_digit_figures(
+    out_dir: Path, records: Sequence[dict[str, Any]],
+    real_digits: Path | None,
+) -> list[dict[str, Any]]:
+    """The real test images once per preprocessing: ``real_digits`` for
+    the continuous-pixel data, each other preprocessing's (binarized) from
+    the first of its models."""
+    out = []
+    seen: set[str] = set()
+    if real_digits is not None and real_digits.is_file():
+        out.append(_figure(real_digits, "Real test images",
+                           "100 random test images", "real_digits"))
+        seen = {"dequantize", "scale"}
+    for r in records:
+        pre = r["config"].get("preprocess", "")
+        if pre in seen or "real_digits.png" not in r["figures"]:
+            continue
+        seen.add(pre)
+        out.append(_figure(
+            out_dir / r["run_dir"] / "real_digits.png",
+            f"Real test images, {pre}",
+            "100 random test images as the models of this data see them",
+            "real_digits",
+        ))
+    return out
+
+
+def report_sections(
+    out_dir: Path, records: Sequence[dict[str, Any]],
+    real_digits: Path | None,
+) -> list[dict[str, Any]]:
+    """The figure sections of the report: dicts of id, title, question,
+    text and groups (title, text, layout, figures)."""
+    known = {s for *_, stems in SECTIONS for s in stems} | {"real_digits"}
     seen = {Path(f).stem for r in records for f in r["figures"]}
-    # Figure kinds this module has no caption for (added by other kinds of
-    # model) go last, in file-name order.
-    order = [s for s in stems if s in seen] + sorted(seen - set(stems))
-    head = "".join(f"<th>{_e(r['title'])}</th>" for r in records)
-    rows = []
-    for stem in order:
-        caption = CAPTIONS.get(stem, stem.replace("_", " "))
-        rows.append(
-            f'<tr><th class="row" colspan="{len(records)}">'
-            f"{_e(stem)}.png: {_e(caption)}</th></tr>"
-        )
-        cells = []
-        for r in records:
-            name = f"{stem}.png"
-            path = out_dir / r["run_dir"] / name
-            cells.append(
-                "<td>" + (_img(path, f"{r['title']}: {stem}")
-                          if name in r["figures"] else "&ndash;") + "</td>"
-            )
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="figs grid"><tr>{head}</tr>{"".join(rows)}'
-            "</table>")
+    extra = sorted(seen - known)
+    table = list(SECTIONS)
+    if extra:
+        table.append(("other", "Other figures", "", extra))
+    sections = []
+    for sid, title, question, stems in table:
+        groups = []
+        if sid == "samples":
+            real = _real_digit_figures(out_dir, records, real_digits)
+            if real:
+                groups.append({"title": "Real test images", "text": [],
+                               "layout": "", "figures": real})
+        for stem in stems:
+            figures = []
+            for r in records:
+                name = f"{stem}.png"
+                if name not in r["figures"]:
+                    continue
+                text, link = [], None
+                if stem == "latent_scatter":
+                    sentence = scatter_sentence(r)
+                    text = [sentence] if sentence else []
+                    if r.get("explorer"):
+                        link = f"{r['run_dir']}/{r['explorer']}"
+                caption = CAPTIONS.get(stem, stem.replace("_", " "))
+                if stem == "latent_scatter":
+                    caption = caption.replace("digit", _kind_word(r))
+                figures.append(_figure(
+                    out_dir / r["run_dir"] / name, r["title"], caption,
+                    stem, text, link,
+                    "explore this latent space in the browser "
+                    "(explorer.html)"))
+            if figures:
+                groups.append({
+                    "title": GROUP_TITLES.get(stem, "")
+                    if len(stems) > 1 else "",
+                    "text": scatter_comparison(records)
+                    if stem == "latent_scatter" else [],
+                    "layout": LAYOUTS.get(stem, ""),
+                    "figures": figures,
+                })
+        if groups:
+            sections.append({"id": sid, "title": title,
+                             "question": question, "text": [],
+                             "groups": groups})
+    return sections
+
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("vaelab", "templates"),
+    autoescape=True, trim_blocks=True, lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def render_html(
     out_dir: Path, summary: dict[str, Any], real_digits: Path | None
 ) -> str:
-    """The report page for ``summary`` (see ``write_report``)."""
+    """The report page for ``summary`` (see ``write_report``), from the
+    template templates/report.html.j2; text is escaped there, and the
+    tables built here are HTML already (escaped as they are built)."""
     records = summary["models"]
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>vaelab: model comparison</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>Variational autoencoders on MNIST: model comparison</h1>",
-        f"<p>Made {_e(summary['created'])} by vaelab "
-        f"{_e(summary['versions'].get('vaelab', '?'))}. All log-likelihoods"
-        " and ELBOs are in nats per image (higher is better).</p>",
-    ]
-    for note in summary["notes"]:
-        parts.append(f'<p class="note">{_e(note)}</p>')
-    parts.append("<h2>Comparison</h2>")
-    parts.extend(f"<p>{_e(s)}</p>" for s in summary["comparison"])
-    parts.append(_comparison_table(records))
-    if real_digits is not None and real_digits.is_file():
-        parts.append("<h2>Real digits</h2>")
-        parts.append('<table class="figs"><tr><td>'
-                     + _img(real_digits, "100 random test digits")
-                     + "</td></tr></table>")
-    parts.append("<h2>Figures</h2>")
-    parts.append(_figure_grid(out_dir, records))
-    parts.append('<h2>Models</h2><div class="models">')
+    datasets = {r["config"].get("dataset", "mnist") for r in records}
+    dataset_title = ", ".join(
+        "MNIST" if d == "mnist" else "Fashion-MNIST"
+        if d == "fashion-mnist" else d for d in sorted(datasets)
+    ) or "MNIST"
+    models = []
     for r in records:
-        parts.append(f"<div><h3>{_e(r['title'])} "
-                     f"<code>{_e(r['name'])}/</code></h3>")
         seconds = r["train_seconds"]
-        parts.append(
-            f"<p>{_fmt(r['epochs'])} epochs, "
-            f"{_fmt(seconds, 1)} s of training steps"
-            f"{f' ({seconds / 60:.1f} min)' if seconds else ''}.</p>"
-        )
-        parts.append(_results_table(r))
-        parts.append(_evaluation_html(r["evaluation"]))
-        parts.append(_config_html(r["config"]) + "</div>")
-    parts.append("</div><h2>Provenance</h2>")
-    parts.append(f"<p>Command: <code>{_e(summary['command'])}</code></p>")
-    parts.append(_table(
+        models.append({
+            "title": r["title"], "name": r["name"],
+            "epochs_text": Markup(
+                f"{_fmt(r['epochs'])} epochs, {_fmt(seconds, 1)} s of "
+                "training steps"
+                f"{f' ({seconds / 60:.1f} min)' if seconds else ''}."),
+            "results": Markup(_results_table(r)),
+            "evaluation": Markup(_evaluation_html(r["evaluation"])),
+            "config": Markup(_config_html(r["config"])),
+        })
+    versions = _table(
         ["component", "version"],
         [[_e(k), _e(str(v))] for k, v in summary["versions"].items()],
         text_cols=2,
-    ))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    )
+    return _TEMPLATES.get_template("report.html.j2").render(
+        summary=summary, dataset_title=dataset_title,
+        comparison_table=Markup(_comparison_table(records)),
+        sections=report_sections(out_dir, records, real_digits),
+        models=models, versions=Markup(versions),
+    )
 
 
 def write_report(
