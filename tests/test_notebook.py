@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).parent.parent / "examples" / "walkthrough.ipynb"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+NOTEBOOK = EXAMPLES / "walkthrough.ipynb"
+# Its executed copy, for reading without running it; regenerate with
+# ``python examples/execute_walkthrough.py`` after editing the notebook.
+EXECUTED = EXAMPLES / "walkthrough.executed.ipynb"
 
 
 def test_notebook_is_committed_clean():
@@ -16,6 +20,22 @@ def test_notebook_is_committed_clean():
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_the_executed_copy_is_in_step_with_the_notebook():
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    done = nbformat.read(EXECUTED, as_version=4)
+    assert [(c.cell_type, c.source) for c in done.cells] == [
+        (c.cell_type, c.source) for c in nb.cells
+    ], "rerun python examples/execute_walkthrough.py"
+    code = [c for c in done.cells if c.cell_type == "code"]
+    assert all(c.outputs for c in code)
+    assert not any(o.get("output_type") == "error"
+                   for c in code for o in c.outputs)
+    images = [o for c in code for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 5
 
 
 def test_walkthrough_executes(mnist_dir, tmp_path, monkeypatch):
