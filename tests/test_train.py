@@ -249,3 +249,29 @@ def test_train_images_is_used_and_kept_on_resume(tmp_path: Path) -> None:
     stored.epochs = 2
     train(stored, tmp_path, dataset=ds, progress=False, resume=True)
     assert [m["images"] for m in read_metrics(tmp_path)] == [120, 120]
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    lr = train_module.learning_rate
+    spe = 10  # steps per epoch; 5 epochs = 50 steps, 1 of warm-up
+    for schedule in ("cosine", "linear"):
+        c = Config(epochs=5, warmup_epochs=1, lr_schedule=schedule,
+                   lr=1e-3).resolved()
+        assert lr(c, 0, spe) == pytest.approx(1e-4)  # 1/10 of the peak
+        assert lr(c, 9, spe) == pytest.approx(1e-3)  # warm-up's end
+        assert lr(c, 10, spe) == pytest.approx(1e-3)  # decay's start
+        assert lr(c, 30, spe) == pytest.approx(5e-4)  # halfway: half
+        assert 0 < lr(c, 49, spe) < 1e-3 / 30  # last step: near 0
+        assert lr(c, 50, spe) == 0.0  # the run's end
+        rates = [lr(c, s, spe) for s in range(50)]
+        assert rates[9:] == sorted(rates[9:], reverse=True)
+    const = Config(epochs=5, lr_schedule="constant", lr=1e-3).resolved()
+    assert {lr(const, s, spe) for s in range(50)} == {1e-3}
+    # the default: cosine from the first step, no warm-up
+    default = Config(epochs=5).resolved()
+    assert lr(default, 0, spe) == pytest.approx(1e-3)
+    assert lr(default, 25, spe) == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        Config(epochs=2, warmup_epochs=3).resolved()
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        Config(warmup_epochs=-1).resolved()

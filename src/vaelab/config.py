@@ -29,6 +29,8 @@ Prior = Literal["gaussian", "laplace"]
 Latent = Literal["gaussian", "categorical"]
 Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
 Inference = Literal["amortized", "vem"]
+LrSchedule = Literal["constant", "cosine", "linear"]
+DataInit = Literal["constant", "data"]
 DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
 # Largest number of codes K^M that enumeration sums over: each code costs
 # one decoder pass per minibatch (and a (K^M, B, D) tensor of residuals).
@@ -56,6 +58,8 @@ class Config:
     likelihood: Likelihood = "gaussian"
     variance: Variance = "pixel"
     init_var: float = 0.1
+    var_init: DataInit = "data"
+    bias_init: DataInit = "data"
     var_floor: float = DEQUANTIZATION_VARIANCE
     prior: Prior = "gaussian"
     tau: float = 1.0
@@ -71,6 +75,8 @@ class Config:
     e_lr: float = 1e-2
     optimizer: Optimizer = "adam"
     lr: float | None = None
+    lr_schedule: LrSchedule = "cosine"
+    warmup_epochs: float = 0.0
     epochs: int = 20
     batch_size: int = 100
     n_samples: int = 1
@@ -108,6 +114,8 @@ class Config:
         if (not isinstance(self.val_size, int)
                 or isinstance(self.val_size, bool) or self.val_size < 0):
             raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
+        _positive("warmup_epochs", self.warmup_epochs, real=True,
+                  allow_zero=True)
         for name in ("init_std", "init_var", "tau", "temperature",
                      "min_temperature", "e_lr"):
             _positive(name, getattr(self, name), real=True)
@@ -147,6 +155,11 @@ class Config:
                 f"init_var ({self.init_var:g}) must exceed var_floor "
                 f"({self.var_floor:g}), the smallest variance Sigma can take"
             )
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"warmup_epochs ({self.warmup_epochs:g}) must not exceed "
+                f"epochs ({self.epochs})"
+            )
         if self.latent == "categorical":
             if self.prior != "gaussian":
                 raise ConfigError(
@@ -166,6 +179,7 @@ class Config:
                 "--inference vem fits a Gaussian or Laplace q per image; it "
                 "needs --latent gaussian"
             )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -36,7 +36,7 @@ from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.method import InferenceMethod, Method
-from vaelab.model import build_model
+from vaelab.model import build_model, init_from_data
 from vaelab.objectives import ElboTerms, average_elbo, compute_elbo
 from vaelab.vem import VariationalEM
 
@@ -87,6 +87,30 @@ def make_optimizer(
     cls = torch.optim.Adam if config.optimizer == "adam" else (
         torch.optim.Adagrad)
     return cls(params, lr=config.lr, fused=True)
+
+
+def learning_rate(config: Config, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of training step ``step`` (0-based, counted over
+    the whole run): a linear warm-up from 0 to ``config.lr`` over
+    ``config.warmup_epochs``, then ``config.lr_schedule``: constant, or a
+    cosine or linear decay that reaches 0 after the last step.
+
+    A function of the step alone, so a resumed run takes the same steps.
+    The warm-up's first step already moves (rate lr / warm-up steps); the
+    decay's last step is the smallest rate, lr / total steps or less, and
+    the rate at the end of the run is 0.
+    """
+    peak = float(config.lr)  # resolved: never None here
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return peak * min(step + 1, warmup) / warmup
+    if config.lr_schedule == "constant" or total <= warmup:
+        return peak
+    frac = min((step - warmup) / (total - warmup), 1.0)
+    if config.lr_schedule == "linear":
+        return peak * (1.0 - frac)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def _device(config: Config) -> torch.device:
@@ -193,6 +217,9 @@ def _fit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config)
+    # From the training images, before a checkpoint (if any) overwrites it.
+    init_from_data(model, config, dataset.train.images,
+                   dataset.preprocess == "dequantize")
     model.to(device)
     optimizer = make_optimizer(model.parameters(), config)
     generator = torch.Generator(device=device)
@@ -210,6 +237,7 @@ def _fit(
     x_val = dataset.val.images.to(device)
     dequantized = dataset.preprocess == "dequantize"
     n, batch = x_train.shape[0], config.batch_size
+    steps_per_epoch = -(-n // batch)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
         method.start_epoch(epoch)
@@ -222,6 +250,10 @@ def _fit(
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator, device=device)
         for step, i in enumerate(range(0, n, batch)):
+            lr = learning_rate(
+                config, (epoch - 1) * steps_per_epoch + step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             rows = perm[i:i + batch]
             x = x_train[rows]
             if dequantized:
