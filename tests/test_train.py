@@ -205,7 +205,7 @@ def test_run_folder_records_config_versions_and_metrics(
     train(Config(epochs=1, seed=7, **SMALL), tmp_path, dataset=ds,
           progress=False)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["seed"] == 7 and config["lr"] == 1e-3
+    assert config["seed"] == 7 and config["lr"] == 3e-3
     env = json.loads((tmp_path / "environment.json").read_text())
     assert env["sessions"][0]["versions"]["torch"] == torch.__version__
     assert not list(tmp_path.glob("*.tmp"))
@@ -267,10 +267,20 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
         assert rates[9:] == sorted(rates[9:], reverse=True)
     const = Config(epochs=5, lr_schedule="constant", lr=1e-3).resolved()
     assert {lr(const, s, spe) for s in range(50)} == {1e-3}
-    # the default: cosine from the first step, no warm-up
-    default = Config(epochs=5).resolved()
+    # exponential: halved every lr_half_life epochs, whatever the length
+    for epochs in (5, 50):
+        exp = Config(epochs=epochs, lr_schedule="exponential",
+                     lr_half_life=2, warmup_epochs=1, lr=1e-3).resolved()
+        assert lr(exp, 0, spe) == pytest.approx(1e-4)
+        assert lr(exp, 10, spe) == pytest.approx(1e-3)
+        assert lr(exp, 30, spe) == pytest.approx(5e-4)
+        assert lr(exp, 50, spe) == pytest.approx(2.5e-4)
+    # the default: exponential from the first step, no warm-up
+    default = Config(epochs=5, lr=1e-3).resolved()
+    assert default.lr_schedule == "exponential"
     assert lr(default, 0, spe) == pytest.approx(1e-3)
-    assert lr(default, 25, spe) == pytest.approx(5e-4)
+    assert lr(default, 10 * default.lr_half_life, spe) == pytest.approx(
+        5e-4)
     with pytest.raises(ConfigError, match="warmup_epochs"):
         Config(epochs=2, warmup_epochs=3).resolved()
     with pytest.raises(ConfigError, match="warmup_epochs"):

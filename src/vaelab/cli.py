@@ -59,8 +59,10 @@ FIELD_HELP = {
     "e_lr": "vem: E-step learning rate",
     "optimizer": "adam or adagrad",
     "lr": "peak learning rate (default 1e-3 for adam, 1e-2 for adagrad)",
-    "lr_schedule": "learning rate over the run: cosine or linear decay to "
-    "0 at the last step, or constant",
+    "lr_schedule": "learning rate over the run: exponential (halved every "
+    "--lr-half-life epochs), cosine or linear decay to 0 at the last "
+    "epoch, or constant",
+    "lr_half_life": "epochs per halving of the exponential schedule",
     "warmup_epochs": "epochs of linear warm-up from 0 to --lr",
     "epochs": "passes over the training set",
     "batch_size": "images per minibatch",

@@ -92,22 +92,30 @@ def make_optimizer(
 def learning_rate(config: Config, step: int, steps_per_epoch: int) -> float:
     """The learning rate of training step ``step`` (0-based, counted over
     the whole run): a linear warm-up from 0 to ``config.lr`` over
-    ``config.warmup_epochs``, then ``config.lr_schedule``: constant, or a
-    cosine or linear decay that reaches 0 after the last step.
+    ``config.warmup_epochs``, then ``config.lr_schedule``:
+
+    - exponential (default): halved every ``config.lr_half_life`` epochs;
+      it does not depend on ``config.epochs``, so a run extended with
+      ``--resume --epochs N`` takes the steps of one trained for N;
+    - cosine or linear: decay to 0 at the end of ``config.epochs`` (a run
+      extended later is not the run trained for the longer length);
+    - constant.
 
     A function of the step alone, so a resumed run takes the same steps.
-    The warm-up's first step already moves (rate lr / warm-up steps); the
-    decay's last step is the smallest rate, lr / total steps or less, and
-    the rate at the end of the run is 0.
+    The warm-up's first step already moves (lr / warm-up steps).
     """
     peak = float(config.lr)  # resolved: never None here
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if step < warmup:
         return peak * min(step + 1, warmup) / warmup
+    after = step - warmup
+    if config.lr_schedule == "exponential":
+        half_life = config.lr_half_life * steps_per_epoch
+        return peak * 0.5 ** (after / half_life)
     if config.lr_schedule == "constant" or total <= warmup:
         return peak
-    frac = min((step - warmup) / (total - warmup), 1.0)
+    frac = min(after / (total - warmup), 1.0)
     if config.lr_schedule == "linear":
         return peak * (1.0 - frac)
     return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
