@@ -6,9 +6,10 @@ constant Adam rate, Sigma = 0.1 and zero decoder output bias at the start
 (``--lr-schedule constant --var-init constant --bias-init constant``) --
 for ``--baseline-epochs`` epochs, and the new default (Sigma and the
 output bias from the training images, the rate 3e-3 halved every 8
-epochs) for ``--epochs`` epochs. Prints the validation ELBO (nats per
-image) of both per epoch side by side, and the first epoch at which the
-new default reaches the baseline's final value.
+epochs after a 1-epoch linear warm-up) for ``--epochs`` epochs. Prints
+the validation ELBO (nats per image) of both per epoch side by side, and
+the first epoch at which the new default reaches the baseline's final
+value.
 
     VAELAB_DATA=/work/shared/data/mnist python benchmarks/time_to_quality.py
 """
@@ -25,6 +26,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data import load_data
+from vaelab.errors import TrainingDiverged
 from vaelab.runfolder import read_metrics
 from vaelab.train import train
 
@@ -36,8 +38,8 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 # Today's behaviour before this change, every other option the default.
 BASELINE: dict[str, Any] = {
-    "lr": 1e-3, "lr_schedule": "constant", "var_init": "constant",
-    "bias_init": "constant",
+    "lr": 1e-3, "lr_schedule": "constant", "warmup_epochs": 0.0,
+    "var_init": "constant", "bias_init": "constant",
 }
 
 
@@ -53,9 +55,13 @@ def cpu_name() -> str:
 
 
 def val_curve(config: Config, dataset: Any) -> list[float]:
-    """Validation ELBO after each epoch of a fresh run of ``config``."""
+    """Validation ELBO after each epoch of a fresh run of ``config``; a
+    run that diverges ends its curve there (the message is printed)."""
     with tempfile.TemporaryDirectory() as out:
-        train(config, out, dataset=dataset, progress=False)
+        try:
+            train(config, out, dataset=dataset, progress=False)
+        except TrainingDiverged as e:
+            print(f"diverged: {e}", flush=True)
         return [r["val_elbo"] for r in read_metrics(out)]
 
 
@@ -79,6 +85,9 @@ def compare(
         cells = [f"{c[i]:9.2f}" if i < len(c) else f"{'':9}"
                  for c in (old, new)]
         print(f"{i + 1:5d}  {cells[0]}  {cells[1]}")
+    if not old or not new:
+        print(f"{name}: a run diverged in its first epoch", flush=True)
+        return
     hit = first_reaching(new, old[-1])
     reached = (f"epoch {hit}" if hit is not None
                else f"not within {epochs} epochs")

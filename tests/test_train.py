@@ -275,12 +275,14 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
         assert lr(exp, 10, spe) == pytest.approx(1e-3)
         assert lr(exp, 30, spe) == pytest.approx(5e-4)
         assert lr(exp, 50, spe) == pytest.approx(2.5e-4)
-    # the default: exponential from the first step, no warm-up
+    # the default: exponential after a warm-up of one epoch
     default = Config(epochs=5, lr=1e-3).resolved()
     assert default.lr_schedule == "exponential"
-    assert lr(default, 0, spe) == pytest.approx(1e-3)
-    assert lr(default, 10 * default.lr_half_life, spe) == pytest.approx(
-        5e-4)
+    assert default.warmup_epochs == 1
+    assert lr(default, 0, spe) == pytest.approx(1e-4)
+    assert lr(default, 10, spe) == pytest.approx(1e-3)
+    assert lr(default, 10 + 10 * default.lr_half_life, spe) == (
+        pytest.approx(5e-4))
     with pytest.raises(ConfigError, match="warmup_epochs"):
         Config(epochs=2, warmup_epochs=3).resolved()
     with pytest.raises(ConfigError, match="warmup_epochs"):
