@@ -265,7 +265,8 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
         assert lr(c, 50, spe) == 0.0  # the run's end
         rates = [lr(c, s, spe) for s in range(50)]
         assert rates[9:] == sorted(rates[9:], reverse=True)
-    const = Config(epochs=5, lr_schedule="constant", lr=1e-3).resolved()
+    const = Config(epochs=5, lr_schedule="constant", lr=1e-3,
+                   warmup_epochs=0).resolved()
     assert {lr(const, s, spe) for s in range(50)} == {1e-3}
     # exponential: halved every lr_half_life epochs, whatever the length
     for epochs in (5, 50):
