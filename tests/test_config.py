@@ -12,7 +12,10 @@ def test_defaults_are_the_spec_model() -> None:
     c = Config().resolved()
     assert (c.latent_dim, c.hidden, c.init_std) == (2, 512, 0.1)
     assert c.likelihood == "gaussian" and c.preprocess == "dequantize"
-    assert c.lr == 1e-3 and c.optimizer == "adam"
+    assert c.optimizer == "adam"
+    # the peak rate of the default exponential decay (the spec: a
+    # constant 1e-3, --lr 1e-3 --lr-schedule constant)
+    assert c.lr == 3e-3 and c.lr_schedule == "exponential"
     assert c.var_floor == pytest.approx(1 / (12 * 256**2))
     assert c.var_floor == DEQUANTIZATION_VARIANCE
 

@@ -23,10 +23,13 @@ from vaelab.distributions import (
 from vaelab.inference import prior_matched
 from vaelab.model import (
     DATA_DIM,
+    DATA_VAR_MARGIN,
+    MEAN_CLAMP,
     VAE,
     CategoricalVAE,
     GaussianLikelihood,
     build_model,
+    init_from_data,
 )
 from vaelab.objectives import EVAL_SEED, average_elbo
 from vaelab.runfolder import read_metrics
@@ -272,3 +275,46 @@ def test_new_models_train_save_and_reload(
     again = average_elbo(model, data.test.images, dequantized=True,
                          seed=EVAL_SEED)
     assert again["elbo"] == pytest.approx(results["test"]["elbo"], rel=1e-5)
+
+
+# -- initialization from the training data ----------------------------------
+
+def test_data_initialized_sigma_is_the_clamped_pixel_variance() -> None:
+    images = synthetic_dataset(300, 10, 10).train.images.clone()
+    images[:, :28] = 0.0  # a black first row: clamped at floor + margin
+    x = images.double()
+    model = make("gaussian")
+    init_from_data(model, Config(), images, dequantized=True)
+    floor = model.likelihood.floor
+    # dequantized pixels: variance of pixel/256 plus that of U(0, 1/256)
+    want = (x.var(0, correction=0) + 1 / (12 * 256**2)).clamp(
+        min=floor + DATA_VAR_MARGIN)
+    assert torch.all(want[:28] == floor + DATA_VAR_MARGIN)
+    got = model.likelihood.variance().double()
+    assert torch.allclose(got, want, rtol=1e-5, atol=0)
+    mean = (x.mean(0) + 0.5 / 256).clamp(MEAN_CLAMP, 1 - MEAN_CLAMP)
+    bias = model.decoder_out.bias.double()
+    assert torch.allclose(torch.sigmoid(bias), mean, rtol=1e-5)
+    # shared: the mean per-pixel variance; fixed and constant: init_var
+    shared = make("gaussian", variance="shared")
+    init_from_data(shared, Config(variance="shared"), images, True)
+    assert shared.likelihood.variance().item() == pytest.approx(
+        (x.var(0, correction=0) + 1 / (12 * 256**2)).mean().item(),
+        rel=1e-5)
+    for extra in ({"variance": "fixed"},
+                  {"var_init": "constant", "bias_init": "constant"}):
+        m = make("gaussian", **extra)
+        init_from_data(m, Config(**extra), images, True)
+        assert torch.allclose(m.likelihood.variance(), torch.tensor(0.1))
+    assert torch.all(m.decoder_out.bias == 0)
+
+
+def test_bernoulli_output_bias_is_the_logit_of_the_mean_pixel() -> None:
+    ds = synthetic_dataset(300, 10, 10, preprocess="binarize")
+    model = make("bernoulli")
+    init_from_data(model, Config(likelihood="bernoulli"), ds.train.images,
+                   dequantized=False)
+    mean = ds.train.images.double().mean(0).clamp(MEAN_CLAMP,
+                                                  1 - MEAN_CLAMP)
+    got = torch.sigmoid(model.decoder_out.bias.double())
+    assert torch.allclose(got, mean, rtol=1e-5)

@@ -207,7 +207,7 @@ def test_run_folder_records_config_versions_and_metrics(
     train(Config(epochs=1, seed=7, **SMALL), tmp_path, dataset=ds,
           progress=False)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["seed"] == 7 and config["lr"] == 1e-3
+    assert config["seed"] == 7 and config["lr"] == 3e-3
     env = json.loads((tmp_path / "environment.json").read_text())
     assert env["sessions"][0]["versions"]["torch"] == torch.__version__
     assert not list(tmp_path.glob("*.tmp"))
@@ -299,3 +299,42 @@ def test_patience_stops_keeps_the_best_and_resumes_exactly(
     cfg.epochs = 30
     train(cfg, tmp_path / "a", dataset=ds, progress=False, resume=True)
     assert len(read_metrics(tmp_path / "a")) == 5
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    lr = train_module.learning_rate
+    spe = 10  # steps per epoch; 5 epochs = 50 steps, 1 of warm-up
+    for schedule in ("cosine", "linear"):
+        c = Config(epochs=5, warmup_epochs=1, lr_schedule=schedule,
+                   lr=1e-3).resolved()
+        assert lr(c, 0, spe) == pytest.approx(1e-4)  # 1/10 of the peak
+        assert lr(c, 9, spe) == pytest.approx(1e-3)  # warm-up's end
+        assert lr(c, 10, spe) == pytest.approx(1e-3)  # decay's start
+        assert lr(c, 30, spe) == pytest.approx(5e-4)  # halfway: half
+        assert 0 < lr(c, 49, spe) < 1e-3 / 30  # last step: near 0
+        assert lr(c, 50, spe) == 0.0  # the run's end
+        rates = [lr(c, s, spe) for s in range(50)]
+        assert rates[9:] == sorted(rates[9:], reverse=True)
+    const = Config(epochs=5, lr_schedule="constant", lr=1e-3,
+                   warmup_epochs=0).resolved()
+    assert {lr(const, s, spe) for s in range(50)} == {1e-3}
+    # exponential: halved every lr_half_life epochs, whatever the length
+    for epochs in (5, 50):
+        exp = Config(epochs=epochs, lr_schedule="exponential",
+                     lr_half_life=2, warmup_epochs=1, lr=1e-3).resolved()
+        assert lr(exp, 0, spe) == pytest.approx(1e-4)
+        assert lr(exp, 10, spe) == pytest.approx(1e-3)
+        assert lr(exp, 30, spe) == pytest.approx(5e-4)
+        assert lr(exp, 50, spe) == pytest.approx(2.5e-4)
+    # the default: exponential after a warm-up of one epoch
+    default = Config(epochs=5, lr=1e-3).resolved()
+    assert default.lr_schedule == "exponential"
+    assert default.warmup_epochs == 1
+    assert lr(default, 0, spe) == pytest.approx(1e-4)
+    assert lr(default, 10, spe) == pytest.approx(1e-3)
+    assert lr(default, 10 + 10 * default.lr_half_life, spe) == (
+        pytest.approx(5e-4))
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        Config(epochs=2, warmup_epochs=3).resolved()
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        Config(warmup_epochs=-1).resolved()

@@ -38,7 +38,12 @@ FIELD_HELP = {
     "init_std": "std of the initial weights (the spec: N(0, 0.01) = 0.1)",
     "likelihood": "gaussian (the spec) or bernoulli (binarized pixels)",
     "variance": "Sigma of the gaussian likelihood: pixel, shared or fixed",
-    "init_var": "initial (or fixed) value of Sigma",
+    "init_var": "initial (or fixed) value of Sigma under --var-init "
+    "constant",
+    "var_init": "initial Sigma: data (per-pixel variance of the training "
+    "images, at least the floor + a margin) or constant (init_var)",
+    "bias_init": "decoder output bias: data (logit of the mean training "
+    "pixel) or constant (zero, the spec)",
     "var_floor": "lower bound on Sigma (default: dequantization variance)",
     "prior": "gaussian N(0, I) or laplace Lap(0, tau)",
     "tau": "scale of the laplace prior",
@@ -53,7 +58,12 @@ FIELD_HELP = {
     "e_steps": "vem: E-step iterations per minibatch",
     "e_lr": "vem: E-step learning rate",
     "optimizer": "adam or adagrad",
-    "lr": "learning rate (default 1e-3 for adam, 1e-2 for adagrad)",
+    "lr": "peak learning rate (default 3e-3 for adam, 1e-2 for adagrad)",
+    "lr_schedule": "learning rate over the run: exponential (halved every "
+    "--lr-half-life epochs), cosine or linear decay to 0 at the last "
+    "epoch, or constant",
+    "lr_half_life": "epochs per halving of the exponential schedule",
+    "warmup_epochs": "epochs of linear warm-up from 0 to --lr",
     "epochs": "passes over the training set (the most, with --patience)",
     "patience": "stop when the validation ELBO has not improved for N "
     "epochs, keeping the best epoch's model (default: train all epochs)",

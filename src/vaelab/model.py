@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab.config import Config
+from vaelab.config import DEQUANTIZATION_VARIANCE, Config
 from vaelab.distributions import (
     LOG_2PI,
     Categorical,
@@ -29,6 +29,12 @@ from vaelab.objectives import ElboTerms, compute_elbo
 
 IMAGE_SIZE = 28
 DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
+# Data initialization (``init_from_data``): Sigma starts at least this far
+# above its floor (an sd of 1e-3, a quarter of a grey level), and the mean
+# pixel is clamped into [MEAN_CLAMP, 1 - MEAN_CLAMP] before its logit, as
+# in the IWAE code, so always-black pixels get a finite bias.
+DATA_VAR_MARGIN = 1e-6
+MEAN_CLAMP = 1e-3
 
 
 class GaussianLikelihood(nn.Module):
@@ -378,6 +384,51 @@ class CategoricalVAE(nn.Module):
         """ELBO per image of the minibatch x (B, D); see
         ``vaelab.objectives.compute_elbo``."""
         return compute_elbo(self, x, n_samples, generator)
+
+
+def data_moments(
+    images: Tensor, dequantized: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel mean and variance (D,) of the training images, float64.
+
+    ``dequantized``: the images are stored as pixel / 256 and trained on
+    with U(0, 1/256) noise added; the moments are those of the noisy
+    pixels, computed exactly (mean + 1/512, variance + 1/(12 * 256^2)),
+    so no noise is drawn and the result is deterministic.
+    """
+    x = images.double()
+    mean, var = x.mean(0), x.var(0, correction=0)
+    if dequantized:
+        mean = mean + 0.5 / 256.0
+        var = var + DEQUANTIZATION_VARIANCE
+    return mean, var
+
+
+@torch.no_grad()
+def init_from_data(
+    model: nn.Module, config: Config, images: Tensor, dequantized: bool
+) -> None:
+    """Start the decoder at the best model that ignores z (``--var-init
+    data``, ``--bias-init data``), from the training images (N, D).
+
+    Sigma: the per-pixel variance of the (dequantized) images, at least
+    floor + DATA_VAR_MARGIN; its mean over pixels for ``--variance
+    shared``; ``fixed`` keeps init_var. Decoder output bias: the logit of
+    the mean pixel. Adam moves each parameter by about lr per step, so
+    from rho = log(0.1) the log-variance of the background pixels (near
+    the floor, ~1e-6) needs thousands of steps to arrive.
+    """
+    mean, var = data_moments(images, dequantized)
+    like = model.likelihood
+    if (config.var_init == "data" and isinstance(like, GaussianLikelihood)
+            and config.variance != "fixed"):
+        if config.variance == "shared":
+            var = var.mean().reshape(1)
+        var = var.clamp(min=like.floor + DATA_VAR_MARGIN)
+        like.rho.copy_((var - like.floor).log())
+    if config.bias_init == "data":
+        p = mean.clamp(MEAN_CLAMP, 1.0 - MEAN_CLAMP)
+        model.decoder_out.bias.copy_((p / (1.0 - p)).log())
 
 
 def build_model(config: Config) -> nn.Module:

@@ -36,7 +36,7 @@ from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.method import InferenceMethod, Method
-from vaelab.model import build_model
+from vaelab.model import build_model, init_from_data
 from vaelab.objectives import ElboTerms, average_elbo, compute_elbo
 from vaelab.vem import VariationalEM
 
@@ -87,6 +87,38 @@ def make_optimizer(
     cls = torch.optim.Adam if config.optimizer == "adam" else (
         torch.optim.Adagrad)
     return cls(params, lr=config.lr, fused=True)
+
+
+def learning_rate(config: Config, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of training step ``step`` (0-based, counted over
+    the whole run): a linear warm-up from 0 to ``config.lr`` over
+    ``config.warmup_epochs``, then ``config.lr_schedule``:
+
+    - exponential (default): halved every ``config.lr_half_life`` epochs;
+      it does not depend on ``config.epochs``, so a run extended with
+      ``--resume --epochs N`` takes the steps of one trained for N;
+    - cosine or linear: decay to 0 at the end of ``config.epochs`` (a run
+      extended later is not the run trained for the longer length);
+    - constant.
+
+    A function of the step alone, so a resumed run takes the same steps.
+    The warm-up's first step already moves (lr / warm-up steps).
+    """
+    peak = float(config.lr)  # resolved: never None here
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return peak * min(step + 1, warmup) / warmup
+    after = step - warmup
+    if config.lr_schedule == "exponential":
+        half_life = config.lr_half_life * steps_per_epoch
+        return peak * 0.5 ** (after / half_life)
+    if config.lr_schedule == "constant" or total <= warmup:
+        return peak
+    frac = min(after / (total - warmup), 1.0)
+    if config.lr_schedule == "linear":
+        return peak * (1.0 - frac)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def _device(config: Config) -> torch.device:
@@ -205,6 +237,49 @@ def train(
                     progress, log, on_epoch)
 
 
+def _train_epoch(
+    method: InferenceMethod, optimizer: torch.optim.Optimizer,
+    x_train: Tensor, generator: torch.Generator, config: Config,
+    epoch: int, *, dequantized: bool, progress: bool,
+) -> tuple[Tensor, float]:
+    """One pass over ``x_train`` (N, D) in a fresh random order; returns
+    the sums over images of (ELBO, log_lik, KL), (3,), and the seconds."""
+    n, batch = x_train.shape[0], config.batch_size
+    steps_per_epoch = -(-n // batch)
+    sums = torch.zeros(3, device=x_train.device)
+    # disable=None: no bar when stderr is not a terminal (CI logs).
+    bar = tqdm(
+        total=n, unit="img", unit_scale=True, leave=False,
+        desc=f"{method.label} {epoch}/{config.epochs}",
+        disable=None if progress else True,
+    )
+    t0 = time.perf_counter()
+    perm = torch.randperm(n, generator=generator, device=x_train.device)
+    for step, i in enumerate(range(0, n, batch)):
+        lr = learning_rate(
+            config, (epoch - 1) * steps_per_epoch + step, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows = perm[i:i + batch]
+        x = x_train[rows]
+        if dequantized:
+            x = dequantize(x, generator)
+        terms = method.train_step(x, rows, generator)
+        loss = -terms.objective().mean()  # ascent on the ELBO
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += terms.sums()
+        if progress:
+            bar.update(x.shape[0])
+            if step % 50 == 0:
+                bar.set_postfix(elbo=f"{terms.elbo.mean().item():.1f}")
+    if x_train.device.type == "cuda":
+        torch.cuda.synchronize(x_train.device)
+    bar.close()
+    return sums, time.perf_counter() - t0
+
+
 def _fit(
     config: Config, run_dir: Path, start_epoch: int, device: torch.device,
     dataset: Dataset, progress: bool, log: Callable[[str], None],
@@ -219,6 +294,9 @@ def _fit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config)
+    # From the training images, before a checkpoint (if any) overwrites it.
+    init_from_data(model, config, dataset.train.images,
+                   dataset.preprocess == "dequantize")
     model.to(device)
     optimizer = make_optimizer(model.parameters(), config)
     generator = torch.Generator(device=device)
@@ -235,7 +313,7 @@ def _fit(
     x_train = dataset.train.images.to(device)
     x_val = dataset.val.images.to(device)
     dequantized = dataset.preprocess == "dequantize"
-    n, batch = x_train.shape[0], config.batch_size
+    n = x_train.shape[0]
     # The stopping rule reads metrics.jsonl alone, so a resumed run stops
     # where an uninterrupted one does (and a stopped one stays stopped).
     history = runfolder.read_metrics(run_dir)
@@ -248,34 +326,9 @@ def _fit(
             break
         model.train()
         method.start_epoch(epoch)
-        sums = torch.zeros(3, device=device)
-        # disable=None: no bar when stderr is not a terminal (CI logs).
-        bar = tqdm(
-            total=n, unit="img", unit_scale=True, leave=False,
-            desc=f"{method.label} {epoch}/{config.epochs}",
-            disable=None if progress else True,
-        )
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=generator, device=device)
-        for step, i in enumerate(range(0, n, batch)):
-            rows = perm[i:i + batch]
-            x = x_train[rows]
-            if dequantized:
-                x = dequantize(x, generator)
-            terms = method.train_step(x, rows, generator)
-            loss = -terms.objective().mean()  # ascent on the ELBO
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += terms.sums()
-            if progress:
-                bar.update(x.shape[0])
-                if step % 50 == 0:
-                    bar.set_postfix(elbo=f"{terms.elbo.mean().item():.1f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        bar.close()
+        sums, seconds = _train_epoch(
+            method, optimizer, x_train, generator, config, epoch,
+            dequantized=dequantized, progress=progress)
         state = method.state()
         train_terms = check_epoch(
             sums / n, [*model.parameters(), *state.values()], epoch,
