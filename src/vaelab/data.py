@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import platformdirs
-import pooch
 import torch
 
 from vaelab.config import Config
@@ -257,6 +256,10 @@ def _download_disabled() -> bool:
 
 def _download(name: str, folder: Path) -> str | None:
     """Fetch the .gz files into ``folder``; None, or why it failed."""
+    # Imported here, not at the top: pooch imports tqdm.auto, which warns
+    # in every notebook without ipywidgets, and only a download needs it.
+    import pooch
+
     for stem, gz_md5 in MIRROR_GZ_MD5[name].items():
         errors = []
         for mirror in MIRRORS[name]:

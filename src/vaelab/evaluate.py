@@ -33,7 +33,7 @@ from typing import Any, Literal
 import dacite
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vaelab.config import Config
 from vaelab.distributions import DiagGaussian, Laplace
