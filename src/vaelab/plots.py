@@ -36,6 +36,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind, load_data
@@ -361,8 +362,6 @@ def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG: greyscale when every pixel is grey (tile
     figures, a quarter of the RGBA size), else RGB; losslessly either way.
     """
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     # No bbox_inches="tight": it would shift the pixel-exact layout.
