@@ -186,7 +186,6 @@ class RunClock:
         self.per_image: dict[str, float] = {}
         self.stage_seconds: list[float] = []
         self.stages_left = len(plan)
-        self.current: str | None = None
 
     def epoch_done(self, name: str, record: dict[str, Any]) -> None:
         epochs, images, factor = self.plan[name]
@@ -194,7 +193,7 @@ class RunClock:
         self.plan[name] = (max(epochs - 1, 0), images, factor)
 
     def training_done(self, name: str) -> None:
-        epochs, images, factor = self.plan[name]
+        _, images, factor = self.plan[name]
         self.plan[name] = (0, images, factor)
 
     def stages_done(self, seconds: float) -> None:
@@ -205,9 +204,11 @@ class RunClock:
         """Estimated seconds to the end, or None before any timing."""
         if not self.per_image:
             return None
-        amortized = [v / f for k, v in self.per_image.items()
-                     for _, _, f in [self.plan[k]]]
-        base = sum(amortized) / len(amortized)  # s per image, VAE epoch
+        # Seconds per image of a VAE epoch: each timed model's rate over
+        # its cost factor, averaged.
+        base = sum(rate / self.plan[name][2]
+                   for name, rate in self.per_image.items()
+                   ) / len(self.per_image)
         left = 0.0
         for name, (epochs, images, factor) in self.plan.items():
             per = self.per_image.get(name, base * factor)
