@@ -209,6 +209,8 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
     calls = []
 
     def evaluate_run(run_dir, **kw):
+        # The zoo hands over the data it holds, so nothing is loaded again.
+        assert len(kw.pop("dataset").test) == 100
         calls.append((Path(run_dir).name, kw))
         result = Evaluation(
             inference="amortized", preprocess="binarize", n_images=10,
@@ -257,7 +259,8 @@ def test_the_real_evaluator_accepts_the_hook_arguments():
     # What run_zoo passes, in quick and full runs (run without the cost).
     sig = inspect.signature(REAL_EVALUATOR)
     sig.bind(Path("r"), device="cpu", progress=False, n=10, k=3, quick=True)
-    sig.bind(Path("r"), device="cpu", progress=False, n=None, k=1000)
+    sig.bind(Path("r"), device="cpu", progress=False, n=None, k=1000,
+             dataset=None)
 
 
 def test_cli_run_quick_and_plot_on_mnist(tmp_path, zoo_file, mnist_dir,

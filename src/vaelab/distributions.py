@@ -82,16 +82,12 @@ def _widened(q: Tensor, *params: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.to(dtype) for t in (q, *params))
 
 
-class DiagGaussian(Distribution):
-    """N(loc, diag(variance)); ``loc`` and ``variance``: (..., P)."""
+class LocationFamily(Distribution):
+    """A family over R^P with a location ``loc`` (..., P), its mean, and a
+    per-coordinate ``variance``: what the Gaussian and the Laplace share."""
 
-    def __init__(self, loc: Tensor, variance: Tensor) -> None:
-        self.loc = loc
-        self.variance = variance
-
-    @property
-    def params(self) -> tuple[Tensor, Tensor]:
-        return self.loc, self.variance
+    loc: Tensor
+    variance: Tensor
 
     @property
     def mean(self) -> Tensor:
@@ -103,14 +99,26 @@ class DiagGaussian(Distribution):
         return self.variance.sqrt()
 
     @property
-    def scale(self) -> Tensor:
-        """sqrt(variance), (..., P): torch.distributions.Normal's name."""
-        return self.stddev
-
-    @property
     def dim(self) -> int:
         """P, the number of latent coordinates."""
         return self.event_shape[0]
+
+
+class DiagGaussian(LocationFamily):
+    """N(loc, diag(variance)); ``loc`` and ``variance``: (..., P)."""
+
+    def __init__(self, loc: Tensor, variance: Tensor) -> None:
+        self.loc = loc
+        self.variance = variance
+
+    @property
+    def params(self) -> tuple[Tensor, Tensor]:
+        return self.loc, self.variance
+
+    @property
+    def scale(self) -> Tensor:
+        """sqrt(variance), (..., P): torch.distributions.Normal's name."""
+        return self.stddev
 
     def rsample(
         self, n_samples: int = 1, generator: torch.Generator | None = None
@@ -152,7 +160,7 @@ class DiagGaussian(Distribution):
                       + torch.erfc((h + loc) / (sd * root2)))
 
 
-class Laplace(Distribution):
+class Laplace(LocationFamily):
     """Lap(loc, scale) per coordinate; ``loc``, ``scale``: (..., P).
 
     Density (1/(2b)) exp(-|z - loc| / b) with b = scale > 0; the prior and
@@ -168,23 +176,9 @@ class Laplace(Distribution):
         return self.loc, self.scale
 
     @property
-    def mean(self) -> Tensor:
-        return self.loc
-
-    @property
-    def variance(self) -> Tensor:
+    def variance(self) -> Tensor:  # type: ignore[override]
         """Per-coordinate variance 2 b^2, (..., P)."""
         return 2.0 * self.scale.square()
-
-    @property
-    def stddev(self) -> Tensor:
-        """sqrt(2) b, (..., P)."""
-        return self.variance.sqrt()
-
-    @property
-    def dim(self) -> int:
-        """P, the number of latent coordinates."""
-        return self.event_shape[0]
 
     def rsample(
         self, n_samples: int = 1, generator: torch.Generator | None = None

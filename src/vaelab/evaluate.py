@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import dequantize, load_data
+from vaelab.data import Dataset, dequantize, load_data
 from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
 from vaelab.errors import VaelabError
 from vaelab.inference import FAMILIES, fit_posterior, posterior
@@ -736,6 +736,7 @@ def evaluate_run(
     quick: bool = False,
     gap_n: int | None = None,
     data_dir: str | None = None,
+    dataset: Dataset | None = None,
 ) -> Evaluation:
     """Evaluate the trained run in ``run_dir`` on its test set; write
     ``RUN_DIR/evaluation.json`` (``Evaluation`` has its keys) and return
@@ -744,14 +745,17 @@ def evaluate_run(
     ``n``: the first n test images (default all); ``k``: importance
     samples per image; ``quick``: a smoke test (at most 1000 images and
     k <= 500, the gaps on 100 images with 30 steps); ``gap_n``: images for
-    the gaps (default min(n, 1000); 0: no gaps).
+    the gaps (default min(n, 1000); 0: no gaps). ``dataset``: the run's
+    data, preprocessed as in training (default: loaded from its config or
+    ``data_dir``); only its test split is used.
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     model, config = runfolder.load_model(run_dir, device)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    dataset = load_data(config)
+    if dataset is None:
+        if data_dir is not None:
+            config.data_dir = data_dir
+        dataset = load_data(config)
     result = evaluate_model(
         model, config, dataset.test.images, dataset.preprocess, n=n, k=k,
         progress=progress, quick=quick, gap_n=gap_n,

@@ -418,6 +418,8 @@ def init_from_data(
     from rho = log(0.1) the log-variance of the background pixels (near
     the floor, ~1e-6) needs thousands of steps to arrive.
     """
+    if config.var_init == "constant" and config.bias_init == "constant":
+        return
     mean, var = data_moments(images, dequantized)
     like = model.likelihood
     if (config.var_init == "data" and isinstance(like, GaussianLikelihood)

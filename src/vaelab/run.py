@@ -408,10 +408,12 @@ def _run_model(
         if quick:
             evaluate_run(run_dir, n=zoo.quick_eval_images,
                          k=zoo.quick_eval_k, quick=True,
-                         device=config.device, progress=progress)
+                         device=config.device, progress=progress,
+                         dataset=full)
         else:
             evaluate_run(run_dir, n=zoo.eval_images, k=zoo.eval_k,
-                         device=config.device, progress=progress)
+                         device=config.device, progress=progress,
+                         dataset=full)
     clock.stages_done(time.perf_counter() - t0)
 
 
@@ -421,11 +423,11 @@ def _plan(
     """(epochs left at most, training images, epoch cost factor) of one
     zoo model, for the run's clock."""
     n = min(config.train_images or len(full.train), len(full.train))
-    done = 0
-    if (run_dir / runfolder.CHECKPOINT).exists() and not _finished(
-            run_dir, config):
-        done = runfolder.read_checkpoint(run_dir)[0]
-    elif (run_dir / runfolder.CHECKPOINT).exists():
+    if _finished(run_dir, config):
         done = config.epochs
+    elif (run_dir / runfolder.CHECKPOINT).exists():
+        done = runfolder.checkpoint_epoch(run_dir)
+    else:
+        done = 0
     factor = VEM_EPOCH_COST if config.inference == "vem" else 1.0
     return max(config.epochs - done, 0), n, factor

@@ -108,7 +108,7 @@ def trained_epoch(run_dir: Path, config: Config, advice: str) -> int | None:
             f"{run_dir} holds a run trained with other options: "
             + ", ".join(diff) + f"; {advice}"
         )
-    return read_checkpoint(run_dir)[0]
+    return checkpoint_epoch(run_dir)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -239,22 +239,37 @@ def keep_best(run_dir: Path) -> None:
                        (Path(run_dir) / CHECKPOINT).read_bytes())
 
 
-def read_checkpoint(
-    run_dir: Path, best: bool = False,
-) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
-    """(epoch, tensors, extra) from a run folder's last checkpoint, or its
-    best one (``best``)."""
-    path = Path(run_dir) / (BEST if best else CHECKPOINT)
+def _metadata(path: Path) -> dict[str, str]:
+    """A checkpoint's metadata, checked to be vaelab's; no tensor read."""
     if not path.is_file():
-        raise VaelabError(f"{run_dir}: no {CHECKPOINT} (not a trained run?)")
+        raise VaelabError(
+            f"{path.parent}: no {path.name} (not a trained run?)")
     try:
-        tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise VaelabError(f"{path}: unreadable checkpoint ({e})") from None
     if meta.get("format") != FORMAT:
         raise VaelabError(f"{path}: not a vaelab checkpoint")
+    return meta
+
+
+def checkpoint_epoch(run_dir: Path) -> int:
+    """The epoch of a run folder's last checkpoint (its metadata alone)."""
+    return int(_metadata(Path(run_dir) / CHECKPOINT)["epoch"])
+
+
+def read_checkpoint(
+    run_dir: Path, best: bool = False,
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """(epoch, tensors, extra) from a run folder's last checkpoint, or its
+    best one (``best``)."""
+    path = Path(run_dir) / (BEST if best else CHECKPOINT)
+    meta = _metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VaelabError(f"{path}: unreadable checkpoint ({e})") from None
     return int(meta["epoch"]), tensors, json.loads(meta.get("extra", "{}"))
 
 
