@@ -351,3 +351,12 @@ def test_run_reports_its_cost_in_epoch_times(tmp_path, zoo_file):
     assert any("run: at most" in line for line in lines)
     assert any(line.startswith("whole run:") and "epoch-times" in line
                for line in lines)
+
+
+def test_a_run_that_trains_nothing_claims_no_cost(tmp_path, zoo_file):
+    out = tmp_path / "out"
+    run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["bern"], **quiet())
+    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["bern"],
+                          **quiet())
+    assert summary["epoch_times"] is None
+    assert any("training nothing" in note for note in summary["notes"])

@@ -359,6 +359,10 @@ def run_zoo(
             dataset_for(configs.get(spec.name, first)).train))
         cost = (f"; {seconds / epoch:.0f} epoch-times of {spec.name} "
                 f"({epoch:.1f} s per epoch)" if epoch else "")
+        if not clock.per_image:
+            # Every model was reused: the wall time measures nothing.
+            cost = ", training nothing (every model was trained before)"
+            epoch = None
         notes.append(f"This run took {seconds / 60:.1f} min{cost}.")
         report, summary = write_report(
             out, [(m.name, m.title) for m in done], command=command,
