@@ -38,6 +38,9 @@ def test_resolved_fills_per_likelihood_and_optimizer_defaults() -> None:
         ({"seed": -3}, "seed"),
         ({"likelihood": "bernoulli", "preprocess": "scale"}, "binar"),
         ({"preprocess": "binarize"}, "bernoulli"),
+        ({"latent": "mixture", "prior": "laplace"}, "mixture of Gaussians"),
+        ({"latent": "mixture", "classes": 1}, "classes >= 2"),
+        ({"latent": "mixture", "inference": "vem"}, "--latent gaussian"),
     ],
 )
 def test_bad_values_raise_one_line_errors(values: dict, words: str) -> None:

@@ -18,8 +18,10 @@ from vaelab.distributions import (
     Categorical,
     DiagGaussian,
     Distribution,
+    GaussianMixture,
     Laplace,
     bernoulli_log_prob,
+    class_posterior,
     gaussian_log_prob,
     kl_categorical,
     kl_diag_gaussian,
@@ -436,3 +438,75 @@ def test_mass_outside_matches_the_cdf_and_keeps_tiny_tails(family) -> None:
     exact = (math.erfc(40.0 / math.sqrt(2.0)) if family == "gaussian"
              else math.exp(-40.0))
     assert float(c.mass_outside(40.0)) == pytest.approx(exact, rel=1e-9)
+
+
+# ------------------------------------------------ the mixture prior
+
+
+def small_mixture() -> GaussianMixture:
+    """Three classes in the plane, unequal weights and spreads."""
+    return GaussianMixture(
+        torch.tensor([0.0, 0.5, -0.3], dtype=F64),
+        torch.tensor([[-2.0, 0.0], [1.5, 1.0], [0.5, -2.5]], dtype=F64),
+        torch.tensor([[0.5, 1.0], [0.3, 0.2], [1.5, 0.4]], dtype=F64),
+    )
+
+
+def test_mixture_log_prob_matches_torch_mixture_same_family() -> None:
+    m = small_mixture()
+    c = m.components
+    ref = td.MixtureSameFamily(
+        td.Categorical(logits=m.logits),
+        td.Independent(td.Normal(c.loc, c.stddev), 1),
+    )
+    z = torch.randn(7, 5, 2, generator=gen(1), dtype=F64) * 2.0
+    torch.testing.assert_close(m.log_prob(z), ref.log_prob(z))
+    post = m.class_log_posterior(z)
+    assert post.shape == (7, 5, 3)
+    torch.testing.assert_close(post.logsumexp(-1), torch.zeros(7, 5,
+                                                               dtype=F64))
+
+
+def test_mixture_samples_match_weights_and_moments() -> None:
+    m = small_mixture()
+    n = 200_000
+    z, y = m.sample_with_classes(n, gen(2))
+    assert z.shape == (n, 2) and m.sample(4).shape == (4, 2)
+    freq = torch.bincount(y, minlength=3).double() / n
+    w = m.weights
+    # Binomial standard errors of the class frequencies.
+    assert torch.all((freq - w).abs() <= Z * (w * (1 - w) / n).sqrt())
+    assert_mc_close(z, m.mean)
+    assert_mc_close((z - m.mean).square(), m.variance)
+
+
+def test_mixture_cdf_icdf_and_box_mass_agree_with_samples() -> None:
+    m = small_mixture()
+    u = torch.tensor([1e-6, 0.1, 0.5, 0.9, 1 - 1e-6], dtype=F64)
+    q = m.icdf(u[:, None])  # (5, 2)
+    torch.testing.assert_close(m.cdf(q), u[:, None].expand(5, 2),
+                               atol=1e-10, rtol=0)
+    z = m.sample(200_000, gen(3))
+    frac = (z < q[2]).double()  # the medians, per coordinate
+    assert_mc_close(frac, torch.full((2,), 0.5, dtype=F64))
+    half = 2.0
+    outside = (z.abs() > half).any(-1).double()
+    assert_mc_close(outside[:, None],
+                    torch.tensor([m.mass_outside_box(half)], dtype=F64))
+
+
+def test_class_posterior_is_the_softmax_of_expected_log_densities() -> None:
+    m = small_mixture()
+    q = DiagGaussian(torch.tensor([[-1.0, 0.5], [1.0, -1.0]], dtype=F64),
+                     torch.tensor([[0.3, 0.2], [0.5, 1.0]], dtype=F64))
+    got = class_posterior(q, m)
+    assert got.shape == (2, 3)
+    # E_q[log p(z | y)] by Monte Carlo, with its standard error.
+    z = q.sample(100_000, gen(4))  # (S, 2, P)
+    log_pzy = m.components.log_prob(z.unsqueeze(-2))  # (S, 2, 3)
+    expected = m.log_weights + log_pzy.mean(0)
+    se = log_pzy.std(0) / math.sqrt(z.shape[0])
+    # softmax is shift-invariant: compare differences between classes.
+    diff_got = got.log() - got.log()[:, :1]
+    diff_mc = (expected - expected[:, :1])
+    assert torch.all((diff_got - diff_mc).abs() <= Z * 2 * se.max() + 1e-9)

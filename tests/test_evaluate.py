@@ -19,7 +19,7 @@ from torch import nn
 
 from vaelab import cli, runfolder
 from vaelab.config import Config
-from vaelab.distributions import DiagGaussian
+from vaelab.distributions import DiagGaussian, GaussianMixture
 from vaelab.errors import VaelabError
 from vaelab.evaluate import (
     Evaluation,
@@ -113,6 +113,46 @@ def test_quadrature_matches_closed_form(ppca) -> None:
     quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
     assert bool(quad.covered.all())
     # Within its stated error, image by image (plus float64 round-off).
+    gap = (quad.log_px - exact).abs()
+    assert bool((gap <= quad.error + 1e-9).all()), float(gap.max())
+    assert float(quad.error.max()) < 0.05
+
+
+class LinearGaussianMixture(LinearGaussian):
+    """``LinearGaussian`` under the mixture model's prior: p(z) =
+    sum_y p(y) N(mu_y, diag(s_y)); log p(x) = log sum_y p(y) N(x;
+    W mu_y + b, W diag(s_y) W^T + s I)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        f64 = torch.float64
+        self.prior = GaussianMixture(
+            torch.tensor([0.0, 0.7, -0.4], dtype=f64),
+            torch.tensor([[-1.5, 0.5], [1.0, 1.0], [0.3, -1.8]], dtype=f64),
+            torch.tensor([[0.4, 0.6], [0.2, 0.3], [0.8, 0.25]], dtype=f64),
+        )
+
+    def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.prior.components
+        eye = torch.eye(x.shape[-1], dtype=x.dtype)
+        cov = (self.w * c.variance[:, None, :]) @ self.w.T + self.s * eye
+        mean = c.loc @ self.w.T + self.b  # (K, D)
+        per_class = torch.distributions.MultivariateNormal(
+            mean, cov).log_prob(x[:, None, :])  # (N, K)
+        return (per_class + self.prior.log_weights).logsumexp(-1)
+
+
+def test_quadrature_matches_closed_form_under_a_mixture_prior() -> None:
+    model = LinearGaussianMixture()
+    z = model.prior.sample(200, torch.Generator().manual_seed(2))
+    eps = torch.randn(200, 6, generator=torch.Generator().manual_seed(3),
+                      dtype=torch.float64)
+    with torch.no_grad():
+        x = z @ model.w.T + model.b + math.sqrt(model.s) * eps
+        exact = model.exact_log_px(x)
+        q = model.posterior(x)  # the N(0, I) prior's: a poor proposal
+    quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
+    assert bool(quad.covered.all())
     gap = (quad.log_px - exact).abs()
     assert bool((gap <= quad.error + 1e-9).all()), float(gap.max())
     assert float(quad.error.max()) < 0.05
@@ -245,7 +285,7 @@ def test_evaluate_model_keys_and_file(trained) -> None:
     assert list(stored) == [
         "units", "inference", "preprocess", "n_images", "k", "elbo",
         "elbo_se", "iwae", "log_px", "bpd", "gaps", "gaps_log_px_method",
-        "notes", "timings", "seconds",
+        "notes", "timings", "seconds", "clusters",
     ]
     assert list(stored["iwae"]) == ["value", "se", "k", "mc_se"]
     assert stored["iwae"]["k"] == 50

@@ -364,3 +364,58 @@ def test_enumeration_refuses_too_many_codes() -> None:
     # sampling estimators accept any size
     build_model(Config(latent="categorical", groups=4, classes=10,
                        hidden=8))
+
+
+# -- Problem 4b: the mixture model, y summed out ---------------------------
+
+def test_mixture_elbo_sums_the_class_out_exactly() -> None:
+    """compute_elbo of the mixture model is eq. (4b.10): per draw z, the
+    sum over y of q(y, z | x) terms with q(y | x, z) = p(y | z) written out
+    class by class, and a Monte Carlo estimate that samples y agrees."""
+    model = tiny_model(latent="mixture", classes=3)
+    x = tiny_images(5)
+    s = 4000
+    terms = compute_elbo(model, x, s, gen(7))
+    z = model.posterior(x).rsample(s, gen(7)).detach()  # the same draws
+    q = model.posterior(x)
+    prior = model.prior
+    log_lik = model.log_likelihood(x, z)  # (S, B)
+    log_q_z = q.log_prob(z)
+    log_joint = prior.joint_log_prob(z)  # log p(y) + log p(z|y), (S, B, K)
+    log_post_y = log_joint - log_joint.logsumexp(-1, keepdim=True)
+    brute = torch.zeros_like(log_lik)
+    for y in range(3):  # sum_y q(y | x, z) [log p(x,y,z) - log q(y,z|x)]
+        w = log_post_y[..., y].exp()
+        brute += w * (log_lik + log_joint[..., y] - log_q_z
+                      - log_post_y[..., y])
+    brute = brute.detach()
+    torch.testing.assert_close(terms.elbo, brute.mean(0))
+    # Sampling y ~ p(y | z) instead of summing: unbiased, noisier.
+    y = torch.multinomial(log_post_y.exp().reshape(-1, 3), 1,
+                          generator=gen(8)).reshape(s, 5)
+    pick = log_joint.gather(-1, y[..., None])[..., 0]
+    post = log_post_y.gather(-1, y[..., None])[..., 0]
+    mc = (log_lik + pick - log_q_z - post).detach()
+    for b in range(5):
+        se = float(mc[:, b].std()) / math.sqrt(s)
+        assert within(float(mc[:, b].mean()), se, float(brute.mean(0)[b]))
+
+
+def test_mixture_classes_are_the_best_z_independent_q_of_y() -> None:
+    """classify(x) maximizes the factorized bound E_q[log p(x, y, z)] +
+    H(q(y)) + H(q(z)) over q(y | x) (eq. (4b.11)): any other q(y) scores
+    lower, by E_q KL(q(y) || p(y | z)) measured on the same draws."""
+    model = tiny_model(latent="mixture", classes=3)
+    x = tiny_images(4)
+    q = model.posterior(x)
+    z = q.sample(20000, gen(9))
+    log_joint = model.prior.joint_log_prob(z)  # (S, B, K)
+
+    def factorized(qy: Tensor) -> Tensor:  # the y-dependent part, (B,)
+        return (qy * (log_joint.mean(0) - qy.log())).sum(-1)
+
+    best = factorized(model.classify(x).detach())
+    for seed in range(5):
+        other = torch.rand(4, 3, generator=gen(seed),
+                           dtype=torch.float64).softmax(-1)
+        assert torch.all(factorized(other) <= best + 1e-9)

@@ -10,6 +10,7 @@ import torch
 from helpers import synthetic_dataset
 
 from vaelab import plots
+from vaelab.clusters import cluster_stats
 from vaelab.config import Config
 from vaelab.model import build_model
 from vaelab.train import train
@@ -29,7 +30,7 @@ def test_code_confusion_and_purity() -> None:
     assert counts[0, 3] == 2 and counts[1, 3] == 1 and counts[2, 0] == 2
     assert counts.sum() == 6
     # class 3 holds labels {0, 0, 1}: majority 0 -> 2 right; 1 and 0 pure
-    assert plots.code_purity(counts) == pytest.approx(5 / 6)
+    assert cluster_stats(classes, labels, 4, 3).purity == pytest.approx(5 / 6)
 
 
 def test_code_grid_decodes_every_class_in_order() -> None:

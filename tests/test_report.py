@@ -127,7 +127,7 @@ def evaluation_json(inference: str = "amortized",
                  "approximation_gap": 1.75},
         "gaps_log_px_method": "quadrature",
         "notes": ["a <warning>"], "timings": {"elbo_iwae": 1.0},
-        "seconds": 12.0,
+        "seconds": 12.0, "clusters": None,
     }
 
 

@@ -47,9 +47,11 @@ FIELD_HELP = {
     "var_floor": "lower bound on Sigma (default: dequantization variance)",
     "prior": "gaussian N(0, I) or laplace Lap(0, tau)",
     "tau": "scale of the laplace prior",
-    "latent": "gaussian (continuous) or categorical",
+    "latent": "gaussian (continuous), categorical, or mixture (a class "
+    "y ~ Cat(1/K) choosing a Gaussian region of z; K = --classes)",
     "groups": "categorical latent: number of groups M",
-    "classes": "categorical latent: classes per group K",
+    "classes": "categorical latent: classes per group K; mixture: "
+    "number of classes K",
     "estimator": "categorical gradient estimator: gumbel, "
     "straight-through, reinforce or enumerate",
     "temperature": "initial gumbel-softmax temperature",

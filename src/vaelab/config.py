@@ -26,7 +26,7 @@ Variance = Literal["pixel", "shared", "fixed"]
 Preprocess = Literal["auto", "scale", "dequantize", "binarize"]
 Optimizer = Literal["adam", "adagrad"]
 Prior = Literal["gaussian", "laplace"]
-Latent = Literal["gaussian", "categorical"]
+Latent = Literal["gaussian", "categorical", "mixture"]
 Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
 Inference = Literal["amortized", "vem"]
 LrSchedule = Literal["exponential", "constant", "cosine", "linear"]
@@ -182,6 +182,16 @@ class Config:
                     f"most {ENUMERATE_LIMIT} are allowed (use gumbel, "
                     "straight-through or reinforce)"
                 )
+        if self.latent == "mixture" and self.prior != "gaussian":
+            raise ConfigError(
+                "--latent mixture has its own prior, a mixture of "
+                "Gaussians (leave --prior unset)"
+            )
+        if self.latent == "mixture" and self.classes < 2:
+            raise ConfigError(
+                "--latent mixture needs --classes >= 2 (one class is the "
+                "Gaussian VAE)"
+            )
         if self.patience is not None and self.val_size == 0:
             raise ConfigError(
                 "--patience stops on the validation ELBO: it needs "
@@ -189,8 +199,9 @@ class Config:
             )
         if self.inference == "vem" and self.latent != "gaussian":
             raise ConfigError(
-                "--inference vem fits a Gaussian or Laplace q per image; it "
-                "needs --latent gaussian"
+                "--inference vem fits a Gaussian or Laplace q per image "
+                "under a Gaussian or Laplace prior; it needs --latent "
+                "gaussian"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -103,6 +103,15 @@ class LocationFamily(Distribution):
         """P, the number of latent coordinates."""
         return self.event_shape[0]
 
+    def mass_outside(self, half: float) -> Tensor:
+        """Per coordinate, P(|z_p| > half), (..., P) in float64."""
+        raise NotImplementedError
+
+    def mass_outside_box(self, half: float) -> float:
+        """P(z outside [-half, half]^P) of one distribution with
+        independent coordinates."""
+        return float(1.0 - (1.0 - self.mass_outside(half)).prod())
+
 
 class DiagGaussian(LocationFamily):
     """N(loc, diag(variance)); ``loc`` and ``variance``: (..., P)."""
@@ -217,6 +226,145 @@ class Laplace(LocationFamily):
                                1.0 - 0.5 * torch.exp(-t.abs()))
 
         return tail((h - loc) / scale) + tail((h + loc) / scale)
+
+
+class GaussianMixture(Distribution):
+    """p(z) = sum_y w_y N(z; loc_y, diag(variance_y)) over R^P: the prior
+    of the mixture model (Problem 4b, a class y that picks its region).
+
+    ``logits``: (K,), the log-weights up to a constant; ``loc`` and
+    ``variance``: (K, P), one Gaussian per class. One distribution, no
+    batch axes (a prior); ``components`` is the K Gaussians as a
+    ``DiagGaussian`` with batch shape (K,).
+    """
+
+    def __init__(self, logits: Tensor, loc: Tensor, variance: Tensor) -> None:
+        self.logits = logits
+        self.log_weights = logits.log_softmax(-1)  # log p(y), (K,)
+        self.components = DiagGaussian(loc, variance)
+
+    @property
+    def params(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.logits, self.components.loc, self.components.variance
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size()
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self.components.loc.shape[-1:]
+
+    @property
+    def dim(self) -> int:
+        """P, the number of latent coordinates."""
+        return self.event_shape[0]
+
+    @property
+    def classes(self) -> int:
+        """K, the number of components."""
+        return self.log_weights.shape[0]
+
+    @property
+    def weights(self) -> Tensor:
+        """p(y), (K,)."""
+        return self.log_weights.exp()
+
+    @property
+    def mean(self) -> Tensor:
+        """E[z], (P,)."""
+        return self.weights @ self.components.loc
+
+    @property
+    def variance(self) -> Tensor:
+        """Per-coordinate Var[z], (P,): E[variance_y + loc_y^2] - E[z]^2."""
+        c = self.components
+        second = self.weights @ (c.variance + c.loc.square())
+        return second - self.mean.square()
+
+    def expand(self, batch_shape: Sequence[int]) -> Self:
+        raise NotImplementedError("a mixture prior has no batch axes")
+
+    def joint_log_prob(self, z: Tensor) -> Tensor:
+        """log p(y) + log p(z | y) for every class: z (..., P) ->
+        (..., K)."""
+        return self.log_weights + self.components.log_prob(z.unsqueeze(-2))
+
+    def class_log_posterior(self, z: Tensor) -> Tensor:
+        """log p(y | z), (..., K), normalized over y."""
+        return self.joint_log_prob(z).log_softmax(-1)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) = log sum_y p(y) p(z | y), y summed out exactly:
+        z (..., P) -> (...,)."""
+        return self.joint_log_prob(z).logsumexp(-1)
+
+    def rsample(
+        self, n_samples: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draws (n_samples, P): y ~ p(y), then z ~ N(loc_y, variance_y).
+        The class draw has no gradient path to the weights."""
+        return self.sample_with_classes(n_samples, generator)[0]
+
+    def sample_with_classes(
+        self, n_samples: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(z (n_samples, P), y (n_samples,) class indices)."""
+        loc = self.components.loc
+        y = torch.multinomial(self.weights.detach(), n_samples,
+                              replacement=True, generator=generator)
+        eps = torch.randn((n_samples, self.dim), generator=generator,
+                          device=loc.device, dtype=loc.dtype)
+        z = loc[y] + self.components.stddev[y] * eps
+        return z, y
+
+    def cdf(self, z: Tensor) -> Tensor:
+        """Per-coordinate marginal CDF sum_y w_y Phi_y(z_p): z broadcast
+        against (P,), returns float64 (..., P)."""
+        z = z.double().unsqueeze(-2)  # (..., 1, P)
+        c = self.components
+        per_class = DiagGaussian(c.loc.detach().double(),
+                                 c.variance.detach().double()).cdf(z)
+        weights = self.weights.detach().double().unsqueeze(-1)
+        return (weights * per_class).sum(-2)  # (..., P)
+
+    def icdf(self, q: Tensor) -> Tensor:
+        """Per-coordinate marginal quantiles for q in (0, 1), q broadcast
+        against (P,): float64 (..., P), by bisection on ``cdf`` (a
+        mixture's quantile has no closed form) to ~1e-12 latent units."""
+        q = q.double()
+        c = self.components
+        wide = float((c.loc.abs() + 40.0 * c.stddev).max())
+        shape = torch.broadcast_shapes(q.shape, self.event_shape)
+        lo = torch.full(shape, -wide, dtype=torch.float64,
+                        device=c.loc.device)
+        hi = -lo
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            below = self.cdf(mid) < q
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def mass_outside_box(self, half: float) -> float:
+        """P(z outside [-half, half]^P): sum over classes of each
+        component's mass outside (its coordinates are independent)."""
+        inside = (1.0 - self.components.mass_outside(half)).prod(-1)
+        return float(1.0 - (self.weights.double() * inside).sum())
+
+
+def class_posterior(q: DiagGaussian, prior: GaussianMixture) -> Tensor:
+    """The class posterior q(y | x) of a mixture model, (B, K), from the
+    posterior q(z | x) over (B, P): proportional to p(y) exp(E_q[log
+    p(z | y)]), the best q(y | x) that does not depend on z
+    (docs/derivations.md, eq. (4b.11)); closed form, no sampling."""
+    c = prior.components
+    cross = -0.5 * (
+        ((q.variance.unsqueeze(-2) + (q.loc.unsqueeze(-2) - c.loc).square())
+         / c.variance + c.variance.log()).sum(-1)
+        + q.dim * LOG_2PI
+    )  # E_q[log N(z; loc_y, variance_y)], (B, K)
+    return (prior.log_weights + cross).softmax(-1)
 
 
 def uniform_centered(

@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vaelab import runfolder
+from vaelab.clusters import Clusters, evaluate_clusters
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, load_data
 from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
@@ -370,6 +371,10 @@ class Evaluation:
       None (no fittable q). log_px there is the quadrature (or exact)
       value, else IWAE_k, named by ``gaps_log_px_method``. For vEM runs
       "encoder" is the test-time E-step (``inference.vem_test_steps``).
+    - ``clusters``: discrete latents only (else None), the classes
+      against the digits on the evaluated images: {n_images, classes,
+      classes_used, purity, accuracy, counts, group}
+      (``vaelab.clusters.Clusters``).
     - ``units``, ``n_images``, ``k``, ``inference``, ``preprocess``,
       ``seconds``, ``timings`` (seconds per part), ``notes`` (warnings).
     """
@@ -386,6 +391,7 @@ class Evaluation:
     notes: tuple[str, ...]
     timings: Timings
     seconds: float
+    clusters: Clusters | None = None
 
     def to_json(self) -> dict[str, Any]:
         """evaluation.json's content, as plain JSON data."""
@@ -406,6 +412,8 @@ class Evaluation:
             "notes": list(self.notes),
             "timings": self.timings.to_json(),
             "seconds": self.seconds,
+            "clusters": (dataclasses.asdict(self.clusters)
+                         if self.clusters else None),
         }
 
     @classmethod
@@ -660,9 +668,11 @@ def evaluate_model(
     quick: bool = False,
     gap_n: int | None = None,
     gap_steps: int | None = None,
+    labels: Tensor | None = None,
 ) -> Evaluation:
     """``evaluate_run`` for a model in memory and its test ``images``
-    (N, D), pixels as the preprocessing left them; writes nothing."""
+    (N, D), pixels as the preprocessing left them, and their ``labels``
+    (N,) for the clusters of a discrete latent; writes nothing."""
     t_start = time.perf_counter()
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -708,6 +718,9 @@ def evaluate_model(
         notes.append(f"no gaps: a {type(q).__name__} q cannot be fitted "
                      "per image")
 
+    clusters = None
+    if labels is not None:
+        clusters = evaluate_clusters(model, x, labels[:n])
     log_px = exact.summary if exact is not None else None
     return Evaluation(
         inference=config.inference,
@@ -723,6 +736,7 @@ def evaluate_model(
         notes=tuple(notes),
         timings=Timings(**timings),
         seconds=time.perf_counter() - t_start,
+        clusters=clusters,
     )
 
 
@@ -759,6 +773,7 @@ def evaluate_run(
     result = evaluate_model(
         model, config, dataset.test.images, dataset.preprocess, n=n, k=k,
         progress=progress, quick=quick, gap_n=gap_n,
+        labels=dataset.test.labels,
     )
     # Loading the model and the data counts too.
     result = dataclasses.replace(result,
@@ -814,6 +829,13 @@ def format_table(result: Evaluation) -> str:
         for key, value in gaps.to_json().items():
             if key != "n_images":
                 lines.append(f"  {key:22s}{value:12.2f}")
+    cl = result.clusters
+    if cl:
+        lines.append(
+            f"clusters: purity {cl.purity:.1%}, accuracy {cl.accuracy:.1%}"
+            f", {cl.classes_used} of {cl.classes} classes used"
+            + (f" (group {cl.group + 1})" if cl.group else "")
+        )
     for note in result.notes:
         lines.append(f"note: {note}")
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in

@@ -22,8 +22,10 @@ from vaelab.distributions import (
     LOG_2PI,
     Categorical,
     DiagGaussian,
+    GaussianMixture,
     Laplace,
     bernoulli_log_prob,
+    class_posterior,
 )
 from vaelab.objectives import ElboTerms, compute_elbo
 
@@ -269,6 +271,52 @@ class VAE(nn.Module):
         return compute_elbo(self, x, n_samples, generator)
 
 
+class MixtureVAE(VAE):
+    """The spec's VAE with a class y that chooses the region of z
+    (Problem 4b, a discrete latent that clusters): y ~ Cat(1/K),
+    z | y ~ N(mu_y, diag(s_y^2)) with learned mu_y and s_y (K, P),
+    x | z ~ p(x | z) as in ``VAE``.
+
+    The encoder and q(z | x) are the spec's; y is summed out exactly, so
+    the ELBO is the spec's with the mixture as p(z) and there is no
+    estimator for y (docs/derivations.md, eqs. (4b.9)-(4b.11)).
+    ``classify`` gives q(y | x).
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        k, p = config.classes, config.latent_dim
+        self.classes = k
+        # Centres drawn from N(0, I) (seeded by build_model's caller) so
+        # that no two classes start alike; a unit spread, as N(0, I).
+        self.mixture_loc = nn.Parameter(torch.randn(k, p))
+        self.mixture_log_var = nn.Parameter(torch.zeros(k, p))
+        # Uniform p(y), fixed: a buffer so that it follows model.to().
+        self.register_buffer("mixture_logits", torch.zeros(k),
+                             persistent=False)
+
+    @property
+    def prior(self) -> GaussianMixture:  # type: ignore[override]
+        """p(z) = sum_y p(y) N(z; mu_y, diag(s_y^2)) over (P,)."""
+        return GaussianMixture(self.mixture_logits, self.mixture_loc,
+                               self.mixture_log_var.exp())
+
+    def classify(self, x: Tensor) -> Tensor:
+        """q(y | x), (B, K): the class posterior of images x (B, D) given
+        their q(z | x) (``distributions.class_posterior``)."""
+        return class_posterior(self.posterior(x), self.prior)
+
+    def sample_by_class(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """n mean images f(z, w) per class, (K, n, D): z ~ p(z | y)."""
+        c = self.prior.components
+        eps = torch.randn((self.classes, n, self.latent_dim),
+                          generator=generator, device=c.loc.device)
+        z = c.loc[:, None] + c.stddev[:, None] * eps
+        return self.generate(z)
+
+
 class CategoricalVAE(nn.Module):
     """VAE with M independent K-way categorical latents (Problem 4b).
 
@@ -435,7 +483,10 @@ def init_from_data(
 
 def build_model(config: Config) -> nn.Module:
     """The model a (validated) config describes, freshly initialized:
-    ``VAE`` (gaussian or laplace prior) or ``CategoricalVAE``."""
+    ``VAE`` (gaussian or laplace prior), ``CategoricalVAE`` or
+    ``MixtureVAE``."""
     if config.latent == "categorical":
         return CategoricalVAE(config)
+    if config.latent == "mixture":
+        return MixtureVAE(config)
     return VAE(config)

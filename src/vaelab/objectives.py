@@ -114,8 +114,9 @@ def compute_elbo(
 
     Continuous posteriors (Gaussian, Laplace): ``n_samples`` reparameterized
     draws per image and the closed-form KL where one exists (else a Monte
-    Carlo KL from the same draws). Categorical posteriors: see
-    ``categorical_elbo``.
+    Carlo KL from the same draws: for the mixture prior of Problem 4b,
+    whose ``log_prob`` sums the class y out exactly, this is eq. (4b.10)).
+    Categorical posteriors: see ``categorical_elbo``.
     """
     if q is None:
         q = model.posterior(x)  # q(z_n; g(x_n, phi))

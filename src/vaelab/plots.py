@@ -38,6 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from vaelab.clusters import cluster_stats, count_matrix
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
@@ -60,6 +61,8 @@ FIGURES = {
     "training_curves": "training_curves.png",
     "codes": "codes.png",
     "confusion": "confusion.png",
+    "class_samples": "class_samples.png",
+    "class_scatter": "class_scatter.png",
 }
 # What each figure shows, for the report (other figure kinds add theirs).
 CAPTIONS = {
@@ -79,8 +82,13 @@ CAPTIONS = {
     "validation",
     "codes": "categorical latents: f(z, w) of every class (M = 1), or of "
     "every pair of classes of the first two groups (M > 1)",
-    "confusion": "categorical latents: digit label against the most "
-    "probable class of q(z | x), per test image",
+    "confusion": "discrete latents: digit label against the most "
+    "probable class, per test image",
+    "class_samples": "mixture model: 10 samples per class, z ~ p(z | y), "
+    "one row per class y",
+    "class_scatter": "mixture model: the latent scatter coloured by digit "
+    "and by the most probable class q(y | x), with each class's mean and "
+    "2-sd ellipse",
 }
 MANIFOLD_CHOICES = ("range", "quantiles", "both")
 # Numbers about the latent scatter (k-NN overlap of the classes), written
@@ -180,17 +188,17 @@ def latent_axis(lo: float, hi: float, n: int = 20) -> np.ndarray:
     return np.linspace(lo, hi, n)
 
 
-def prior_quantile_axis(prior: Any, n: int = 20) -> np.ndarray:
-    """The prior's quantiles at probabilities (i + 0.5) / n, i < n, of
-    its first coordinate (every coordinate of the model's priors is the
-    same): (n,).
+def prior_quantile_axis(prior: Any, n: int = 20, dim: int = 0
+                        ) -> np.ndarray:
+    """The quantiles of the prior's marginal of coordinate ``dim`` at
+    probabilities (i + 0.5) / n, i < n: (n,).
 
     Uses ``prior.icdf`` (per coordinate, broadcast over u (n, 1)), so a
-    Laplace prior gets Laplace quantiles; the midpoints avoid the infinite
-    0 and 1 quantiles.
+    Laplace prior gets Laplace quantiles and a mixture its marginal's;
+    the midpoints avoid the infinite 0 and 1 quantiles.
     """
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    return _numpy(prior.icdf(u[:, None])[:, 0]).astype(np.float64)
+    return _numpy(prior.icdf(u[:, None])[:, dim]).astype(np.float64)
 
 
 @torch.no_grad()
@@ -596,10 +604,14 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
             f"set's range{note}",
         ))
     if ctx.manifold in ("quantiles", "both"):
-        q = prior_quantile_axis(model.prior)
+        q1 = prior_quantile_axis(model.prior, dim=0)
+        q2 = prior_quantile_axis(model.prior, dim=1)
+        prior = ("mixture" if ctx.config.latent == "mixture"
+                 else ctx.config.prior)
         out.append(plot_manifold(
-            decode_grid(model, q, q), q, q, ctx.path("manifold_quantiles"),
-            f"{title}\nf(z, w) at the {ctx.config.prior} prior's quantiles "
+            decode_grid(model, q1, q2), q1, q2,
+            ctx.path("manifold_quantiles"),
+            f"{title}\nf(z, w) at the {prior} prior's quantiles "
             f"(i + 0.5)/20{note}",
             xlabel="$z_1$ (prior quantile)", ylabel="$z_2$ (prior quantile)",
         ))
@@ -664,22 +676,14 @@ def code_confusion(
 ) -> np.ndarray:
     """Counts (n_labels, n_classes): images of each digit label (rows)
     assigned each class (columns) of one group."""
-    counts = np.zeros((n_labels, n_classes), np.int64)
-    np.add.at(counts, (np.asarray(labels), np.asarray(classes)), 1)
-    return counts
-
-
-def code_purity(counts: np.ndarray) -> float:
-    """Fraction of images whose label is the most common label of their
-    class: the accuracy of the code read as a classifier."""
-    total = counts.sum()
-    return float(counts.max(0).sum() / total) if total else float("nan")
+    return count_matrix(np.asarray(classes), np.asarray(labels), n_classes,
+                        n_labels).T
 
 
 def plot_confusion(
     matrices: Sequence[np.ndarray], path: Path, title: str,
     subtitles: Sequence[str], names: Sequence[str] | None = None,
-    kind: str = "digit",
+    kind: str = "digit", xlabel: str = "class of q(z | x)",
 ) -> Path:
     """Heatmaps of label-by-class counts, each row as fractions of its
     label (rows named ``names``, default their numbers); columns ordered
@@ -698,7 +702,7 @@ def plot_confusion(
         ax.set_xticks(range(k), [str(c) for c in order], fontsize=7)
         rows_n = counts.shape[0]
         ax.set_yticks(range(rows_n), list(names or range(rows_n))[:rows_n])
-        ax.set_xlabel(f"class of q(z | x) (ordered by majority {kind})")
+        ax.set_xlabel(f"{xlabel} (ordered by majority {kind})")
         ax.set_ylabel(f"{kind} label")
         ax.set_title(sub, fontsize=10)
         if k <= 20:
@@ -753,9 +757,11 @@ def categorical_figures(ctx: FigureContext) -> list[Path]:
         f"{title}\nf(z, w) of {what}", scale=2 if m > 1 else 3,
     ))
     labels = _numpy(test.labels)
-    mats = [code_confusion(codes[:, g], labels, k) for g in range(min(m, 2))]
-    subs = [f"group {g + 1}: purity {code_purity(c):.1%}"
-            for g, c in enumerate(mats)]
+    shown = range(min(m, 2))
+    mats = [code_confusion(codes[:, g], labels, k) for g in shown]
+    subs = [f"group {g + 1}: purity "
+            f"{cluster_stats(codes[:, g], labels, k).purity:.1%}"
+            for g in shown]
     out.append(plot_confusion(
         mats, ctx.path("confusion"),
         f"{title}\n{label_kind(ctx.dataset.name)} label vs most probable "
@@ -766,10 +772,125 @@ def categorical_figures(ctx: FigureContext) -> list[Path]:
     return out
 
 
+# ------------------------------------------------ the mixture model
+# Problem 4b's clustering model: the continuous figures, plus what the
+# class y does (samples by class, the scatter by class, classes vs digits).
+
+
+@torch.no_grad()
+def infer_classes(model: torch.nn.Module, images: Any,
+                  batch_size: int = 2000) -> np.ndarray:
+    """The most probable class of q(y | x) per image, (N,) ints."""
+    x = torch.as_tensor(_numpy(images), dtype=torch.float32)
+    device = _device(model)
+    out = [model.classify(x[i:i + batch_size].to(device)).argmax(-1).cpu()
+           for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def class_sample_grid(model: torch.nn.Module, n: int = 10,
+                      seed: int = 0) -> np.ndarray:
+    """n mean images f(z, w) per class, z ~ p(z | y): one row per class,
+    (K * 28, n * 28)."""
+    g = torch.Generator(device=_device(model)).manual_seed(seed)
+    images = model.sample_by_class(n, g)  # (K, n, D)
+    k = images.shape[0]
+    return tile_grid(images.reshape(k * n, -1).cpu().numpy(), k, n)
+
+
+def plot_class_scatter(
+    means: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+    centres: np.ndarray, spreads: np.ndarray, path: Path, title: str,
+    names: Sequence[str], kind: str = "digit",
+) -> Path:
+    """Two scatters of the posterior means (N, 2), coloured by label and
+    by class, the classes' centres mu_y (K, 2) and 2-sd ellipses (sds
+    ``spreads`` (K, 2)) drawn on both."""
+    from matplotlib.patches import Ellipse
+
+    fig = Figure(figsize=(15.0, 6.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    k = centres.shape[0]
+    cmap_k = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    order = np.random.default_rng(0).permutation(len(labels))
+    panels = ((labels, matplotlib.colormaps["tab10"], 10, kind, names),
+              (classes, cmap_k, k, "class y",
+               [str(c) for c in range(k)]))
+    for ax, (colour, cmap, n, legend, legend_names) in zip(axes, panels,
+                                                          strict=True):
+        ax.scatter(means[order, 0], means[order, 1], c=colour[order],
+                   cmap=cmap, vmin=-0.5, vmax=n - 0.5, s=3, alpha=0.6,
+                   linewidths=0, rasterized=True)
+        for y in range(k):
+            ax.add_patch(Ellipse(
+                tuple(centres[y]), 4 * spreads[y, 0], 4 * spreads[y, 1],
+                fill=False, lw=1.2, color="black", alpha=0.7))
+            ax.annotate(str(y), tuple(centres[y]), fontsize=11,
+                        ha="center", va="center", weight="bold",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white",
+                              "alpha": 0.8, "lw": 0})
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=9, color=cmap(c),
+                   label=legend_names[c])
+            for c in range(n) if np.any(colour == c)
+        ]
+        ax.legend(handles=handles, title=legend, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=11,
+                  title_fontsize=11)
+        ax.set_xlabel("$z_1$ (posterior mean)")
+        ax.set_ylabel("$z_2$ (posterior mean)")
+        ax.set_title(f"coloured by {legend}", fontsize=11)
+    fig.suptitle(title, fontsize=12)
+    return _save(fig, path)
+
+
+def mixture_figures(ctx: FigureContext) -> list[Path]:
+    """The continuous figures, samples by class (class_samples.png), the
+    scatter by digit and by class (class_scatter.png) and the
+    digit-by-class confusion (confusion.png) of a mixture model."""
+    model, title = ctx.model, ctx.title
+    out = continuous_figures(ctx)
+    k = model.classes
+    out.append(plot_tiles(
+        [class_sample_grid(model, 10, ctx.seed)], ctx.path("class_samples"),
+        f"{title}\n10 samples per class: mean image f(z, w), "
+        "z ~ p(z | y); row y = class y",
+    ))
+    test = ctx.dataset.test
+    classes = infer_classes(model, test.images)
+    labels = _numpy(test.labels)
+    stats = cluster_stats(classes, labels, k, max(int(labels.max()) + 1,
+                                                  10))
+    summary = (f"purity {stats.purity:.1%}, accuracy {stats.accuracy:.1%}, "
+               f"{stats.classes_used} of {k} classes used")
+    kind = label_kind(ctx.dataset.name)
+    if model.latent_dim >= 2:
+        components = model.prior.components
+        means = encode_means(model, test.images)
+        out.append(plot_class_scatter(
+            means[:, :2], labels, classes,
+            _numpy(components.loc)[:, :2], _numpy(components.stddev)[:, :2],
+            ctx.path("class_scatter"),
+            f"{title}\n{len(labels):,} test images at their posterior "
+            f"means; classes: {summary}{_dims_note(model.latent_dim)}",
+            names=class_names(ctx.dataset.name), kind=kind,
+        ))
+    out.append(plot_confusion(
+        [code_confusion(classes, labels, k)], ctx.path("confusion"),
+        f"{title}\n{kind} label vs most probable class of q(y | x) "
+        f"({len(labels):,} test images)", [summary],
+        names=class_names(ctx.dataset.name), kind=kind,
+        xlabel="class y of q(y | x)",
+    ))
+    return out
+
+
 # Figure makers by ``config.latent``; other latent kinds register theirs.
 FIGURE_MAKERS: dict[str, Callable[[FigureContext], list[Path]]] = {
     "gaussian": continuous_figures,
     "categorical": categorical_figures,
+    "mixture": mixture_figures,
 }
 
 

@@ -487,9 +487,10 @@ def quadrature_log_px(
 def _prior_box(prior: Any) -> float:
     """Half-width of the box [-L, L]^P outside which the prior puts at
     most ~1e-6 of its mass."""
-    return float(
-        prior.icdf(torch.tensor(1.0 - 5e-7, dtype=torch.float64)).max()
-    )
+    tail = torch.tensor(5e-7, dtype=torch.float64)
+    # Both ends: a mixture prior's marginals are not centred at 0.
+    return max(float(prior.icdf(1.0 - tail).max()),
+               float(-prior.icdf(tail).min()))
 
 
 def _net(model: LatentVariableModel, half: float, spacing: float,
@@ -548,7 +549,5 @@ def _net_windows(
 
 
 def _prior_tail(prior: Any, half: float) -> float:
-    """Prior mass outside the box [-half, half]^P (independent
-    coordinates)."""
-    inside = (1.0 - prior.mass_outside(half)).prod()
-    return float(1.0 - inside)
+    """Prior mass outside the box [-half, half]^P."""
+    return prior.mass_outside_box(half)

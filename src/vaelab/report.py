@@ -194,7 +194,7 @@ def _table(
 def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
     header = ["model", "data", "test ELBO", "test E[log p(x|z)]",
               "test KL", "val ELBO", "train ELBO", "IWAE*", "log p(x)*",
-              "epochs", "training time (s)"]
+              "purity*", "epochs", "training time (s)"]
     rows = []
     for r in records:
         res, ev = r["results"], r["evaluation"]
@@ -206,6 +206,7 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
             _fmt(res.get("train", {}).get("elbo")),
             _estimate(ev and ev.iwae, show_k=False),
             _estimate(ev and ev.log_px),
+            f"{ev.clusters.purity:.1%}" if ev and ev.clusters else "-",
             _fmt(r["epochs"]), _fmt(r["train_seconds"], 1),
         ])
     sizes = {
@@ -219,8 +220,9 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
     note = (
         "* From evaluation.json, on the first test images only ("
         + "; ".join(evaluated) + "); &plusmn; is the standard error over "
-        "images (IWAE) or the error bound (log p(x)). The ELBO columns "
-        "average every image of their split."
+        "images (IWAE) or the error bound (log p(x)); purity: the share "
+        "of images whose discrete class's majority label is their own. "
+        "The ELBO columns average every image of their split."
         if evaluated else "* Not evaluated (no evaluation.json)."
     )
     return (_table(header, rows, text_cols=2, cls="comparison")
@@ -284,9 +286,26 @@ def _evaluation_html(ev: Evaluation | None) -> str:
                  for k, v in ev.gaps.to_json().items() if k != "n_images"],
             )
         )
+    if ev.clusters is not None:
+        parts.append(f"<p>{_e(clusters_sentence(ev))}</p>")
     for note in ev.notes:
         parts.append(f'<p class="note">{_e(note)}</p>')
     return "".join(parts)
+
+
+def clusters_sentence(ev: Evaluation) -> str:
+    """How the discrete latent's classes match the digits, one sentence
+    (``Evaluation.clusters``, which must be set)."""
+    c = ev.clusters
+    assert c is not None
+    group = f" (group {c.group + 1}, the best)" if c.group else ""
+    return (
+        f"Classes against the labels on {c.n_images:,} test images"
+        f"{group}: purity {c.purity:.1%} (each class read as its "
+        f"majority label), accuracy {c.accuracy:.1%} (the best one-to-one "
+        f"matching of classes to labels); {c.classes_used} of "
+        f"{c.classes} classes used."
+    )
 
 
 def _config_html(config: dict[str, Any]) -> str:
@@ -316,8 +335,13 @@ SECTIONS = (
      "Between the min and max of z1 and z2 over the encoded test set, "
      "decode a 20 x 20 grid of z and show the digits.",
      ["manifold", "manifold_quantiles"]),
-    ("codes", "Discrete latents: what each code decodes to",
-     "", ["codes", "confusion"]),
+    ("codes", "Discrete latents (Problem 4b): what each class decodes "
+     "to, and which digits it holds",
+     "The 20 x 10 categorical model decodes uniform codes; the mixture "
+     "model samples z from each class's region. The confusion tables "
+     "read each test image's most probable class against its label, "
+     "which no model saw.",
+     ["class_samples", "codes", "class_scatter", "confusion"]),
     ("training", "Training curves", "", ["training_curves"]),
 )
 GROUP_TITLES = {
@@ -326,15 +350,18 @@ GROUP_TITLES = {
     "manifold": "Over the encoded test set's range (the spec's grid)",
     "manifold_quantiles": "At the prior's quantiles",
     "codes": "The decoded codes",
-    "confusion": "Labels against codes",
+    "class_samples": "Samples by class",
+    "class_scatter": "The latent space by digit and by class",
+    "confusion": "Labels against classes",
 }
 # How a figure kind is laid out: "one" (one per row everywhere; wide
 # figures), "print-one" (one per row on paper, for legends to stay
 # legible), default two per row on paper, as many as fit on screen.
 LAYOUTS = {"training_curves": "one", "latent_scatter": "print-one",
-           "reconstructions": "one", "confusion": "one"}
+           "reconstructions": "one", "confusion": "one",
+           "class_scatter": "one"}
 TILE_KINDS = {"samples", "samples_noise", "reconstructions", "codes",
-              "real_digits"}
+              "real_digits", "class_samples"}
 
 
 def _kind_word(record: dict[str, Any]) -> str:
