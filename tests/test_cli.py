@@ -43,6 +43,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["--preprocess", "binarize"], "bernoulli"),
         (["--train-images", "0"], "train_images"),
         (["--device", "cuda:x"], "device"),
+        (["--hidden", "512,two"], "integers separated by commas"),
+        (["--hidden", "512,0"], "hidden"),
     ],
 )
 def test_bad_options_one_line_exit_2_nothing_written(
@@ -65,6 +67,16 @@ def test_choices_come_from_the_config_types(
     text = " ".join(capsys.readouterr().out.split())
     assert "gumbel|straight-through|reinforce|enumerate" in text
     assert "amortized|vem" in text
+
+
+def test_hidden_takes_a_list_of_layer_sizes() -> None:
+    from vaelab.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    deep = parser.parse_args(["train", "--out", "x", "--hidden", "512,256"])
+    assert config_from_args(deep).hidden_sizes == (512, 256)
+    one = parser.parse_args(["train", "--out", "x", "--hidden", "64"])
+    assert config_from_args(one).hidden == 64
 
 
 def test_evaluate_gap_n_zero_skips_the_gaps(

@@ -40,6 +40,10 @@ def test_resolved_fills_per_likelihood_and_optimizer_defaults() -> None:
         ({"preprocess": "binarize"}, "bernoulli"),
         ({"latent": "mixture", "prior": "laplace"}, "mixture of Gaussians"),
         ({"latent": "mixture", "classes": 1}, "classes >= 2"),
+        ({"hidden": []}, "at least one layer"),
+        ({"hidden": [512, 0]}, "hidden must be an integer > 0"),
+        ({"activation": "sigmoid"}, "activation must be one of"),
+        ({"anneal_rate": -1e-5}, "anneal_rate must be a number >= 0"),
         ({"latent": "mixture", "inference": "vem"}, "--latent gaussian"),
     ],
 )

@@ -275,6 +275,45 @@ def test_temperature_anneals_exponentially_over_epochs() -> None:
     assert model.temperature == pytest.approx(2.0)
 
 
+def test_temperature_follows_the_papers_per_step_schedule() -> None:
+    """--anneal-rate r: max(min, t0 exp(-r * steps)), steps before the
+    epoch (Jang et al. 2017, 3e-5)."""
+    model = make("categorical", temperature=1.0, min_temperature=0.5,
+                 anneal_rate=3e-5)
+    model.start_epoch(1, 100, 0)
+    assert model.temperature == 1.0
+    model.start_epoch(21, 100, 10_000)
+    assert model.temperature == pytest.approx(math.exp(-0.3))
+    model.start_epoch(100, 100, 49_500)  # exp(-1.49) < 0.5: the floor
+    assert model.temperature == 0.5
+
+
+@pytest.mark.parametrize("name", ["gaussian", "categorical", "mixture"])
+def test_deeper_networks_mirror_the_encoder(name: str) -> None:
+    """--hidden 32,16: encoder D-32-16-head, decoder in-16-32-D; the one
+    layer of the spec keeps its parameter names (old checkpoints load)."""
+    deep = make(name, hidden=[32, 16], activation="tanh")
+    sizes = [(m.in_features, m.out_features) for m in (
+        deep.encoder_hidden, *deep.encoder_deep, deep.decoder_hidden,
+        *deep.decoder_deep, deep.decoder_out)]
+    inner = deep.decoder_hidden.in_features
+    assert sizes == [(DATA_DIM, 32), (32, 16), (inner, 16), (16, 32),
+                     (32, DATA_DIM)]
+    assert deep.encoder_out.in_features == 16
+    x = torch.rand(B, DATA_DIM)
+    t = deep.compute_elbo(x, 2)
+    assert t.elbo.shape == (B,) and torch.isfinite(t.elbo).all()
+    # tanh, not relu: negative pre-activations pass through
+    h = deep.encoder_hidden(x)
+    torch.testing.assert_close(
+        deep.encoder_out(torch.tanh(deep.encoder_deep[0](torch.tanh(h)))),
+        deep.encode_head(x))
+    flat = make(name, hidden=[24])  # one size: the spec's network
+    assert not any(k.startswith(("encoder_deep", "decoder_deep"))
+                   for k in flat.state_dict())
+    assert Config(hidden=[24]).resolved().hidden == 24
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -34,7 +34,9 @@ FIELD_HELP = {
     "val_size": "validation images carved from the end of the training set",
     "train_images": "train on the first N training images (default: all)",
     "latent_dim": "latent size P (the spec: 2)",
-    "hidden": "ReLU units of each hidden layer (the spec: 512)",
+    "hidden": "units of the hidden layer (the spec: 512), or of each "
+    "layer, encoder order: 512,256 (the decoder mirrors it)",
+    "activation": "of the hidden layers: relu (the spec) or tanh",
     "init_std": "std of the initial weights (the spec: N(0, 0.01) = 0.1)",
     "likelihood": "gaussian (the spec) or bernoulli (binarized pixels)",
     "variance": "Sigma of the gaussian likelihood: pixel, shared or fixed",
@@ -56,6 +58,9 @@ FIELD_HELP = {
     "straight-through, reinforce or enumerate",
     "temperature": "initial gumbel-softmax temperature",
     "min_temperature": "final gumbel-softmax temperature",
+    "anneal_rate": "gumbel-softmax temperature max(min, initial * "
+    "exp(-rate * step)) per epoch (Jang et al.: 3e-5); default: from "
+    "initial to min over the epochs",
     "inference": "amortized (VAE encoder) or vem (per-image parameters)",
     "e_steps": "vem: E-step iterations per minibatch",
     "e_lr": "vem: E-step learning rate",
@@ -82,10 +87,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"vaelab: error: {message} (see --help)\n")
 
 
-def _flag_type(annotation: Any) -> type:
-    """int, float or str: the scalar type of a Config field's annotation
-    (``int | None`` is int)."""
+def _int_list(text: str) -> int | list[int]:
+    """"512" -> 512, "512,256" -> [512, 256] (for --hidden)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _flag_type(annotation: Any) -> Any:
+    """int, float, str, or a parser of comma-separated ints: the type of a
+    Config field's annotation (``int | None`` is int)."""
     args = typing.get_args(annotation) or (annotation,)
+    if list[int] in args:
+        return _int_list
     for kind in (int, float):
         if kind in args:
             return kind

@@ -27,6 +27,7 @@ Preprocess = Literal["auto", "scale", "dequantize", "binarize"]
 Optimizer = Literal["adam", "adagrad"]
 Prior = Literal["gaussian", "laplace"]
 Latent = Literal["gaussian", "categorical", "mixture"]
+Activation = Literal["relu", "tanh"]
 Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
 Inference = Literal["amortized", "vem"]
 LrSchedule = Literal["exponential", "constant", "cosine", "linear"]
@@ -56,7 +57,10 @@ class Config:
     train_images: int | None = None
     # model: p(z) p(x|z) and q(z|x), as in the spec's Problem 2
     latent_dim: int = 2
-    hidden: int = 512
+    # One int (one hidden layer per network, the spec's) or a list of
+    # sizes, encoder order: [512, 256] is 784-512-256-P and P-256-512-784.
+    hidden: int | list[int] = 512
+    activation: Activation = "relu"
     init_std: float = 0.1
     likelihood: Likelihood = "gaussian"
     variance: Variance = "pixel"
@@ -72,6 +76,10 @@ class Config:
     estimator: Estimator = "gumbel"
     temperature: float = 1.0
     min_temperature: float = 0.5
+    # None: anneal from temperature to min_temperature over the epochs;
+    # r: max(min_temperature, temperature * exp(-r * step)), the Gumbel-
+    # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
+    anneal_rate: float | None = None
     # training
     inference: Inference = "amortized"
     e_steps: int = 5
@@ -100,6 +108,11 @@ class Config:
             )
         if c.lr is None and c.optimizer in DEFAULT_LR:
             c.lr = DEFAULT_LR[c.optimizer]
+        if isinstance(c.hidden, (list, tuple)):
+            # One size is the one-layer network: stored as an int, as
+            # run folders always had it.
+            c.hidden = (int(c.hidden[0]) if len(c.hidden) == 1
+                        else list(c.hidden))
         if c.device == "auto":
 
 
@@ -113,7 +126,13 @@ class Config:
         a run stops before anything is written."""
         for name, choices in CHOICES.items():
             _choice(name, getattr(self, name), choices)
-        for name in ("latent_dim", "hidden", "epochs", "batch_size",
+        sizes = self.hidden if isinstance(self.hidden, (list, tuple)) else [
+            self.hidden]
+        if not sizes:
+            raise ConfigError("hidden needs at least one layer size")
+        for size in sizes:
+            _positive("hidden", size)
+        for name in ("latent_dim", "epochs", "batch_size",
                      "n_samples", "groups", "classes", "e_steps"):
             _positive(name, getattr(self, name))
         for name in ("train_images", "patience"):
@@ -129,6 +148,9 @@ class Config:
             _positive(name, getattr(self, name), real=True)
         if self.lr is not None:
             _positive("lr", self.lr, real=True)
+        if self.anneal_rate is not None:
+            _positive("anneal_rate", self.anneal_rate, real=True,
+                      allow_zero=True)
         _positive("var_floor", self.var_floor, real=True, allow_zero=True)
         if (not isinstance(self.seed, int) or isinstance(self.seed, bool)
                 or self.seed < 0):
@@ -203,6 +225,13 @@ class Config:
                 "under a Gaussian or Laplace prior; it needs --latent "
                 "gaussian"
             )
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """The hidden layers' sizes, encoder order (decoder: reversed)."""
+        if isinstance(self.hidden, (list, tuple)):
+            return tuple(self.hidden)
+        return (self.hidden,)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind
@@ -40,6 +41,8 @@ def supports(model: torch.nn.Module) -> bool:
     decoded by the one-hidden-layer ReLU network."""
     return (getattr(model, "latent_dim", 0) == 2
             and hasattr(model, "decoder_hidden")
+            and len(getattr(model, "decoder_deep", ())) == 0
+            and getattr(model, "activation", None) is F.relu
             and hasattr(model, "family"))
 
 

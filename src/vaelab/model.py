@@ -166,6 +166,55 @@ def _init_linear(layer: nn.Linear, std: float) -> nn.Linear:
     return layer
 
 
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu, "tanh": torch.tanh,
+}
+
+
+class Networks(nn.Module):
+    """The encoder's and decoder's hidden layers, shared by every model.
+
+    ``config.hidden`` [H1, ..., HL] (encoder order): the encoder is
+    D -> H1 -> ... -> HL -> (its head), the decoder (its input) -> HL ->
+    ... -> H1 -> D. The first layer of each network keeps the spec's
+    names ``encoder_hidden`` and ``decoder_hidden`` (so one-layer
+    checkpoints are unchanged); further layers are ``encoder_deep`` and
+    ``decoder_deep``. Subclasses add ``encoder_out`` and the decoder's
+    input size ``decoder_in``.
+    """
+
+    def _build_networks(self, config: Config, head: int,
+                        decoder_in: int) -> None:
+        sizes, std = config.hidden_sizes, config.init_std
+        self.activation = ACTIVATIONS[config.activation]
+        self.encoder_hidden = _init_linear(nn.Linear(DATA_DIM, sizes[0]), std)
+        self.encoder_deep = nn.ModuleList(
+            _init_linear(nn.Linear(a, b), std)
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.encoder_out = _init_linear(nn.Linear(sizes[-1], head), std)
+        back = sizes[::-1]
+        self.decoder_hidden = _init_linear(nn.Linear(decoder_in, back[0]),
+                                           std)
+        self.decoder_deep = nn.ModuleList(
+            _init_linear(nn.Linear(a, b), std)
+            for a, b in zip(back[:-1], back[1:], strict=True))
+        self.decoder_out = _init_linear(nn.Linear(back[-1], DATA_DIM), std)
+
+    def encode_head(self, x: Tensor) -> Tensor:
+        """The encoder's output layer of images x (B, D): (B, head)."""
+        h = self.activation(self.encoder_hidden(x))
+        for layer in self.encoder_deep:
+            h = self.activation(layer(h))
+        return self.encoder_out(h)
+
+    def decode_logits(self, z: Tensor) -> Tensor:
+        """Pre-sigmoid decoder output, (..., decoder_in) -> (..., D)."""
+        h = self.activation(self.decoder_hidden(z))
+        for layer in self.decoder_deep:
+            h = self.activation(layer(h))
+        return self.decoder_out(h)
+
+
 def _make_likelihood(config: Config) -> nn.Module:
     if config.likelihood == "gaussian":
         return GaussianLikelihood(
@@ -174,8 +223,9 @@ def _make_likelihood(config: Config) -> nn.Module:
     return BernoulliLikelihood(DATA_DIM)
 
 
-class VAE(nn.Module):
-    """Encoder x -> H ReLU -> (mu, sigma^2); decoder z -> H ReLU -> D sigmoid.
+class VAE(Networks):
+    """Encoder x -> H ReLU -> (mu, sigma^2); decoder z -> H ReLU -> D sigmoid
+    (the spec; deeper with a list ``config.hidden``, see ``Networks``).
 
     Shapes: images x are (B, D) with D = 784 and pixels in [0, 1]; latents
     z are (..., P). All log-densities are in nats per image.
@@ -191,14 +241,11 @@ class VAE(nn.Module):
         super().__init__()
         config = config or Config()
         self.config = config
-        p, h, std = config.latent_dim, config.hidden, config.init_std
+        p = config.latent_dim
         self.latent_dim = p
-        self.encoder_hidden = _init_linear(nn.Linear(DATA_DIM, h), std)
-        # One layer for both heads: columns [:P] are mu, [P:] log sigma^2
-        # (gaussian) or log b (laplace).
-        self.encoder_out = _init_linear(nn.Linear(h, 2 * p), std)
-        self.decoder_hidden = _init_linear(nn.Linear(p, h), std)
-        self.decoder_out = _init_linear(nn.Linear(h, DATA_DIM), std)
+        # One output layer for both heads: columns [:P] are mu, [P:]
+        # log sigma^2 (gaussian) or log b (laplace).
+        self._build_networks(config, head=2 * p, decoder_in=p)
         self.likelihood = _make_likelihood(config)
         self.family: type[DiagGaussian] | type[Laplace]
         if config.prior == "laplace":
@@ -227,7 +274,7 @@ class VAE(nn.Module):
         The variance (or scale) is exp of the network output, hence
         positive.
         """
-        out = self.encoder_out(F.relu(self.encoder_hidden(x)))
+        out = self.encode_head(x)
         loc, log_spread = out.split(self.latent_dim, dim=-1)
         return loc, log_spread.exp()
 
@@ -236,10 +283,7 @@ class VAE(nn.Module):
         return self.family(*self.infer(x))
 
     # -- p(x | z, Theta) ---------------------------------------------------
-    def decode_logits(self, z: Tensor) -> Tensor:
-        """Pre-sigmoid decoder output, (..., P) -> (..., D)."""
-        return self.decoder_out(F.relu(self.decoder_hidden(z)))
-
+    # decode_logits (``Networks``): pre-sigmoid output, (..., P) -> (..., D)
     def generate(self, z: Tensor) -> Tensor:
         """Mean image f(z, w) = E[x | z] in (0, 1): (..., P) -> (..., D)."""
         return torch.sigmoid(self.decode_logits(z))
@@ -317,7 +361,7 @@ class MixtureVAE(VAE):
         return self.generate(z)
 
 
-class CategoricalVAE(nn.Module):
+class CategoricalVAE(Networks):
     """VAE with M independent K-way categorical latents (Problem 4b).
 
     Encoder x (B, D) -> H ReLU -> M*K logits, viewed (B, M, K); uniform
@@ -332,15 +376,11 @@ class CategoricalVAE(nn.Module):
         super().__init__()
         self.config = config
         m, k = config.groups, config.classes
-        h, std = config.hidden, config.init_std
         self.groups, self.classes = m, k
         self.latent_dim = m * k  # the decoder's input size
         self.estimator = config.estimator
         self.temperature = config.temperature
-        self.encoder_hidden = _init_linear(nn.Linear(DATA_DIM, h), std)
-        self.encoder_out = _init_linear(nn.Linear(h, m * k), std)
-        self.decoder_hidden = _init_linear(nn.Linear(m * k, h), std)
-        self.decoder_out = _init_linear(nn.Linear(h, DATA_DIM), std)
+        self._build_networks(config, head=m * k, decoder_in=m * k)
         self.likelihood = _make_likelihood(config)
         # The uniform prior's logits, a buffer as in ``VAE``.
         self.register_buffer("prior_logits", torch.zeros(m, k),
@@ -362,11 +402,20 @@ class CategoricalVAE(nn.Module):
         device and dtype."""
         return Categorical(self.prior_logits)
 
-    def start_epoch(self, epoch: int, n_epochs: int) -> None:
-        """Anneal the relaxation's temperature exponentially from
+    def start_epoch(self, epoch: int, n_epochs: int,
+                    steps_before: int = 0) -> None:
+        """Set the relaxation's temperature for ``epoch`` (called by the
+        training loop; ``steps_before``: training steps of the earlier
+        epochs). Without ``config.anneal_rate``: exponentially from
         ``config.temperature`` (epoch 1) to ``config.min_temperature``
-        (epoch ``n_epochs``); called by the training loop."""
+        (epoch ``n_epochs``); with a rate r: max(min_temperature,
+        temperature * exp(-r * steps_before)), as in Jang et al. (2017).
+        """
         t0, t1 = self.config.temperature, self.config.min_temperature
+        rate = self.config.anneal_rate
+        if rate is not None:
+            self.temperature = max(t1, t0 * math.exp(-rate * steps_before))
+            return
         frac = (epoch - 1) / max(n_epochs - 1, 1)
         self.temperature = t0 * (t1 / t0) ** min(max(frac, 0.0), 1.0)
 
@@ -374,7 +423,7 @@ class CategoricalVAE(nn.Module):
     def infer(self, x: Tensor) -> Tensor:
         """Posterior logits g(x; phi) of x (B, D): (B, M, K), unnormalized
         (``Categorical``'s constructor argument)."""
-        out = self.encoder_out(F.relu(self.encoder_hidden(x)))
+        out = self.encode_head(x)
         return out.unflatten(-1, (self.groups, self.classes))
 
     def posterior(self, x: Tensor) -> Categorical:
@@ -403,7 +452,7 @@ class CategoricalVAE(nn.Module):
     # -- p(x | z, Theta) ---------------------------------------------------
     def decode_logits(self, z: Tensor) -> Tensor:
         """Pre-sigmoid decoder output, codes (..., M, K) -> (..., D)."""
-        return self.decoder_out(F.relu(self.decoder_hidden(z.flatten(-2))))
+        return Networks.decode_logits(self, z.flatten(-2))
 
     def generate(self, z: Tensor) -> Tensor:
         """Mean image f(z, w): codes (..., M, K) -> (..., D) in (0, 1)."""

@@ -45,11 +45,17 @@ class Amortized(Method):
     """Amortized inference: the encoder q(z; g(x, phi)) is trained with the
     decoder by one gradient step on the ELBO per minibatch (the VAE)."""
 
+    def __init__(self, model: Any, config: Config, dataset: Dataset
+                 ) -> None:
+        super().__init__(model, config, dataset)
+        self.steps_per_epoch = -(-len(dataset.train) // config.batch_size)
+
     def start_epoch(self, epoch: int) -> None:
         # A relaxation's temperature (categorical latents) is annealed.
         anneal = getattr(self.model, "start_epoch", None)
         if anneal is not None:
-            anneal(epoch, self.config.epochs)
+            anneal(epoch, self.config.epochs,
+                   (epoch - 1) * self.steps_per_epoch)
 
     def train_step(
         self, x: Tensor, rows: Tensor, generator: torch.Generator
