@@ -18,7 +18,8 @@ def synthetic_dataset(
         pixels, labels = make_digits(n, s)
         if preprocess == "dequantize":
             x = pixels / 256.0
-        elif preprocess == "binarize":
+        elif preprocess == "binarize" or (
+                preprocess == "dynamic-binarize" and s != seed):
             x = (pixels > 127).float()
         else:
             x = pixels / 255.0

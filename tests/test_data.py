@@ -241,6 +241,31 @@ def test_binarize_probability(tmp_path):
     assert abs(x.mean().item() - 0.2) < 5 * sigma
 
 
+def test_dynamic_binarization_keeps_grey_training_images(tmp_path):
+    """Training images stay pixel / 255, validation and test are the
+    fixed binarization's images (the same draws), and each training batch
+    is binarized afresh with probability pixel / 255."""
+    arrays = make_dataset(tmp_path / "d")
+    dyn = load(tmp_path / "d", preprocess="dynamic-binarize")
+    fixed = load(tmp_path / "d", preprocess="binarize")
+    assert dyn.preprocess == "dynamic-binarize"
+    expect = torch.from_numpy(arrays["train_images"][:8]).reshape(8, -1)
+    torch.testing.assert_close(dyn.train.images, expect.float() / 255.0)
+    assert torch.equal(dyn.val.images, fixed.val.images)
+    assert torch.equal(dyn.test.images, fixed.test.images)
+    g = torch.Generator().manual_seed(0)
+    x = dyn.train.images
+    a, b = (data.training_batch(x, dyn.preprocess, g) for _ in range(2))
+    assert set(a.unique().tolist()) <= {0.0, 1.0} and not torch.equal(a, b)
+    draws = torch.stack([data.binarize(x, g) for _ in range(400)])
+    # Each pixel's frequency against its probability, binomial errors.
+    se = (x * (1 - x) / 400).sqrt().clamp(min=1e-12)
+    z = (draws.mean(0) - x) / se
+    assert float(z.abs().max()) < 6.0
+    assert abs(float(z.mean())) < 5.0 / math.sqrt(z.numel())
+    assert torch.equal(data.training_batch(x, "scale", g), x)
+
+
 # ------------------------------------------------- malformed datasets
 
 

@@ -29,8 +29,10 @@ FIELD_HELP = {
     "dataset": "mnist or fashion-mnist",
     "data_dir": "folder with the four IDX files (else $VAELAB_DATA, the "
     "cache, /usr/share/datasets)",
-    "preprocess": "auto, scale (pixel/255), dequantize ((pixel+u)/256) or "
-    "binarize; auto: dequantize for gaussian, binarize for bernoulli",
+    "preprocess": "auto, scale (pixel/255), dequantize ((pixel+u)/256), "
+    "binarize (one fixed draw) or dynamic-binarize (a fresh draw of every "
+    "training image each time it is used; validation and test as "
+    "binarize); auto: dequantize for gaussian, binarize for bernoulli",
     "val_size": "validation images carved from the end of the training set",
     "train_images": "train on the first N training images (default: all)",
     "latent_dim": "latent size P (the spec: 2)",

@@ -23,7 +23,8 @@ from vaelab.errors import ConfigError
 DatasetName = Literal["mnist", "fashion-mnist"]
 Likelihood = Literal["gaussian", "bernoulli"]
 Variance = Literal["pixel", "shared", "fixed"]
-Preprocess = Literal["auto", "scale", "dequantize", "binarize"]
+Preprocess = Literal["auto", "scale", "dequantize", "binarize",
+                     "dynamic-binarize"]
 Optimizer = Literal["adam", "adagrad"]
 Prior = Literal["gaussian", "laplace"]
 Latent = Literal["gaussian", "categorical", "mixture"]
@@ -168,14 +169,15 @@ class Config:
 
     def _validate_combinations(self) -> None:
         if self.likelihood == "bernoulli" and self.preprocess not in (
-            "binarize", "auto"
+            "binarize", "dynamic-binarize", "auto"
         ):
             raise ConfigError(
                 "the bernoulli likelihood needs binary pixels: use "
                 "--preprocess binarize (BCE on grey pixels is not a "
                 "likelihood)"
             )
-        if self.likelihood == "gaussian" and self.preprocess == "binarize":
+        if self.likelihood == "gaussian" and self.preprocess in (
+                "binarize", "dynamic-binarize"):
             raise ConfigError(
                 "a gaussian likelihood on binarized pixels is degenerate: "
                 "use --likelihood bernoulli"
@@ -218,6 +220,12 @@ class Config:
             raise ConfigError(
                 "--patience stops on the validation ELBO: it needs "
                 "--val-size > 0"
+            )
+        if (self.inference == "vem"
+                and self.preprocess == "dynamic-binarize"):
+            raise ConfigError(
+                "--inference vem keeps a q per training image; it needs "
+                "the fixed images of --preprocess binarize"
             )
         if self.inference == "vem" and self.latent != "gaussian":
             raise ConfigError(

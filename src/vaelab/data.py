@@ -24,7 +24,9 @@ from vaelab.config import Config
 from vaelab.errors import ConfigError, DataError
 
 DATASETS = ("mnist", "fashion-mnist")
-PREPROCESS = ("scale", "dequantize", "binarize")
+PREPROCESS = ("scale", "dequantize", "binarize", "dynamic-binarize")
+# The preprocessings whose test images are binary (the same draws).
+BINARY = ("binarize", "dynamic-binarize")
 IMAGE_SIDE = 28
 N_CLASSES = 10
 # What the labels 0-9 mean, per dataset, and what to call a label.
@@ -419,6 +421,31 @@ def dequantize(
     return torch.minimum(out, top, out=out)
 
 
+def binarize(
+    x: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Binary images (N, D), x's dtype: each pixel 1 with probability x
+    (grey pixels in [0, 1]), drawn afresh with ``generator`` (on its
+    device, then moved to x's): dynamic binarization."""
+    device = generator.device if generator is not None else x.device
+    u = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
+    return (u.to(x.device) < x).to(x.dtype)
+
+
+def training_batch(
+    x: torch.Tensor, preprocess: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A minibatch of training images (B, D) as a training step sees it:
+    with fresh dequantization noise ("dequantize"), binarized afresh
+    ("dynamic-binarize"), else as stored."""
+    if preprocess == "dequantize":
+        return dequantize(x, generator)
+    if preprocess == "dynamic-binarize":
+        return binarize(x, generator)
+    return x
+
+
 def _to_float(
     pixels: np.ndarray, preprocess: str, generator: torch.Generator
 ) -> torch.Tensor:
@@ -453,8 +480,11 @@ def load_dataset(
     """Find, verify and load ``name`` into train / val / test Splits.
 
     ``preprocess``: "scale" (pixel / 255), "dequantize" (pixel / 256; add
-    noise per batch with :func:`dequantize`) or "binarize" (one Bernoulli
-    draw per pixel with p = pixel / 255, seeded by ``binarize_seed``).
+    noise per batch with :func:`dequantize`), "binarize" (one Bernoulli
+    draw per pixel with p = pixel / 255, seeded by ``binarize_seed``) or
+    "dynamic-binarize" (training images kept as pixel / 255, binarized
+    afresh per batch with :func:`binarize`; validation and test images
+    are those of "binarize", drawn once).
     ``val_size`` images are taken from the end of the training set.
     ``verify=False`` skips the md5 check (for test files).
     """
@@ -497,17 +527,25 @@ def load_dataset(
     # binary images. The whole training set is drawn before the test set,
     # so an image's draw does not depend on val_size.
     g = torch.Generator().manual_seed(binarize_seed)
-    train_x = _to_float(arrays["train_images"], preprocess, g)
-    test_x = _to_float(arrays["test_images"], preprocess, g)
+    fixed = "binarize" if preprocess == "dynamic-binarize" else preprocess
+    train_x = _to_float(arrays["train_images"], fixed, g)
+    test_x = _to_float(arrays["test_images"], fixed, g)
 
     train_y = torch.from_numpy(arrays["train_labels"]).long()
     test_y = torch.from_numpy(arrays["test_labels"]).long()
     cut = n_train - val_size
+    if preprocess == "dynamic-binarize":
+        # The held-out images are the fixed binarization's, so numbers
+        # under both are measured on the same binary images.
+        grey = _to_float(arrays["train_images"][:cut], "scale", g)
+        train = Split(grey, train_y[:cut])
+    else:
+        train = Split(train_x[:cut], train_y[:cut])
     return Dataset(
         name=name,
         source=source,
         preprocess=preprocess,
-        train=Split(train_x[:cut], train_y[:cut]),
+        train=train,
         val=Split(train_x[cut:], train_y[cut:]),
         test=Split(test_x, test_y),
     )

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from vaelab import runfolder
 from vaelab.clusters import Clusters, evaluate_clusters
 from vaelab.config import Config
-from vaelab.data import Dataset, dequantize, load_data
+from vaelab.data import BINARY, Dataset, dequantize, load_data
 from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
 from vaelab.errors import VaelabError
 from vaelab.inference import FAMILIES, fit_posterior, posterior
@@ -490,7 +490,7 @@ def to_bpd(log_p: float | None, dim: int, preprocess: str) -> float | None:
         return None
     if preprocess == "dequantize":
         return (-log_p + dim * math.log(256.0)) / (dim * LN2)
-    if preprocess == "binarize":
+    if preprocess in BINARY:
         return -log_p / (dim * LN2)
     return None
 
@@ -635,7 +635,7 @@ def bits_per_dim(
 ) -> Bpd | None:
     """The estimates (nats per image) in bits per dimension, or None
     where the preprocessing gives them no such reading (``to_bpd``)."""
-    if preprocess not in ("dequantize", "binarize"):
+    if preprocess not in ("dequantize", *BINARY):
         return None
     return Bpd(
         elbo=to_bpd(elbo, dim, preprocess),

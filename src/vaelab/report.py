@@ -38,6 +38,8 @@ DATA_NAMES = {
     "dequantize": "dequantized {ds} (a density of continuous pixels)",
     "scale": "{ds} scaled to [0, 1] (a density)",
     "binarize": "binarized {ds} (a probability of binary pixels)",
+    # Same test images as "binarize"; only training draws afresh.
+    "dynamic-binarize": "binarized {ds} (a probability of binary pixels)",
 }
 
 

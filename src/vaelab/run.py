@@ -24,7 +24,7 @@ from typing import Any
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import Dataset, load_data
+from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run
 from vaelab.plots import make_figures, real_digits_figure
@@ -327,7 +327,8 @@ def run_zoo(
                        replot=replot, progress=progress, log=log,
                        clock=clock)
         first = configs[todo[0].name]
-        grey = [c for c in configs.values() if c.preprocess != "binarize"]
+        grey = [c for c in configs.values()
+                if c.preprocess not in BINARY]
         real = real_digits_figure(
             dataset_for(grey[0] if grey else first),
             out / runfolder.REAL_DIGITS,

@@ -33,7 +33,13 @@ from tqdm import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config
-from vaelab.data import Dataset, dequantize, first_training_images, load_data
+from vaelab.data import (
+    Dataset,
+    binarize,
+    first_training_images,
+    load_data,
+    training_batch,
+)
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.method import InferenceMethod, Method
 from vaelab.model import build_model, init_from_data
@@ -67,11 +73,16 @@ class Amortized(Method):
 
     def results(self, dataset: Dataset) -> dict[str, Any]:
         device = next(self.model.parameters()).device
-        return {
-            name: self.validate(getattr(dataset, name).images.to(device))
-            for name in ("train", "val", "test")
-            if len(getattr(dataset, name))
-        }
+        out = {}
+        for name in ("train", "val", "test"):
+            images = getattr(dataset, name).images.to(device)
+            if name == "train" and dataset.preprocess == "dynamic-binarize":
+                # One fixed draw: grey pixels have no Bernoulli likelihood.
+                g = torch.Generator(device=device).manual_seed(self.config.seed)
+                images = binarize(images, g)
+            if len(images):
+                out[name] = self.validate(images)
+        return out
 
 
 # The inference methods, by ``config.inference``.
@@ -246,7 +257,7 @@ def train(
 def _train_epoch(
     method: InferenceMethod, optimizer: torch.optim.Optimizer,
     x_train: Tensor, generator: torch.Generator, config: Config,
-    epoch: int, *, dequantized: bool, progress: bool,
+    epoch: int, *, preprocess: str, progress: bool,
 ) -> tuple[Tensor, float]:
     """One pass over ``x_train`` (N, D) in a fresh random order; returns
     the sums over images of (ELBO, log_lik, KL), (3,), and the seconds."""
@@ -267,9 +278,7 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         rows = perm[i:i + batch]
-        x = x_train[rows]
-        if dequantized:
-            x = dequantize(x, generator)
+        x = training_batch(x_train[rows], preprocess, generator)
         terms = method.train_step(x, rows, generator)
         loss = -terms.objective().mean()  # ascent on the ELBO
         optimizer.zero_grad(set_to_none=True)
@@ -318,7 +327,6 @@ def _fit(
 
     x_train = dataset.train.images.to(device)
     x_val = dataset.val.images.to(device)
-    dequantized = dataset.preprocess == "dequantize"
     n = x_train.shape[0]
     # The stopping rule reads metrics.jsonl alone, so a resumed run stops
     # where an uninterrupted one does (and a stopped one stays stopped).
@@ -334,7 +342,7 @@ def _fit(
         method.start_epoch(epoch)
         sums, seconds = _train_epoch(
             method, optimizer, x_train, generator, config, epoch,
-            dequantized=dequantized, progress=progress)
+            preprocess=dataset.preprocess, progress=progress)
         state = method.state()
         train_terms = check_epoch(
             sums / n, [*model.parameters(), *state.values()], epoch,
