@@ -1,8 +1,13 @@
 """Gradient estimators for discrete latents, compared on one model.
 
 The categorical VAE (M groups of K classes; default M = 1, K = 10) on
-MNIST, with K^M small enough that enumeration gives the exact ELBO, its
-exact gradient and the exact log p(x). Two parts:
+MNIST. Where K^M is small enough, enumeration gives the exact ELBO, its
+exact gradient and the exact log p(x); beyond that (the Gumbel-softmax
+paper's 20 x 10: ``--groups 20 --likelihood bernoulli --hidden 512,256``)
+the reference gradient is REINFORCE averaged over ``--reference-samples``
+draws per image (unbiased; its own variance, est. var / samples, is
+printed), the fixed point is reached with Gumbel-softmax steps, and the
+test metrics are the proper hard-sample ELBO. Two parts:
 
 1. Gradient noise at a fixed point. A model is trained for a few hundred
    steps with exact (enumerated) gradients; there, for each estimator, the
@@ -19,7 +24,9 @@ exact gradient and the exact log p(x). Two parts:
    ``vaelab.train.train`` (as ``vaelab train`` runs it); then on the test
    set: the ELBO as training reports it (hard samples), the exact ELBO and
    the exact log p(x) by enumeration, the number of classes in use and
-   their purity (how well the most probable class predicts the digit).
+   their purity (how well the most probable class predicts the digit);
+   for many groups, classes in use are averaged over the groups and
+   purity is the best group's. ``--epochs 0`` skips this part.
 
     VAELAB_DATA=/path/to/mnist python benchmarks/estimators.py
 
@@ -37,8 +44,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from vaelab.config import Config
-from vaelab.data import Split, dequantize, load_data
+from vaelab.config import ENUMERATE_LIMIT, Config
+from vaelab.data import Split, load_data, training_batch
 from vaelab.objectives import compute_elbo, exact_log_marginal
 from vaelab.train import make_optimizer, train
 
@@ -61,29 +68,39 @@ def grad_vector(
     return torch.cat([gr.flatten() for gr in grads])
 
 
+def enumerable(config: Config) -> bool:
+    """Whether K^M codes are few enough for the exact gradient."""
+    return config.classes ** config.groups <= ENUMERATE_LIMIT
+
+
 def minibatches(
-    images: torch.Tensor, batch: int, g: torch.Generator
+    images: torch.Tensor, batch: int, g: torch.Generator,
+    preprocess: str = "dequantize",
 ) -> Iterator[torch.Tensor]:
-    """Endless random minibatches, dequantized afresh."""
+    """Endless random minibatches, as training sees them (fresh
+    dequantization noise for the Gaussian likelihood)."""
     while True:
         idx = torch.randint(images.shape[0], (batch,), generator=g)
-        yield dequantize(images[idx], g)
+        yield training_batch(images[idx], preprocess, g)
 
 
 def fixed_point(
     config: Config, images: torch.Tensor, steps: int, seed: int
 ) -> torch.nn.Module:
-    """A model after ``steps`` Adam steps on the exact (enumerated) ELBO."""
-    from vaelab.model import build_model
+    """A model after ``steps`` Adam steps on the exact (enumerated) ELBO,
+    or on the Gumbel-softmax surrogate when there are too many codes."""
+    from vaelab.model import build_model, init_from_data
 
-    exact = config_for(config, "enumerate")
+    exact = config_for(config, "enumerate" if enumerable(config)
+                       else "gumbel")
     torch.manual_seed(seed)
     model = build_model(exact)
+    init_from_data(model, exact, images, config.preprocess == "dequantize")
     opt = make_optimizer(model.parameters(), exact)
     g = torch.Generator().manual_seed(seed)
-    batches = minibatches(images, config.batch_size, g)
+    batches = minibatches(images, config.batch_size, g, config.preprocess)
     for _ in range(steps):
-        loss = -compute_elbo(model, next(batches)).elbo.mean()
+        loss = -compute_elbo(model, next(batches), 1, g).objective().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -109,13 +126,14 @@ def as_estimator(
 
 
 def fit_baseline(
-    model: torch.nn.Module, images: torch.Tensor, steps: int, seed: int
+    model: torch.nn.Module, images: torch.Tensor, steps: int, seed: int,
+    preprocess: str = "dequantize",
 ) -> None:
     """Train only the REINFORCE baseline at the model's fixed point."""
     model.train()
     opt = torch.optim.Adam(model.baseline_net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
-    batches = minibatches(images, 100, g)
+    batches = minibatches(images, 100, g, preprocess)
     for _ in range(steps):
         terms = compute_elbo(model, next(batches), 1, g)
         # the surrogate's gradient wrt the baseline is its squared error's
@@ -128,19 +146,29 @@ def fit_baseline(
 
 def gradient_noise(
     base: torch.nn.Module, config: Config, images: torch.Tensor,
-    repeats: int, n_samples: int, seed: int,
+    repeats: int, n_samples: int, seed: int, reference_samples: int = 200,
 ) -> dict[str, dict[str, float]]:
-    """Variance, bias^2 and MSE of each estimator's encoder gradient."""
-    exact = as_estimator(base, config, "enumerate")
+    """Variance, bias^2 and MSE of each estimator's encoder gradient,
+    against the exact gradient (enumeration) or, with too many codes,
+    against REINFORCE averaged over ``reference_samples`` draws."""
+    pre = config.preprocess
+    if enumerable(config):
+        exact, ref_samples = as_estimator(base, config, "enumerate"), 1
+    else:
+        exact = as_estimator(base, config, "reinforce")
+        fit_baseline(exact, images, 300, seed, pre)
+        exact.eval()
+        ref_samples = reference_samples
+    names = [e for e in ESTIMATORS if e != "enumerate" or enumerable(config)]
     out: dict[str, dict[str, float]] = {}
-    for name in (*ESTIMATORS, "reinforce-nobaseline"):
+    for name in (*names, "reinforce-nobaseline"):
         est = name.removesuffix("-nobaseline")
         model = as_estimator(base, config, est)
         if name == "reinforce":
-            fit_baseline(model, images, 300, seed)
+            fit_baseline(model, images, 300, seed, pre)
         model.eval()  # no running-mean updates while measuring
         g = torch.Generator().manual_seed(seed + 1)
-        batches = minibatches(images, config.batch_size, g)
+        batches = minibatches(images, config.batch_size, g, pre)
         grad_vector(model, next(batches), g, n_samples)  # warm-up
         draws, errors = [], []
         seconds = 0.0
@@ -150,7 +178,7 @@ def gradient_noise(
             grad = grad_vector(model, x, g, n_samples)
             seconds += time.perf_counter() - t0
             draws.append(grad)
-            errors.append(grad - grad_vector(exact, x, g, 1))
+            errors.append(grad - grad_vector(exact, x, g, ref_samples))
         seconds /= repeats
         d, e = torch.stack(draws).double(), torch.stack(errors).double()
         bias = e.mean(0)
@@ -168,31 +196,37 @@ def gradient_noise(
 @torch.no_grad()
 def test_metrics(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-    seed: int,
+    seed: int, preprocess: str = "dequantize",
 ) -> dict[str, float]:
-    """Exact ELBO and log p(x) by enumeration, classes used, purity."""
+    """Exact ELBO and log p(x) by enumeration (NaN with too many codes),
+    classes used (mean over groups), purity (the best group's)."""
+    from vaelab.clusters import cluster_stats
     from vaelab.objectives import enumerated_log_lik
 
     g = torch.Generator().manual_seed(seed)
     sums = np.zeros(2)
     codes = []
+    exact = enumerable(model.config)
     for i in range(0, images.shape[0], 500):
-        x = dequantize(images[i:i + 500], g)
+        x = images[i:i + 500]
+        if preprocess == "dequantize":
+            x = training_batch(x, preprocess, g)
         q = model.posterior(x)
-        kl = compute_elbo(model, x, 1, g).kl
-        sums[0] += (enumerated_log_lik(model, x, q) - kl).sum().item()
-        sums[1] += exact_log_marginal(model, x).sum().item()
-        codes.append(q.logits.argmax(-1)[:, 0])
+        if exact:
+            kl = compute_elbo(model, x, 1, g).kl
+            sums[0] += (enumerated_log_lik(model, x, q) - kl).sum().item()
+            sums[1] += exact_log_marginal(model, x).sum().item()
+        codes.append(q.logits.argmax(-1))  # (B, M)
     c = torch.cat(codes).numpy()
     y = labels.numpy()
-    counts = np.zeros((10, model.classes))
-    np.add.at(counts, (y, c), 1)
     n = images.shape[0]
+    stats = [cluster_stats(c[:, m], y, model.classes)
+             for m in range(c.shape[1])]
     return {
-        "exact_elbo": sums[0] / n,
-        "log_px": sums[1] / n,
-        "used": int((counts.sum(0) > 0).sum()),
-        "purity": float(counts.max(0).sum() / n),
+        "exact_elbo": sums[0] / n if exact else float("nan"),
+        "log_px": sums[1] / n if exact else float("nan"),
+        "used": float(np.mean([s.classes_used for s in stats])),
+        "purity": max(s.purity for s in stats),
     }
 
 
@@ -200,6 +234,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--groups", type=int, default=1)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--likelihood", default="gaussian",
+                    choices=("gaussian", "bernoulli"))
+    ap.add_argument("--hidden", default="512",
+                    help="layer sizes, e.g. 512,256")
+    ap.add_argument("--reference-samples", type=int, default=200,
+                    help="REINFORCE draws per image of the reference "
+                    "gradient when K^M is too large to enumerate")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--warmup-steps", default="5,50",
                     help="exact-gradient steps before each fixed point "
@@ -211,11 +253,15 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=None,
                     help="use only the first N training images")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [int(v) for v in args.hidden.split(",")]
 
     config = Config(
         latent="categorical", groups=args.groups, classes=args.classes,
-        epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-        n_samples=args.n_samples,
+        epochs=max(args.epochs, 1), seed=args.seed, data_dir=args.data_dir,
+        n_samples=args.n_samples, likelihood=args.likelihood,
+        hidden=sizes[0] if len(sizes) == 1 else sizes,
     ).resolved()
     data = load_data(config)
     if args.train_images is not None:
@@ -223,7 +269,8 @@ def main() -> None:
         data = dataclasses.replace(data, train=Split(
             data.train.images[:n], data.train.labels[:n]))
     train_x = data.train.images
-    print(f"categorical VAE, M={args.groups}, K={args.classes}, "
+    print(f"categorical VAE, M={args.groups}, K={args.classes}, hidden "
+          f"{args.hidden}, "
           f"{config.likelihood} likelihood, batch {config.batch_size}, "
           f"S={args.n_samples}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
@@ -231,30 +278,46 @@ def main() -> None:
     for i, steps in enumerate(int(v) for v in args.warmup_steps.split(",")):
         base = fixed_point(config, train_x, steps, args.seed)
         with torch.no_grad():
-            x = dequantize(data.val.images[:1000],
-                           torch.Generator().manual_seed(0))
+            x = data.val.images[:1000]
+            if config.preprocess == "dequantize":
+                x = training_batch(x, config.preprocess,
+                                   torch.Generator().manual_seed(0))
             maxp = base.posterior(x).probs.amax(-1).mean().item()
+        kind = ("exact" if enumerable(config) else "gumbel-softmax")
+        ref_name = ("the exact minibatch gradient" if enumerable(config)
+                    else f"REINFORCE averaged over {args.reference_samples}"
+                    " draws per image")
         print(f"\n1{'abcdefgh'[i]}. encoder-gradient noise after {steps} "
-              f"exact steps (mean max_k q(k|x) = {maxp:.2f}); "
+              f"{kind} steps (mean max_k q(k|x) = {maxp:.2f}); "
               f"{args.repeats} minibatches; sums over the encoder's "
-              "parameters")
+              f"parameters; reference: {ref_name}")
         noise = gradient_noise(base, config, train_x, args.repeats,
-                               args.n_samples, args.seed)
-        ref = noise["enumerate"]["exact_norm2"]
-        print(f"   mean ||exact minibatch gradient||^2 = {ref:.4g}")
+                               args.n_samples, args.seed,
+                               args.reference_samples)
+        first = next(iter(noise.values()))
+        ref = first["exact_norm2"]
+        print(f"   mean ||reference minibatch gradient||^2 = {ref:.4g}")
+        if not enumerable(config):
+            noise_ref = noise["reinforce"]["est_var"] / args.reference_samples
+            print(f"   the reference's own variance, about {noise_ref:.4g}"
+                  ", is inside every est. var below")
         print(f"   {'estimator':22s} {'total var':>11s} "
-              f"{'MSE vs exact':>13s} {'bias^2':>10s} {'est. var':>10s} "
+              f"{'MSE vs ref':>13s} {'bias^2':>10s} {'est. var':>10s} "
               f"{'ms/grad':>8s}")
         for name, r in noise.items():
             print(f"   {name:22s} {r['total_var']:11.4g} {r['mse']:13.4g} "
                   f"{r['bias2']:10.4g} {r['est_var']:10.4g} "
                   f"{1000 * r['seconds']:8.1f}", flush=True)
 
+    if args.epochs == 0:
+        return
     print(f"\n2. training {args.epochs} epochs per estimator; test set "
           f"({len(data.test):,} images), nats per image")
     print(f"   {'estimator':18s} {'ELBO (hard)':>11s} {'exact ELBO':>11s}"
           f" {'log p(x)':>9s} {'used':>5s} {'purity':>7s} {'s/epoch':>8s}")
     for est in ESTIMATORS:
+        if est == "enumerate" and not enumerable(config):
+            continue
         cfg = config_for(config, est)
         with tempfile.TemporaryDirectory() as tmp:
             res = train(cfg, tmp, dataset=data, progress=False)
@@ -262,10 +325,10 @@ def main() -> None:
 
             model, _ = load_model(tmp)
         m = test_metrics(model, data.test.images, data.test.labels,
-                         args.seed)
+                         args.seed, config.preprocess)
         per_epoch = res["train_seconds"] / max(res["epochs"], 1)
         print(f"   {est:18s} {res['test']['elbo']:11.2f} "
-              f"{m['exact_elbo']:11.2f} {m['log_px']:9.2f} {m['used']:5d} "
+              f"{m['exact_elbo']:11.2f} {m['log_px']:9.2f} {m['used']:5.1f} "
               f"{m['purity']:7.1%} {per_epoch:8.1f}", flush=True)
     print("\nbias^2 + est. var = MSE; bias^2 is ||mean error||^2, which "
           "also holds est. var / repeats;\ntotal var also holds the "
