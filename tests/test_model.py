@@ -13,6 +13,7 @@ from helpers import synthetic_dataset
 
 from vaelab import runfolder
 from vaelab.config import Config
+from vaelab.data import dequantize
 from vaelab.distributions import (
     Categorical,
     DiagGaussian,
@@ -32,9 +33,14 @@ from vaelab.model import (
     build_model,
     init_from_data,
 )
-from vaelab.objectives import EVAL_SEED, average_elbo
+from vaelab.objectives import (
+    EVAL_SEED,
+    average_elbo,
+    code_log_lik,
+    compute_elbo,
+)
 from vaelab.runfolder import read_metrics
-from vaelab.train import train
+from vaelab.train import make_optimizer, train
 
 Z = 5.0
 B, S = 4, 3
@@ -387,3 +393,60 @@ def test_bernoulli_output_bias_is_the_logit_of_the_mean_pixel() -> None:
                                                   1 - MEAN_CLAMP)
     got = torch.sigmoid(model.decoder_out.bias.double())
     assert torch.allclose(got, mean, rtol=1e-5)
+
+
+# The categorical latent's collapse (docs/benchmarks.md, "Why one
+# categorical latent collapses"): the zoo's old start, Sigma = 0.1 and
+# Adam 1e-3 constant, with the output bias at 0 or at the data mean.
+COLLAPSE_START = {"latent": "categorical", "estimator": "enumerate",
+                  "var_init": "constant", "lr": 1e-3}
+
+
+def _categorical_from(
+    bias_init: str, images: torch.Tensor
+) -> tuple[Config, torch.nn.Module]:
+    config = Config(**COLLAPSE_START, bias_init=bias_init).resolved()
+    torch.manual_seed(0)
+    model = build_model(config)
+    init_from_data(model, config, images, dequantized=True)
+    return config, model
+
+
+@pytest.mark.parametrize("bias_init", ["constant", "data"])
+def test_output_bias_decides_if_codes_share_a_preference(
+    bias_init: str,
+) -> None:
+    # log p(x|c) (C, B) split into the part every image shares (sd over
+    # codes of the batch mean) and the image's own part (the rest).
+    x = synthetic_dataset(200, 10, 10).train.images
+    _, model = _categorical_from(bias_init, x)
+    with torch.no_grad():
+        _, table = code_log_lik(model, x)
+    by_code = table.double().mean(1, keepdim=True)
+    own = table - by_code - table.mean(0, keepdim=True) + table.mean()
+    ratio = by_code.std() / own.square().mean().sqrt()
+    # bias 0: every code decodes grey and the darkest fits every image
+    # best; bias at the data mean: each image prefers its own code.
+    assert (ratio > 1.0) if bias_init == "constant" else (ratio < 0.3)
+
+
+@pytest.mark.parametrize("bias_init", ["constant", "data"])
+def test_exact_gradients_collapse_from_the_zero_output_bias(
+    bias_init: str,
+) -> None:
+    ds = synthetic_dataset(600, 200, 10)
+    config, model = _categorical_from(bias_init, ds.train.images)
+    opt = make_optimizer(model.parameters(), config)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        rows = torch.randint(600, (100,), generator=g)
+        x = dequantize(ds.train.images[rows], g)
+        loss = -compute_elbo(model, x).elbo.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        agg = model.posterior(ds.val.images).probs[:, 0].mean(0)
+    entropy = -(agg * agg.clamp_min(1e-30).log()).sum().item()
+    # log 10 = 2.30 is every class used evenly; 0 is one class
+    assert entropy < 0.5 if bias_init == "constant" else entropy > 1.5

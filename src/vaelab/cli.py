@@ -47,7 +47,8 @@ FIELD_HELP = {
     "var_init": "initial Sigma: data (per-pixel variance of the training "
     "images, at least the floor + a margin) or constant (init_var)",
     "bias_init": "decoder output bias: data (logit of the mean training "
-    "pixel) or constant (zero, the spec)",
+    "pixel) or constant (zero, the spec; a categorical latent then "
+    "collapses to one class)",
     "var_floor": "lower bound on Sigma (default: dequantization variance)",
     "prior": "gaussian N(0, I) or laplace Lap(0, tau)",
     "tau": "scale of the laplace prior",
