@@ -40,14 +40,27 @@ def test_code_grid_decodes_every_class_in_order() -> None:
     third = plots.decode_codes(model, np.array([[2]]))[0].reshape(28, 28)
     np.testing.assert_allclose(grid[:28, 56:84], np.clip(third, 0, 1),
                                rtol=1e-6)
-    model2 = small(3, 4)
-    grid2 = plots.code_grid(model2, reference=[0, 0, 2])
+    model2 = small(2, 4)
+    grid2 = plots.code_grid(model2)
     assert grid2.shape == (4 * 28, 4 * 28)
-    # row i, column j is the code (i, j, reference[2])
-    tile = plots.decode_codes(model2, np.array([[1, 3, 2]]))[0]
+    # row i, column j is the code (i, j)
+    tile = plots.decode_codes(model2, np.array([[1, 3]]))[0]
     np.testing.assert_allclose(grid2[28:56, 84:112],
                                np.clip(tile.reshape(28, 28), 0, 1),
                                rtol=1e-6)
+    # M > 2: row g, column c is the reference with group g set to c
+    model3 = small(3, 4)
+    grid3 = plots.code_grid(model3, reference=[0, 1, 2])
+    assert grid3.shape == (3 * 28, 4 * 28)
+    tile = plots.decode_codes(model3, np.array([[0, 3, 2]]))[0]
+    np.testing.assert_allclose(grid3[28:56, 84:112],
+                               np.clip(tile.reshape(28, 28), 0, 1),
+                               rtol=1e-6)
+    ref = plots.decode_codes(model3, np.array([[0, 1, 2]]))[0]
+    for g, c in enumerate([0, 1, 2]):  # each row holds the reference once
+        np.testing.assert_allclose(
+            grid3[28 * g:28 * g + 28, 28 * c:28 * c + 28],
+            np.clip(ref.reshape(28, 28), 0, 1), rtol=1e-6)
 
 
 def test_encode_codes_is_the_argmax_of_q() -> None:

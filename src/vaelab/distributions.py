@@ -334,7 +334,7 @@ class GaussianMixture(Distribution):
         mixture's quantile has no closed form) to ~1e-12 latent units."""
         q = q.double()
         c = self.components
-        wide = float((c.loc.abs() + 40.0 * c.stddev).max())
+        wide = float((c.loc.abs() + 40.0 * c.stddev).detach().max())
         shape = torch.broadcast_shapes(q.shape, self.event_shape)
         lo = torch.full(shape, -wide, dtype=torch.float64,
                         device=c.loc.device)

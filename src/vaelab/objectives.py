@@ -209,8 +209,9 @@ def code_log_lik(
         raise ValueError("enumeration needs a categorical latent")
     if prior.n_codes > ENUMERATE_LIMIT:
         raise ValueError(
-            f"{prior.classes}^{prior.groups} = {prior.n_codes} codes is "
-            f"too many to enumerate (limit {ENUMERATE_LIMIT})"
+            f"{prior.classes}^{prior.groups} codes are too many to "
+            f"enumerate (limit {ENUMERATE_LIMIT}); IWAE is the best "
+            "estimate"
         )
     codes = prior.enumerate_support()  # the model's device and dtype
     return codes, model.log_likelihood(x, codes.unsqueeze(1))

@@ -653,9 +653,11 @@ def code_grid(
 ) -> np.ndarray:
     """Every class decoded, as one mosaic.
 
-    M = 1: the K classes in rows of 10. M > 1: a K x K grid, group 0's
-    class down the rows and group 1's across the columns; the other groups
-    stay at ``reference`` (class indices (M,), default all 0).
+    M = 1: the K classes in rows of 10. M = 2: a K x K grid, group 0's
+    class down the rows and group 1's across the columns. M > 2: one row
+    per group g, one column per class c: the code ``reference`` (class
+    indices (M,), default all 0; best an image's code) with group g set
+    to class c, so a row shows what that group alone changes.
     """
     m, k = model.groups, model.classes
     if m == 1:
@@ -664,6 +666,11 @@ def code_grid(
         return tile_grid(images, -(-k // cols), cols)
     ref = np.zeros(m, np.int64) if reference is None else np.asarray(
         reference, np.int64)
+    if m > 2:
+        codes = np.tile(ref, (m * k, 1))
+        rows = np.arange(m * k)
+        codes[rows, rows // k] = rows % k
+        return tile_grid(decode_codes(model, codes), m, k)
     codes = np.tile(ref, (k * k, 1))
     codes[:, 0] = np.repeat(np.arange(k), k)
     codes[:, 1] = np.tile(np.arange(k), k)
@@ -745,13 +752,13 @@ def categorical_figures(ctx: FigureContext) -> list[Path]:
         ctx.path("reconstructions"), f"{title}\nreconstructions",
         subtitles=["test digits x", "f(most probable code, w)"],
     ))
-    # Groups beyond the first two stay at their most frequent test class.
-    reference = [int(np.bincount(codes[:, g], minlength=k).argmax())
-                 for g in range(m)]
+    # Many groups: the code of the first reconstructed test image, one
+    # group changed at a time.
+    reference = codes[ctx.pick[0]]
     what = (f"the {k} classes" if m == 1 else
-            "group 1's class (rows) x group 2's (columns)"
-            + (", other groups at their most frequent class" if m > 2
-               else ""))
+            "group 1's class (rows) x group 2's (columns)" if m == 2 else
+            "the first reconstructed test digit's code with group g (row) "
+            "set to class c (column)")
     out.append(plot_tiles(
         [code_grid(model, reference)], ctx.path("codes"),
         f"{title}\nf(z, w) of {what}", scale=2 if m > 1 else 3,
