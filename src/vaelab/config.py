@@ -11,6 +11,7 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -343,3 +344,26 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
     return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with vaelab (src/vaelab/presets/NAME.toml)."""
+    folder = resources.files("vaelab").joinpath("presets")
+    return sorted(p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def find_config(name: str | Path) -> Path:
+    """The TOML file ``--config`` names: an existing file, else (for a
+    bare name without ".toml") the packaged preset of that name; a
+    ConfigError lists the presets for an unknown name."""
+    p = Path(name)
+    if p.is_file() or p.suffix == ".toml" or len(p.parts) != 1:
+        return p  # a file path: load_toml reports a missing one
+    if p.name not in preset_names():
+        raise ConfigError(
+            f"unknown preset {str(name)!r}; presets: "
+            f"{', '.join(preset_names())} (or give a FILE.toml)"
+        )
+    preset = resources.files("vaelab").joinpath("presets", f"{p.name}.toml")
+    return Path(str(preset))
