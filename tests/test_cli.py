@@ -45,6 +45,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["--device", "cuda:x"], "device"),
         (["--hidden", "512,two"], "integers separated by commas"),
         (["--hidden", "512,0"], "hidden"),
+        (["--objective", "iwae", "--latent", "categorical"], "continuous"),
+        (["--iwae-k", "5"], "--objective iwae"),
+        (["--init", "he"], "init"),
     ],
 )
 def test_bad_options_one_line_exit_2_nothing_written(
@@ -77,6 +80,30 @@ def test_hidden_takes_a_list_of_layer_sizes() -> None:
     assert config_from_args(deep).hidden_sizes == (512, 256)
     one = parser.parse_args(["train", "--out", "x", "--hidden", "64"])
     assert config_from_args(one).hidden == 64
+
+
+def test_a_preset_name_is_a_config_and_flags_win_over_it() -> None:
+    from vaelab.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", "x", "--config",
+                              "iwae-k50-dynamic", "--epochs", "3"])
+    c = config_from_args(args)
+    assert (c.objective, c.iwae_k, c.latent_dim) == ("iwae", 50, 50)
+    assert c.epochs == 3  # the preset's 3280, overridden
+    assert config_from_args(parser.parse_args(
+        ["train", "--out", "x", "--config", "iwae-k50-dynamic"])
+    ).epochs == 3280
+
+
+def test_unknown_preset_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, err = _run(["train", "--out", str(tmp_path / "r"), "--config",
+                      "iwae-vae"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown preset 'iwae-vae'" in err and "iwae-vae-dynamic" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_evaluate_gap_n_zero_skips_the_gaps(

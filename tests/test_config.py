@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from vaelab.config import DEQUANTIZATION_VARIANCE, Config, load_toml
+from vaelab.config import (
+    DEQUANTIZATION_VARIANCE,
+    Config,
+    find_config,
+    load_toml,
+    preset_names,
+)
 from vaelab.errors import ConfigError
+from vaelab.model import build_model
 
 
 def test_defaults_are_the_spec_model() -> None:
@@ -18,6 +27,7 @@ def test_defaults_are_the_spec_model() -> None:
     assert c.lr == 3e-3 and c.lr_schedule == "exponential"
     assert c.var_floor == pytest.approx(1 / (12 * 256**2))
     assert c.var_floor == DEQUANTIZATION_VARIANCE
+    assert (c.objective, c.iwae_k, c.init) == ("elbo", 1, "normal")
 
 
 def test_resolved_fills_per_likelihood_and_optimizer_defaults() -> None:
@@ -45,6 +55,13 @@ def test_resolved_fills_per_likelihood_and_optimizer_defaults() -> None:
         ({"activation": "sigmoid"}, "activation must be one of"),
         ({"anneal_rate": -1e-5}, "anneal_rate must be a number >= 0"),
         ({"latent": "mixture", "inference": "vem"}, "--latent gaussian"),
+        ({"iwae_k": 5}, "--iwae-k applies to --objective iwae"),
+        ({"objective": "iwae", "iwae_k": 0}, "iwae_k must be an integer"),
+        ({"objective": "iwae", "latent": "categorical"}, "continuous"),
+        ({"objective": "iwae", "inference": "vem"}, "amortized"),
+        ({"objective": "iwae", "n_samples": 4}, "--n-samples"),
+        ({"objective": "likelihood"}, "objective must be one of"),
+        ({"init": "he"}, "init must be one of"),
     ],
 )
 def test_bad_values_raise_one_line_errors(values: dict, words: str) -> None:
@@ -72,3 +89,45 @@ def test_toml_errors(tmp_path) -> None:
     bad.write_text("lr = = 3\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_toml(bad)
+
+
+def test_iwae_objective_takes_continuous_latents() -> None:
+    for latent in ("gaussian", "mixture"):
+        c = Config(objective="iwae", iwae_k=5, latent=latent).resolved()
+        assert (c.objective, c.iwae_k) == ("iwae", 5)
+    Config(objective="iwae", iwae_k=5, prior="laplace").resolved()
+
+
+def test_every_preset_loads_validates_and_builds() -> None:
+    names = preset_names()
+    assert {"iwae-vae-dynamic", "iwae-k5-dynamic", "iwae-k50-dynamic",
+            "iwae-vae-fixed", "iwae-k50-fixed",
+            "pythae-vae-fixed"} <= set(names)
+    for name in names:
+        path = find_config(name)
+        # Each starts by naming its source and published test NLL.
+        head = path.read_text().splitlines()[0]
+        assert head.startswith(f"# {name}: ")
+        assert "test NLL" in path.read_text()
+        c = Config.from_dict(load_toml(path), source=name).resolved()
+        assert c.likelihood == "bernoulli" and c.init == "glorot"
+        model = build_model(c)
+        assert model.latent_dim == c.latent_dim
+    k50 = Config.from_dict(load_toml(find_config("iwae-k50-dynamic")))
+    assert (k50.objective, k50.iwae_k, k50.hidden) == ("iwae", 50,
+                                                      [200, 200])
+    assert k50.preprocess == "dynamic-binarize" and k50.batch_size == 20
+    fixed = Config.from_dict(load_toml(find_config("iwae-k50-fixed")))
+    assert fixed.preprocess == "binarize"
+
+
+def test_config_names_files_before_presets(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "iwae-vae-dynamic").write_text("latent_dim = 3\n")
+    # An existing file wins; a .toml or a path is never a preset name.
+    assert find_config("iwae-vae-dynamic") == Path("iwae-vae-dynamic")
+    assert find_config("nothing.toml").name == "nothing.toml"
+    with pytest.raises(ConfigError) as e:
+        find_config("iwae-vae")
+    assert "unknown preset" in str(e.value) and "\n" not in str(e.value)
+    assert "iwae-k50-fixed" in str(e.value)

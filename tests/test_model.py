@@ -105,6 +105,32 @@ def test_initial_weights_are_n_0_001_and_biases_zero(name: str) -> None:
     assert abs(wide.std().item() - 0.3) < Z * 0.3 / math.sqrt(2 * wide.numel())
 
 
+@pytest.mark.parametrize("name", ["gaussian", "categorical", "mixture"])
+def test_glorot_init_has_variance_2_over_fan_in_plus_fan_out(name: str
+                                                            ) -> None:
+    """--init glorot: every Linear layer's weights are uniform on (-a, a),
+    a = sqrt(6 / (fan_in + fan_out)): mean square 2 / (fan_in + fan_out)
+    within Z standard errors of a mean of n squares; biases zero. The
+    default stays the spec's normal init."""
+    assert Config().init == "normal"
+    model = make(name, init="glorot", hidden=[48, 24])
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 6
+    for layer in layers:
+        w = layer.weight.detach().double().flatten()
+        fan_out, fan_in = layer.weight.shape
+        target = 2.0 / (fan_in + fan_out)
+        sq = w.square()
+        se = sq.std().item() / math.sqrt(w.numel())
+        assert abs(sq.mean().item() - target) < Z * se, layer
+        assert w.abs().max().item() <= math.sqrt(3 * target)
+        assert torch.all(layer.bias == 0)
+    # Not the normal init's variance, init_std^2 = 0.01 (nor uniform's
+    # bound, which N(0, 0.01) weights exceed).
+    normal = make(name, hidden=[48, 24]).encoder_hidden.weight
+    assert normal.abs().max().item() > math.sqrt(3 * 2 / (784 + 48))
+
+
 def test_posterior_spread_is_positive_even_for_extreme_inputs() -> None:
     for name in ("gaussian", "laplace"):
         model = make(name)

@@ -17,7 +17,13 @@ from typing import Any, NoReturn
 import torch
 
 from vaelab import __version__, runfolder
-from vaelab.config import CHOICES, Config, load_toml
+from vaelab.config import (
+    CHOICES,
+    Config,
+    find_config,
+    load_toml,
+    preset_names,
+)
 from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run, format_table
@@ -39,7 +45,10 @@ FIELD_HELP = {
     "hidden": "units of the hidden layer (the spec: 512), or of each "
     "layer, encoder order: 512,256 (the decoder mirrors it)",
     "activation": "of the hidden layers: relu (the spec) or tanh",
-    "init_std": "std of the initial weights (the spec: N(0, 0.01) = 0.1)",
+    "init_std": "std of the initial weights under --init normal (the "
+    "spec: N(0, 0.01) = 0.1)",
+    "init": "initial weights: normal (N(0, init_std^2), the spec) or "
+    "glorot (uniform, variance 2 / (fan_in + fan_out)); biases zero",
     "likelihood": "gaussian (the spec) or bernoulli (binarized pixels)",
     "variance": "Sigma of the gaussian likelihood: pixel, shared or fixed",
     "init_var": "initial (or fixed) value of Sigma under --var-init "
@@ -65,6 +74,10 @@ FIELD_HELP = {
     "exp(-rate * step)) per epoch (Jang et al.: 3e-5); default: from "
     "initial to min over the epochs",
     "inference": "amortized (VAE encoder) or vem (per-image parameters)",
+    "objective": "what training ascends: elbo, or iwae (the importance-"
+    "weighted bound of Burda et al. with --iwae-k draws per image; the "
+    "ELBO is still what is reported)",
+    "iwae_k": "--objective iwae: importance samples K per image",
     "e_steps": "vem: E-step iterations per minibatch",
     "e_lr": "vem: E-step learning rate",
     "optimizer": "adam or adagrad",
@@ -133,8 +146,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             help=f"{FIELD_HELP.get(f.name, '')} "
             f"(default: {getattr(defaults, f.name)})",
         )
-    parser.add_argument("--config", type=Path, metavar="FILE.toml",
-                        help="read options from a TOML file; flags win")
+    parser.add_argument("--config", metavar="FILE.toml|PRESET",
+                        help="read options from a TOML file or a preset "
+                        f"({', '.join(preset_names())}); flags win")
 
 
 def config_from_args(
@@ -142,13 +156,15 @@ def config_from_args(
 ) -> Config:
     """Config from ``base``, then the TOML file, then explicit flags."""
     values: dict[str, Any] = dict(base or {})
+    source = "options"
     if getattr(args, "config", None):
-        values.update(load_toml(args.config))
+        path = find_config(args.config)
+        values.update(load_toml(path))
+        source = str(path)
     for f in dataclasses.fields(Config):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    source = str(args.config) if getattr(args, "config", None) else "options"
     return Config.from_dict(values, source=source)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -33,6 +34,8 @@ Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
 Inference = Literal["amortized", "vem"]
 LrSchedule = Literal["exponential", "constant", "cosine", "linear"]
 DataInit = Literal["constant", "data"]
+WeightInit = Literal["normal", "glorot"]
+Objective = Literal["elbo", "iwae"]
 # Peak rates (--lr-schedule decays them). Adam: 3e-3 with a cosine decay
 # beat 1e-3 on the spec's model, 10 epochs: validation ELBO 1180 vs 1157
 # (1166 for a constant 1e-3); docs/benchmarks.md, "Time to quality".
@@ -63,6 +66,9 @@ class Config:
     hidden: int | list[int] = 512
     activation: Activation = "relu"
     init_std: float = 0.1
+    # normal: N(0, init_std^2), the spec's; glorot: U(+-sqrt(6 / (fan_in
+    # + fan_out))), as in the IWAE paper's code. Biases start at zero.
+    init: WeightInit = "normal"
     likelihood: Likelihood = "gaussian"
     variance: Variance = "pixel"
     init_var: float = 0.1
@@ -83,6 +89,10 @@ class Config:
     anneal_rate: float | None = None
     # training
     inference: Inference = "amortized"
+    # What training ascends: the ELBO, or the importance-weighted bound
+    # IWAE_k of Burda et al. (2016) with iwae_k draws per image.
+    objective: Objective = "elbo"
+    iwae_k: int = 1
     e_steps: int = 5
     e_lr: float = 1e-2
     optimizer: Optimizer = "adam"
@@ -134,7 +144,8 @@ class Config:
         for size in sizes:
             _positive("hidden", size)
         for name in ("latent_dim", "epochs", "batch_size",
-                     "n_samples", "groups", "classes", "e_steps"):
+                     "n_samples", "groups", "classes", "e_steps",
+                     "iwae_k"):
             _positive(name, getattr(self, name))
         for name in ("train_images", "patience"):
             if getattr(self, name) is not None:
@@ -216,6 +227,7 @@ class Config:
                 "--latent mixture needs --classes >= 2 (one class is the "
                 "Gaussian VAE)"
             )
+        self._validate_objective()
         if self.patience is not None and self.val_size == 0:
             raise ConfigError(
                 "--patience stops on the validation ELBO: it needs "
@@ -232,6 +244,30 @@ class Config:
                 "--inference vem fits a Gaussian or Laplace q per image "
                 "under a Gaussian or Laplace prior; it needs --latent "
                 "gaussian"
+            )
+
+    def _validate_objective(self) -> None:
+        if self.objective == "elbo":
+            if self.iwae_k != 1:
+                raise ConfigError(
+                    "--iwae-k applies to --objective iwae (the ELBO's "
+                    "draws per image are --n-samples)"
+                )
+            return
+        if self.latent == "categorical":
+            raise ConfigError(
+                "--objective iwae needs reparameterized draws: use a "
+                "continuous latent (--latent gaussian or mixture)"
+            )
+        if self.inference != "amortized":
+            raise ConfigError(
+                "--objective iwae trains an encoder: it needs --inference "
+                "amortized"
+            )
+        if self.n_samples != 1:
+            raise ConfigError(
+                "--objective iwae draws --iwae-k samples per image; leave "
+                "--n-samples at 1"
             )
 
     @property
@@ -308,3 +344,26 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
     return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with vaelab (src/vaelab/presets/NAME.toml)."""
+    folder = resources.files("vaelab").joinpath("presets")
+    return sorted(p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def find_config(name: str | Path) -> Path:
+    """The TOML file ``--config`` names: an existing file, else (for a
+    bare name without ".toml") the packaged preset of that name; a
+    ConfigError lists the presets for an unknown name."""
+    p = Path(name)
+    if p.is_file() or p.suffix == ".toml" or len(p.parts) != 1:
+        return p  # a file path: load_toml reports a missing one
+    if p.name not in preset_names():
+        raise ConfigError(
+            f"unknown preset {str(name)!r}; presets: "
+            f"{', '.join(preset_names())} (or give a FILE.toml)"
+        )
+    preset = resources.files("vaelab").joinpath("presets", f"{p.name}.toml")
+    return Path(str(preset))

@@ -43,9 +43,11 @@ from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
 from vaelab.errors import VaelabError
 from vaelab.inference import FAMILIES, fit_posterior, posterior
 from vaelab.objectives import (
+    MAX_POINTS,
     LatentVariableModel,
     compute_elbo,
     exact_log_marginal,
+    log_mean_exp,
 )
 from vaelab.quadrature import Quadrature, quadrature_log_px
 
@@ -54,9 +56,6 @@ from vaelab.quadrature import Quadrature, quadrature_log_px
 DEQUANTIZE_SEED = 20210517
 IWAE_SEED = 1
 GAP_SEED = 2
-# Points (z values times images) decoded in one pass: bounds memory to
-# about MAX_POINTS * (D + H) * 4 bytes, ~170 MB for the spec's model.
-MAX_POINTS = 32_768
 LN2 = math.log(2.0)
 
 
@@ -111,7 +110,7 @@ def iwae_bound(
     lse = torch.logsumexp(lw, 0)
     ess = torch.exp(2.0 * lse - torch.logsumexp(2.0 * lw, 0))
     return IwaeTerms(
-        iwae=lse - math.log(k), elbo=ll_mean - kl, log_lik=ll_mean, kl=kl,
+        iwae=log_mean_exp(lw), elbo=ll_mean - kl, log_lik=ll_mean, kl=kl,
         var=(1.0 / ess - 1.0 / k).clamp(min=0.0),
     )
 

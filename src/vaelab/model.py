@@ -159,9 +159,15 @@ class BernoulliLikelihood(nn.Module):
         return (u < torch.sigmoid(logits)).to(logits.dtype)
 
 
-def _init_linear(layer: nn.Linear, std: float) -> nn.Linear:
+def _init_linear(layer: nn.Linear, std: float, kind: str = "normal"
+                 ) -> nn.Linear:
     # The spec: weights ~ N(0, 0.01) (variance 0.01, std 0.1), biases zero.
-    nn.init.normal_(layer.weight, mean=0.0, std=std)
+    # glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), variance 2 /
+    # (fan_in + fan_out), as the IWAE paper's code (Glorot & Bengio 2010).
+    if kind == "glorot":
+        nn.init.xavier_uniform_(layer.weight)
+    else:
+        nn.init.normal_(layer.weight, mean=0.0, std=std)
     nn.init.zeros_(layer.bias)
     return layer
 
@@ -185,20 +191,21 @@ class Networks(nn.Module):
 
     def _build_networks(self, config: Config, head: int,
                         decoder_in: int) -> None:
-        sizes, std = config.hidden_sizes, config.init_std
+        sizes = config.hidden_sizes
         self.activation = ACTIVATIONS[config.activation]
-        self.encoder_hidden = _init_linear(nn.Linear(DATA_DIM, sizes[0]), std)
+
+        def linear(a: int, b: int) -> nn.Linear:
+            return _init_linear(nn.Linear(a, b), config.init_std, config.init)
+
+        self.encoder_hidden = linear(DATA_DIM, sizes[0])
         self.encoder_deep = nn.ModuleList(
-            _init_linear(nn.Linear(a, b), std)
-            for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        self.encoder_out = _init_linear(nn.Linear(sizes[-1], head), std)
+            linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.encoder_out = linear(sizes[-1], head)
         back = sizes[::-1]
-        self.decoder_hidden = _init_linear(nn.Linear(decoder_in, back[0]),
-                                           std)
+        self.decoder_hidden = linear(decoder_in, back[0])
         self.decoder_deep = nn.ModuleList(
-            _init_linear(nn.Linear(a, b), std)
-            for a, b in zip(back[:-1], back[1:], strict=True))
-        self.decoder_out = _init_linear(nn.Linear(back[-1], DATA_DIM), std)
+            linear(a, b) for a, b in zip(back[:-1], back[1:], strict=True))
+        self.decoder_out = linear(back[-1], DATA_DIM)
 
     def encode_head(self, x: Tensor) -> Tensor:
         """The encoder's output layer of images x (B, D): (B, head)."""

@@ -14,10 +14,15 @@ Discrete latents (Problem 4b) cannot be reparameterized; for them
 ``compute_elbo`` dispatches on the model's ``estimator`` (Gumbel-softmax,
 straight-through, REINFORCE with a baseline, or exact enumeration) and
 ``exact_log_marginal`` gives log p(x) by summing over all codes.
+
+``compute_iwae`` is the importance-weighted bound of Burda, Grosse and
+Salakhutdinov (2016), log 1/K sum_k p(x, z_k) / q(z_k | x), for training
+with ``--objective iwae`` (docs/derivations.md, eqs. (iw.1)-(iw.4)).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +38,10 @@ from vaelab.distributions import Categorical, Distribution, kl_divergence
 # epoch's validation ELBO sees the same noise, and training's stream is
 # never touched.
 EVAL_SEED = 12345
+# Points (z values times images) decoded in one pass by the importance-
+# weighted bounds: about MAX_POINTS * (D + H) * 4 bytes, ~170 MB for the
+# spec's model.
+MAX_POINTS = 32_768
 # q for rows of a batch: (rows, x, generator) -> posterior over (B, ...).
 PosteriorOf = Callable[[slice, Tensor, "torch.Generator"], Any]
 
@@ -75,7 +84,8 @@ class ElboTerms:
     kl: Tensor
     # For estimators whose gradient is not the ELBO's autodiff gradient
     # (score function, relaxations): a tensor (B,) whose gradient is the
-    # estimator. Training ascends it instead of ``elbo`` when set.
+    # estimator. Training ascends it instead of ``elbo`` when set. For
+    # ``compute_iwae`` it is the IWAE_k bound, a value in nats too.
     surrogate: Tensor | None = None
 
     def objective(self) -> Tensor:
@@ -128,6 +138,48 @@ def compute_elbo(
     if kl is None:
         kl = (q.log_prob(z) - model.prior.log_prob(z)).mean(0)
     return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
+
+
+def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
+    """log (1/K) sum_k exp(log_w_k) over ``dim`` (of size K), without
+    overflow: IWAE_K per image (B,) from log-weights (K, B), in nats."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def compute_iwae(
+    model: LatentVariableModel,
+    x: Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+    q: Any = None,
+) -> ElboTerms:
+    """IWAE_k of each image of ``x`` (B, D) from k reparameterized draws
+    z_k ~ q(z|x): ``surrogate`` = log 1/k sum_k p(x, z_k) / q(z_k|x)
+    (B,), in nats per image (docs/derivations.md, eq. (iw.1)); training
+    ascends it, and its autodiff gradient is eq. (iw.4).
+
+    ``elbo``, ``log_lik`` and ``kl`` are the ordinary ELBO's, estimated
+    from the same k draws as ``compute_elbo`` with ``n_samples = k`` (the
+    same values for the same generator state), so that what training
+    and validation report stays the ELBO. With k = 1 the bound is the
+    single-draw ELBO with a Monte Carlo KL, log p(x|z) - log q(z|x) +
+    log p(z). Continuous posteriors only (Gaussian, Laplace; the
+    mixture prior through its ``log_prob``).
+    """
+    if q is None:
+        q = model.posterior(x)
+    if isinstance(q, Categorical):
+        raise ValueError("the IWAE bound needs a continuous latent")
+    z = q.rsample(k, generator)  # (k, B, P), differentiable in phi
+    ll = model.log_likelihood(x, z)  # (k, B)
+    log_ratio = q.log_prob(z) - model.prior.log_prob(z)  # log q/p(z)
+    log_w = ll - log_ratio  # log p(x, z_k) / q(z_k | x)
+    log_lik = ll.mean(0)
+    kl = kl_divergence(q, model.prior)
+    if kl is None:
+        kl = log_ratio.mean(0)
+    return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl,
+                     surrogate=log_mean_exp(log_w))
 
 
 def categorical_elbo(
@@ -255,6 +307,7 @@ def average_elbo(
     batch_size: int = 1000,
     seed: int = EVAL_SEED,
     posterior: PosteriorOf | None = None,
+    iwae_k: int | None = None,
 ) -> dict[str, float]:
     """Mean ELBO, log-likelihood and KL over ``images`` (N, D), in nats per
     image: the held-out ELBO of every kind of inference. A fixed-seed
@@ -264,15 +317,19 @@ def average_elbo(
     training on dequantized data. ``posterior(rows, x, generator)``: q for
     the images ``rows`` (a slice of ``images``), given them as ``x`` after
     dequantization; default the encoder's q(z | x). Variational EM passes
-    its stored or freshly fitted per-image q here.
+    its stored or freshly fitted per-image q here. ``iwae_k``: estimate
+    the ELBO from ``compute_iwae``'s k draws per image instead of
+    ``n_samples``, and add "iwae", the mean IWAE_k bound.
     """
+    keys = ["elbo", "log_lik", "kl"] + ([] if iwae_k is None else ["iwae"])
     n = images.shape[0]
     if n == 0:
-        return {"elbo": float("nan"), "log_lik": float("nan"),
-                "kl": float("nan")}
+        return dict.fromkeys(keys, float("nan"))
+    if iwae_k is not None:
+        batch_size = min(batch_size, max(1, MAX_POINTS // iwae_k))
     g = torch.Generator(device=images.device)
     g.manual_seed(seed)
-    total = torch.zeros(3, dtype=torch.float64, device=images.device)
+    total = torch.zeros(len(keys), dtype=torch.float64, device=images.device)
     for i in range(0, n, batch_size):
         rows = slice(i, i + batch_size)
         x = images[rows]
@@ -280,6 +337,11 @@ def average_elbo(
             x = dequantize(x, g)
         q = None if posterior is None else posterior(rows, x, g)
         with torch.no_grad():
-            total += compute_elbo(model, x, n_samples, g, q=q).sums().double()
-    elbo, log_lik, kl = (total / n).tolist()
-    return {"elbo": elbo, "log_lik": log_lik, "kl": kl}
+            if iwae_k is None:
+                terms = compute_elbo(model, x, n_samples, g, q=q)
+                total += terms.sums().double()
+            else:
+                terms = compute_iwae(model, x, iwae_k, g, q=q)
+                total += torch.cat([terms.sums(),
+                                    terms.objective().sum()[None]]).double()
+    return dict(zip(keys, (total / n).tolist(), strict=True))
