@@ -228,6 +228,29 @@ def test_mixture_prior_is_learned_and_saved() -> None:
     assert model.mixture_log_var.grad.abs().sum() > 0
 
 
+def test_mixture_components_fit_by_kmeans() -> None:
+    """fit_components on points around three centres sets mu_y to the
+    centres (in some order) and s_y^2 to their spreads."""
+    model = make("mixture")
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]])
+    sds = torch.tensor([[0.5, 0.3], [0.2, 0.6], [0.4, 0.4]])
+    n = 2000
+    points = torch.cat([c + s * torch.randn(n, 2, generator=g)
+                        for c, s in zip(centres, sds, strict=True)])
+    model.fit_components(points, seed=0)
+    loc = model.mixture_loc.detach()
+    order = torch.cdist(centres, loc).argmin(1)
+    assert sorted(order.tolist()) == [0, 1, 2]
+    # Means within 5 standard errors; variances within 10%.
+    se = sds / math.sqrt(n)
+    assert torch.all((loc[order] - centres).abs() <= 5 * se)
+    var = model.mixture_log_var.detach().exp()[order]
+    torch.testing.assert_close(var, sds.square(), rtol=0.1, atol=0)
+    with pytest.raises(Exception, match="mixture"):
+        Config(mixture_fit_epoch=2).resolved()
+
+
 # -- the likelihood's variance Sigma -----------------------------------------
 
 def test_variance_options_pixel_shared_fixed() -> None:

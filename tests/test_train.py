@@ -123,6 +123,26 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     assert _same_numbers(read_metrics(full), read_metrics(part))
 
 
+def test_mixture_fit_from_data_resumes_bit_exact(tmp_path: Path) -> None:
+    """--mixture-fit-epoch 2 sets the classes by k-means on the posterior
+    means after epoch 1; a run resumed after epoch 1 fits them exactly as
+    the uninterrupted run does."""
+    ds = synthetic_dataset(300, 100, 100)
+    opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2)
+    full, part, plain = (tmp_path / n for n in ("full", "part", "plain"))
+    train(Config(epochs=3, **opts), full, dataset=ds, progress=False)
+    train(Config(epochs=1, **opts), part, dataset=ds, progress=False)
+    train(Config(epochs=3, **opts), part, dataset=ds, progress=False,
+          resume=True)
+    wf, wp = _weights(full), _weights(part)
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    assert _same_numbers(read_metrics(full), read_metrics(part))
+    no_fit = {**opts, "mixture_fit_epoch": None}
+    train(Config(epochs=3, **no_fit), plain, dataset=ds, progress=False)
+    key = "model.mixture_loc"
+    assert not torch.equal(wf[key], _weights(plain)[key])
+
+
 # Where each inference method's training step computes its ELBO.
 STEP_MODULE = {"amortized": train_module, "vem": vem}
 

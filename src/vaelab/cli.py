@@ -66,6 +66,9 @@ FIELD_HELP = {
     "groups": "categorical latent: number of groups M",
     "classes": "categorical latent: classes per group K; mixture: "
     "number of classes K",
+    "mixture_fit_epoch": "mixture latent: at the start of epoch N, set "
+    "the classes' centres and spreads by k-means on the training images' "
+    "posterior means (default: keep the random start)",
     "estimator": "categorical gradient estimator: gumbel, "
     "straight-through, reinforce or enumerate",
     "temperature": "initial gumbel-softmax temperature",

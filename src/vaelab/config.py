@@ -83,6 +83,10 @@ class Config:
     estimator: Estimator = "gumbel"
     temperature: float = 1.0
     min_temperature: float = 0.5
+    # Mixture latent: at the start of this epoch, fit mu_y and s_y by
+    # k-means to the training images' posterior means (VaDE's start);
+    # None keeps the random start.
+    mixture_fit_epoch: int | None = None
     # None: anneal from temperature to min_temperature over the epochs;
     # r: max(min_temperature, temperature * exp(-r * step)), the Gumbel-
     # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
@@ -147,7 +151,7 @@ class Config:
                      "n_samples", "groups", "classes", "e_steps",
                      "iwae_k"):
             _positive(name, getattr(self, name))
-        for name in ("train_images", "patience"):
+        for name in ("train_images", "patience", "mixture_fit_epoch"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if (not isinstance(self.val_size, int)
@@ -221,6 +225,10 @@ class Config:
             raise ConfigError(
                 "--latent mixture has its own prior, a mixture of "
                 "Gaussians (leave --prior unset)"
+            )
+        if self.mixture_fit_epoch is not None and self.latent != "mixture":
+            raise ConfigError(
+                "--mixture-fit-epoch applies to --latent mixture"
             )
         if self.latent == "mixture" and self.classes < 2:
             raise ConfigError(

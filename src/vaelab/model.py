@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from scipy.cluster.vq import kmeans2
 from torch import Tensor, nn
 
 from vaelab.config import DEQUANTIZATION_VARIANCE, Config
@@ -351,6 +352,28 @@ class MixtureVAE(VAE):
         """p(z) = sum_y p(y) N(z; mu_y, diag(s_y^2)) over (P,)."""
         return GaussianMixture(self.mixture_logits, self.mixture_loc,
                                self.mixture_log_var.exp())
+
+    @torch.no_grad()
+    def fit_components(self, means: Tensor, seed: int) -> None:
+        """Set mu_y and s_y^2 by k-means (k-means++ start, ``seed``) on
+        posterior means (N, P): each class gets a centre and the variance
+        of its points per coordinate (as VaDE starts its mixture). A
+        class left without points keeps its centre, with variance 1."""
+        z = means.detach().double().cpu().numpy()
+        k = self.classes
+        _, labels = kmeans2(z, k, minit="++", seed=seed)
+        loc = self.mixture_loc.detach().double().cpu().clone()
+        var = torch.ones_like(loc)
+        for y in range(k):
+            members = torch.from_numpy(z[labels == y])
+            if len(members) == 0:
+                continue
+            loc[y] = members.mean(0)
+            if len(members) > 1:
+                # A floor, so a tight cluster cannot start degenerate.
+                var[y] = members.var(0).clamp(min=1e-2)
+        self.mixture_loc.copy_(loc)
+        self.mixture_log_var.copy_(var.log())
 
     def classify(self, x: Tensor) -> Tensor:
         """q(y | x), (B, K): the class posterior of images x (B, D) given

@@ -67,6 +67,7 @@ class Amortized(Method):
                  ) -> None:
         super().__init__(model, config, dataset)
         self.steps_per_epoch = -(-len(dataset.train) // config.batch_size)
+        self.train_images = dataset.train.images
 
     def start_epoch(self, epoch: int) -> None:
         # A relaxation's temperature (categorical latents) is annealed.
@@ -74,6 +75,22 @@ class Amortized(Method):
         if anneal is not None:
             anneal(epoch, self.config.epochs,
                    (epoch - 1) * self.steps_per_epoch)
+        if epoch == self.config.mixture_fit_epoch:
+            # A function of the model after epoch - 1 alone, and no draw
+            # from the run's generator: a resumed run fits the same.
+            self.model.fit_components(self._train_means(), self.config.seed)
+
+    @torch.no_grad()
+    def _train_means(self, batch: int = 2000) -> Tensor:
+        """Posterior means of the training images, (N, P)."""
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        means = [self.model.posterior(self.train_images[i:i + batch]
+                                      .to(device)).mean
+                 for i in range(0, len(self.train_images), batch)]
+        self.model.train(was_training)
+        return torch.cat(means)
 
     def train_step(
         self, x: Tensor, rows: Tensor, generator: torch.Generator
