@@ -329,12 +329,13 @@ def run_zoo(
         first = configs[todo[0].name]
         grey = [c for c in configs.values()
                 if c.preprocess not in BINARY]
+        # Binarized models show their own real digits (their runs' figure
+        # real_digits.png); the grey ones once, here.
         real = real_digits_figure(
-            dataset_for(grey[0] if grey else first),
-            out / runfolder.REAL_DIGITS,
+            dataset_for(grey[0]), out / runfolder.REAL_DIGITS,
             title=first.dataset.upper() if first.dataset == "mnist"
             else first.dataset,
-        )
+        ) if grey else None
         # Every model of the zoo with a finished run in out_dir, in order.
         done = [m for m in zoo.models
                 if (out / m.name / runfolder.RESULTS).exists()]
