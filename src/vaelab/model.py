@@ -1,11 +1,13 @@
 """The spec's VAE: p(z) = N(0, I), p(x|z) = N(f(z, w), Sigma), and the
 recognition network q(z; g(x, phi)) (Problem 2a); its Laplace-prior variant
-(Problem 4a) and the discrete-latent VAE (Problem 4b).
+(Problem 4a), the discrete-latent VAE and the mixture-prior VAE (Problem
+4b).
 
 The generative parameters Theta = (w, Sigma) are the decoder and the
 likelihood's variance; the variational parameters phi are the encoder.
-Nothing here is a pre-made VAE: two one-hidden-layer MLPs and the
-likelihood written out. ``build_model(config)`` picks the class.
+Nothing here is a pre-made VAE: two MLPs (``Networks``; one hidden layer
+each, the spec's, unless ``config.hidden`` lists more) and the likelihood
+written out. ``build_model(config)`` picks the class.
 """
 
 from __future__ import annotations
