@@ -53,9 +53,7 @@ def main() -> None:
           f"{'used':>5s} {'purity':>7s}")
     for run in args.runs:
         model, config = load_model(run)
-        if args.data_dir:
-            config.data_dir = args.data_dir
-        data = load_data(config)
+        data = load_data(config, args.data_dir)
         res = read_json(f"{run}/results.json")
         x, y = data.test.images, data.test.labels.numpy()
         with torch.no_grad():

@@ -59,9 +59,7 @@ def main() -> None:
           f"{'classes':>7s} {'k-means':>8s} {'5-NN':>6s}")
     for run in args.runs:
         model, config = load_model(run)
-        if args.data_dir:
-            config.data_dir = args.data_dir
-        data = load_data(config)
+        data = load_data(config, args.data_dir)
         test_y = data.test.labels.numpy()
         c = evaluate_clusters(model, data.test.images, data.test.labels)
         means = posterior_means(model, data.test.images)

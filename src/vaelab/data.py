@@ -589,11 +589,13 @@ def first_training_images(dataset: Dataset, n: int | None) -> Dataset:
     return dataclasses.replace(dataset, train=train)
 
 
-def load_data(config: Config) -> Dataset:
+def load_data(config: Config, data_dir: str | None = None) -> Dataset:
     """The dataset a resolved config names, preprocessed as it says, with
-    its ``train_images`` first training images."""
+    its ``train_images`` first training images; ``data_dir``, when given,
+    replaces the config's (a run folder read on another machine)."""
     dataset = load_dataset(
-        config.dataset, config.data_dir, preprocess=config.preprocess,
+        config.dataset, data_dir or config.data_dir,
+        preprocess=config.preprocess,
         val_size=config.val_size,
     )
     return first_training_images(dataset, config.train_images)

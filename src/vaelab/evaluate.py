@@ -766,9 +766,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     model, config = runfolder.load_model(run_dir, device)
     if dataset is None:
-        if data_dir is not None:
-            config.data_dir = data_dir
-        dataset = load_data(config)
+        dataset = load_data(config, data_dir)
     result = evaluate_model(
         model, config, dataset.test.images, dataset.preprocess, n=n, k=k,
         progress=progress, quick=quick, gap_n=gap_n,

@@ -944,9 +944,7 @@ def make_figures(
     if maker is None:
         raise VaelabError(f"no figures for latent={config.latent!r} models")
     if dataset is None:
-        if data_dir is not None:
-            config.data_dir = data_dir
-        dataset = load_data(config)
+        dataset = load_data(config, data_dir)
     title = title or describe(config)
     ctx = FigureContext(
         model=model, config=config, dataset=dataset,
