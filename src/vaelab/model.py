@@ -188,8 +188,8 @@ class Networks(nn.Module):
     ... -> H1 -> D. The first layer of each network keeps the spec's
     names ``encoder_hidden`` and ``decoder_hidden`` (so one-layer
     checkpoints are unchanged); further layers are ``encoder_deep`` and
-    ``decoder_deep``. Subclasses add ``encoder_out`` and the decoder's
-    input size ``decoder_in``.
+    ``decoder_deep``. A model calls ``_build_networks`` with the size of
+    its encoder's output layer ``encoder_out`` and of its decoder's input.
     """
 
     def _build_networks(self, config: Config, head: int,
