@@ -80,19 +80,21 @@ def class_probabilities(model: torch.nn.Module, x: Tensor,
                         batch_size: int = 1000) -> Tensor | None:
     """q(class | x) of images x (N, D): (N, M, K) for a categorical latent
     (M groups of K), (N, 1, K) for the mixture model; None for a model
-    without a discrete latent."""
+    without a discrete latent. Batches go to the model's device; the
+    result is on the CPU."""
+    device = next(model.parameters()).device
+    classify = getattr(model, "classify", None)
     parts = []
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
-        classify = getattr(model, "classify", None)
+        xb = x[i:i + batch_size].to(device)
         if classify is not None:
-            parts.append(classify(xb).unsqueeze(1))
+            parts.append(classify(xb).unsqueeze(1).cpu())
             continue
         q = model.posterior(xb)
         if not isinstance(q, Categorical):
             return None
-        parts.append(q.probs)
-    return torch.cat(parts).cpu() if parts else None
+        parts.append(q.probs.cpu())
+    return torch.cat(parts) if parts else None
 
 
 def evaluate_clusters(model: torch.nn.Module, x: Tensor,

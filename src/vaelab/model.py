@@ -484,7 +484,7 @@ class CategoricalVAE(Networks):
     # -- p(x | z, Theta) ---------------------------------------------------
     def decode_logits(self, z: Tensor) -> Tensor:
         """Pre-sigmoid decoder output, codes (..., M, K) -> (..., D)."""
-        return Networks.decode_logits(self, z.flatten(-2))
+        return super().decode_logits(z.flatten(-2))
 
     def generate(self, z: Tensor) -> Tensor:
         """Mean image f(z, w): codes (..., M, K) -> (..., D) in (0, 1)."""

@@ -38,7 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from vaelab.clusters import cluster_stats, count_matrix
+from vaelab.clusters import class_probabilities, cluster_stats, count_matrix
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
@@ -71,8 +71,9 @@ CAPTIONS = {
     "f(z, w)",
     "samples_noise": "100 draws from p(x | z) with z ~ p(z), including the "
     "likelihood's noise",
-    "reconstructions": "test digits and their reconstructions f(mean of "
-    "q(z | x), w)",
+    "reconstructions": "test digits and their reconstructions f(z, w) at "
+    "the mean of q(z | x) (continuous latents) or its most probable code "
+    "(categorical)",
     "latent_scatter": "every test image at its posterior mean, coloured by "
     "digit",
     "manifold": "f(z, w) on a 20 x 20 grid between the min and max of z1 "
@@ -80,8 +81,9 @@ CAPTIONS = {
     "manifold_quantiles": "f(z, w) on a 20 x 20 grid of prior quantiles",
     "training_curves": "ELBO and its two terms per epoch, training and "
     "validation",
-    "codes": "categorical latents: f(z, w) of every class (M = 1), or of "
-    "every pair of classes of the first two groups (M > 1)",
+    "codes": "categorical latents: f(z, w) of every class (M = 1), of "
+    "every pair of classes of the two groups (M = 2), or of a test digit's "
+    "code with one group changed at a time (M > 2)",
     "confusion": "discrete latents: digit label against the most "
     "probable class, per test image",
     "class_samples": "mixture model: 10 samples per class, z ~ p(z | y), "
@@ -785,14 +787,10 @@ def categorical_figures(ctx: FigureContext) -> list[Path]:
 
 
 @torch.no_grad()
-def infer_classes(model: torch.nn.Module, images: Any,
-                  batch_size: int = 2000) -> np.ndarray:
+def infer_classes(model: torch.nn.Module, images: Any) -> np.ndarray:
     """The most probable class of q(y | x) per image, (N,) ints."""
     x = torch.as_tensor(_numpy(images), dtype=torch.float32)
-    device = _device(model)
-    out = [model.classify(x[i:i + batch_size].to(device)).argmax(-1).cpu()
-           for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(out).numpy()
+    return class_probabilities(model, x)[:, 0].argmax(-1).numpy()
 
 
 @torch.no_grad()
