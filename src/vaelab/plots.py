@@ -21,7 +21,6 @@ their own maker to that table).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import textwrap
@@ -33,6 +32,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -373,17 +373,18 @@ def _save(fig: Figure, path: Path) -> Path:
     figures, a quarter of the RGBA size), else RGB; losslessly either way.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    # No bbox_inches="tight": it would shift the pixel-exact layout.
-    fig.savefig(buffer, format="png", dpi=DPI)
-    rgba = np.asarray(Image.open(buffer).convert("RGBA"))
-    rgb = rgba[..., :3]
+    # Drawn straight to pixels (no bbox_inches="tight": it would shift the
+    # pixel-exact layout); a PNG from savefig would be encoded twice.
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(DPI)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
     if (rgb == rgb[..., :1]).all():
         image = Image.fromarray(np.ascontiguousarray(rgb[..., 0]), "L")
     else:
         image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="png", optimize=True)
+    image.save(tmp, format="png")
     tmp.replace(path)  # a reader never sees half a figure
     return path
 
