@@ -25,6 +25,7 @@ TINY_ZOO = """
 [evaluate]
 images = 20
 k = 5
+gap_images = 4
 
 [quick]
 eval_images = 10
@@ -115,6 +116,12 @@ def test_builtin_zoo_is_valid():
     ('[[model]]\nname = "a"\nlikelihood = "poisson"\n', "likelihood"),
     ('[quick]\nepochs = 1\n[[model]]\nname = "a"\n', "unknown \\[quick\\]"),
     ('[models]\n', "unknown top-level"),
+    ('[evaluate]\nk = 0\n[[model]]\nname = "a"\n',
+     "\\[evaluate\\] k must be an integer >= 1, got 0"),
+    ('[evaluate]\ngap_images = -1\n[[model]]\nname = "a"\n',
+     "gap_images must be an integer >= 0"),
+    ('[quick]\neval_images = "all"\n[[model]]\nname = "a"\n',
+     "\\[quick\\] eval_images must be an integer"),
     ('[[model]\n', "not valid TOML"),
 ])
 def test_bad_zoo_files_are_named_errors(tmp_path, text, message):
@@ -228,7 +235,8 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
     run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
                 only=["bern"], **quiet())
     assert calls == [("bern", {"device": "cpu", "progress": False,
-                               "n": 10, "k": 3, "quick": True})]
+                               "n": 10, "k": 3, "quick": True,
+                               "gap_n": None})]
     html = (out / "report.html").read_text()
     assert "amortization gap" in html and "2.50" in html
     assert "on the first 10 test images, k = 3" in html
@@ -240,7 +248,7 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
     run.run_zoo(tmp_path / "full", zoo=zoo_file, load=Loader(),
                 only=["bern"], **quiet())
     assert calls[1][1] == {"device": "cpu", "progress": False, "n": 20,
-                           "k": 5}
+                           "k": 5, "gap_n": 4}
 
 
 def test_only_and_pdf_errors(tmp_path, zoo_file, monkeypatch, capsys):
@@ -258,9 +266,10 @@ def test_only_and_pdf_errors(tmp_path, zoo_file, monkeypatch, capsys):
 def test_the_real_evaluator_accepts_the_hook_arguments():
     # What run_zoo passes, in quick and full runs (run without the cost).
     sig = inspect.signature(REAL_EVALUATOR)
-    sig.bind(Path("r"), device="cpu", progress=False, n=10, k=3, quick=True)
+    sig.bind(Path("r"), device="cpu", progress=False, n=10, k=3, quick=True,
+             gap_n=None)
     sig.bind(Path("r"), device="cpu", progress=False, n=None, k=1000,
-             dataset=None)
+             dataset=None, gap_n=200)
 
 
 def test_cli_run_quick_and_plot_on_mnist(tmp_path, zoo_file, mnist_dir,
@@ -329,8 +338,10 @@ def test_run_clock_counts_what_is_left() -> None:
     clock = run.RunClock({"a": (3, 1000, 1.0), "b": (2, 1000, 2.5)})
     assert clock.seconds_left() is None and clock.eta() == ""
     clock.epoch_done("a", {"seconds": 2.0, "images": 1000})
-    # a: 2 epochs at 2 s; b: 2 epochs at 2.5 x a's rate per image.
-    assert clock.seconds_left() == pytest.approx(2 * 2.0 + 2 * 5.0)
+    # a: 2 epochs at 2 s; b: 2 epochs at 2.5 x a's rate per image; two
+    # models' figures and evaluation at STAGE_EPOCHS epochs of 2 s.
+    assert clock.seconds_left() == pytest.approx(
+        2 * 2.0 + 2 * 5.0 + 2 * run.STAGE_EPOCHS * 2.0)
     clock.training_done("a")
     clock.stages_done(3.0)  # a's figures and evaluation
     assert clock.seconds_left() == pytest.approx(2 * 5.0 + 3.0)

@@ -50,8 +50,10 @@ class Zoo:
     source: str
     eval_images: int | None = None
     eval_k: int = 1000
+    eval_gap_images: int | None = None
     quick_eval_images: int = 100
     quick_eval_k: int = 100
+    quick_gap_images: int | None = None
     quick_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,21 +96,33 @@ def load_zoo(path: str | Path | None = None) -> Zoo:
         models=[], source=source,
         eval_images=evaluate.pop("images", Zoo.eval_images),
         eval_k=evaluate.pop("k", Zoo.eval_k),
+        eval_gap_images=evaluate.pop("gap_images", Zoo.eval_gap_images),
         quick_eval_images=quick.pop("eval_images", Zoo.quick_eval_images),
         quick_eval_k=quick.pop("eval_k", Zoo.quick_eval_k),
+        quick_gap_images=quick.pop("gap_images", Zoo.quick_gap_images),
         quick_config=_table(quick.pop("config", {}),
                             f"{source}: [quick.config]"),
     )
     if quick:
         raise ConfigError(
             f"{source}: unknown [quick] key(s) {', '.join(sorted(quick))}; "
-            "known: eval_images, eval_k, config"
+            "known: eval_images, eval_k, gap_images, config"
         )
     if evaluate:
         raise ConfigError(
             f"{source}: unknown [evaluate] key(s) "
-            f"{', '.join(sorted(evaluate))}; known: images, k"
+            f"{', '.join(sorted(evaluate))}; known: images, k, "
+            "gap_images"
         )
+    for key in ("eval_images", "eval_k", "eval_gap_images",
+                "quick_eval_images", "quick_eval_k", "quick_gap_images"):
+        value = getattr(zoo, key)
+        least = 0 if key.endswith("gap_images") else 1
+        if value is not None and (type(value) is not int or value < least):
+            table = "[quick]" if key.startswith("quick") else "[evaluate]"
+            raise ConfigError(
+                f"{source}: {table} {key.split('_', 1)[1]} must be an "
+                f"integer >= {least}, got {value!r}")
     entries = raw.get("model", [])
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{source}: no [[model]] tables")
@@ -172,6 +186,9 @@ def _finished(run_dir: Path, config: Config) -> bool:
 # (docs/benchmarks.md, "VAE versus variational EM"): the run's ETA uses it
 # until the model's own first epoch is timed.
 VEM_EPOCH_COST = 2.5
+# Figures and evaluation of one model cost about this many VAE epochs of
+# its training images (measured: 3-6 in full runs, ~10 under --quick).
+STAGE_EPOCHS = 5.0
 
 
 class RunClock:
@@ -215,8 +232,12 @@ class RunClock:
             left += epochs * images * per
         if self.stage_seconds:
             mean = sum(self.stage_seconds) / len(self.stage_seconds)
-            left += self.stages_left * mean
-        return left
+        else:
+            # Until one is timed, a model's figures and evaluation are
+            # guessed at STAGE_EPOCHS of its training epochs.
+            images = [images for _, images, _ in self.plan.values()]
+            mean = STAGE_EPOCHS * base * sum(images) / len(images)
+        return left + self.stages_left * mean
 
     def eta(self) -> str:
         """" (run: at most ~N min left)" or "" before any timing."""
@@ -340,11 +361,14 @@ def run_zoo(
         done = [m for m in zoo.models
                 if (out / m.name / runfolder.RESULTS).exists()]
         n_eval = zoo.quick_eval_images if quick else zoo.eval_images
+        n_gaps = zoo.quick_gap_images if quick else zoo.eval_gap_images
         notes = [
             "Evaluation (IWAE, log p(x), gaps) on "
             + (f"the first {n_eval:,}" if n_eval else "all")
             + f" test images, k = {zoo.quick_eval_k if quick else zoo.eval_k}"
-            " importance samples; the ELBOs above use every test image."
+            " importance samples"
+            + (f" (the gaps on the first {n_gaps:,})" if n_gaps else "")
+            + "; the ELBOs above use every test image."
         ]
         if quick:
             n = first.train_images
@@ -414,10 +438,12 @@ def _run_model(
         if quick:
             evaluate_run(run_dir, n=zoo.quick_eval_images,
                          k=zoo.quick_eval_k, quick=True,
+                         gap_n=zoo.quick_gap_images,
                          device=config.device, progress=progress,
                          dataset=full)
         else:
             evaluate_run(run_dir, n=zoo.eval_images, k=zoo.eval_k,
+                         gap_n=zoo.eval_gap_images,
                          device=config.device, progress=progress,
                          dataset=full)
     clock.stages_done(time.perf_counter() - t0)
