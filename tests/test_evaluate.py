@@ -251,6 +251,21 @@ def test_streamed_iwae_does_not_depend_on_the_pass_size(ppca) -> None:
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("k, max_points", [(40, 200), (300, 100)])
+def test_iwae_progress_counts_each_image_once(ppca, k, max_points) -> None:
+    # The bar of `vaelab evaluate` (images, with an ETA) is fed by this
+    # callback: several images a batch, or one image over many passes.
+    model, x, _ = ppca
+    x = x[:23]
+    with torch.no_grad():
+        q = model.posterior(x)
+    counts: list[int] = []
+    iwae_dataset(model, x, q, k, torch.Generator().manual_seed(0),
+                 max_points=max_points, progress=counts.append)
+    assert sum(counts) == 23
+    assert len(counts) == -(-23 // max(1, max_points // k))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """A small VAE trained a few epochs on synthetic digits."""

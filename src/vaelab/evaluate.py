@@ -546,7 +546,8 @@ def estimate_bounds(
 ) -> tuple[Estimate, IwaeEstimate, Tensor]:
     """The ELBO and IWAE_k of images x (N, D) with proposal q (over
     (N, P)), means over images in nats per image, and the per-image
-    IWAE_k (N,)."""
+    IWAE_k (N,). ``progress``: a bar on a terminal (stderr), counting
+    images, with their rate and the time left."""
     bar = tqdm(total=x.shape[0], unit="img", leave=False,
                desc=f"IWAE k={k}", disable=None if progress else True)
     terms = iwae_dataset(model, x, q, k, generator, progress=bar.update)
