@@ -56,6 +56,13 @@ DEQUANTIZE_SEED = 20210517
 IWAE_SEED = 1
 GAP_SEED = 2
 LN2 = math.log(2.0)
+# Decoded (image, draw) pairs per IWAE pass. Small enough that a pass's
+# (points, D) tensors (6 MB for D = 784) stay in cache and below glibc's
+# mmap threshold: with 32,768 points every elementwise op went to memory
+# and every new tensor page-faulted; on the 2-core EPYC (1 thread), IWAE
+# took 1.6-1.9x the time of the decoder's products then, 1.2x with 2,048
+# (docs/benchmarks.md, "IWAE-k against the decoder's products").
+EVAL_POINTS = 2048
 
 
 def slice_q(q: Any, sl: slice | Tensor) -> Any:
@@ -142,7 +149,7 @@ class LogMeanExp:
 def iwae_bound(
     model: LatentVariableModel, x: Tensor, q: Any, k: int,
     generator: torch.Generator | None = None,
-    max_points: int = MAX_POINTS,
+    max_points: int = EVAL_POINTS,
 ) -> IwaeTerms:
     """IWAE_k (Burda et al. 2015) and the ELBO of images x (B, D) with
     proposal q (over (B, P)), from the same k draws per image, in nats
@@ -163,7 +170,7 @@ def iwae_bound(
 def iwae_dataset(
     model: LatentVariableModel, x: Tensor, q: Any, k: int,
     generator: torch.Generator | None = None,
-    max_points: int = MAX_POINTS,
+    max_points: int = EVAL_POINTS,
     progress: Callable[[int], None] | None = None,
 ) -> IwaeTerms:
     """``iwae_bound`` over many images (N, D), in batches sized so that
@@ -542,15 +549,17 @@ def to_bpd(log_p: float | None, dim: int, preprocess: str) -> float | None:
 def estimate_bounds(
     model: LatentVariableModel,
     x: Tensor, q: Any, k: int, generator: torch.Generator,
-    progress: bool = False,
+    progress: bool = False, max_points: int = EVAL_POINTS,
 ) -> tuple[Estimate, IwaeEstimate, Tensor]:
     """The ELBO and IWAE_k of images x (N, D) with proposal q (over
     (N, P)), means over images in nats per image, and the per-image
     IWAE_k (N,). ``progress``: a bar on a terminal (stderr), counting
-    images, with their rate and the time left."""
+    images, with their rate and the time left; ``max_points``: decoded
+    points per pass (``iwae_dataset``)."""
     bar = tqdm(total=x.shape[0], unit="img", leave=False,
                desc=f"IWAE k={k}", disable=None if progress else True)
-    terms = iwae_dataset(model, x, q, k, generator, progress=bar.update)
+    terms = iwae_dataset(model, x, q, k, generator, max_points,
+                         progress=bar.update)
     bar.close()
     iwae = IwaeEstimate(*_stats(terms.iwae), k=k,
                         mc_se=float(terms.var.sum().sqrt() / x.shape[0]))
