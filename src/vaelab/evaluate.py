@@ -60,7 +60,7 @@ LN2 = math.log(2.0)
 # (points, D) tensors (6 MB for D = 784) stay in cache and below glibc's
 # mmap threshold: with 32,768 points every elementwise op went to memory
 # and every new tensor page-faulted; on the 2-core EPYC (1 thread), IWAE
-# took 1.6-1.9x the time of the decoder's products then, 1.2x with 2,048
+# took 1.6-1.9x the time of the decoder's products then, 1.2-1.3x now
 # (docs/benchmarks.md, "IWAE-k against the decoder's products").
 EVAL_POINTS = 2048
 
