@@ -48,6 +48,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["--objective", "iwae", "--latent", "categorical"], "continuous"),
         (["--iwae-k", "5"], "--objective iwae"),
         (["--init", "he"], "init"),
+        (["--budget", "0"], "budget must be a number in (0, 1]"),
+        (["--budget", "1.5"], "budget must be a number in (0, 1]"),
+        (["--budget", "half"], "--budget"),
     ],
 )
 def test_bad_options_one_line_exit_2_nothing_written(
@@ -164,3 +167,34 @@ def test_train_one_epoch_on_mnist_then_resume_is_a_no_op(
     assert code == 2 and "--resume" in err
     assert main([*argv, "--resume"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_budget_is_recorded_and_a_resume_does_not_scale_twice(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--epochs", "4", "--budget", "0.5",
+            "--quiet", "--data-dir", str(mnist_dir), "--hidden", "16",
+            "--train-images", "200", "--val-size", "100"]
+    assert main(argv) == 0
+    stored = json.loads((out / "config.json").read_text())
+    assert (stored["epochs"], stored["budget"]) == (2, 0.5)
+    assert stored["lr_half_life"] == 4.0  # the default 8, halved
+
+    def epochs_trained() -> int:
+        return len((out / "metrics.jsonl").read_text().splitlines())
+
+    assert epochs_trained() == 2
+    # The same command again, and a bare --resume: nothing more to train.
+    assert main([*argv, "--resume"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert epochs_trained() == 2
+    # Longer, in the same units as the first --epochs: 6 * 0.5.
+    assert main(["train", "--out", str(out), "--resume", "--quiet",
+                 "--epochs", "6"]) == 0
+    assert epochs_trained() == 3
+    stored = json.loads((out / "config.json").read_text())
+    assert (stored["epochs"], stored["lr_half_life"]) == (3, 4.0)
+    code, err = _run(["train", "--out", str(out), "--resume", "--quiet",
+                      "--budget", "0.25"], capsys)
+    assert code == 2 and "budget (0.5 there, 0.25 here)" in err

@@ -9,6 +9,7 @@ import pytest
 from vaelab.config import (
     DEQUANTIZATION_VARIANCE,
     Config,
+    apply_budget,
     find_config,
     load_toml,
     preset_names,
@@ -131,3 +132,70 @@ def test_config_names_files_before_presets(tmp_path, monkeypatch) -> None:
         find_config("iwae-vae")
     assert "unknown preset" in str(e.value) and "\n" not in str(e.value)
     assert "iwae-k50-fixed" in str(e.value)
+
+
+def test_budget_scales_a_presets_epochs_and_schedule() -> None:
+    preset = load_toml(find_config("iwae-vae-fixed"))
+    c = Config.from_dict(apply_budget({**preset, "budget": 0.05})).resolved()
+    assert (c.epochs, c.budget) == (164, 0.05)  # 3280 epochs
+    assert c.lr_half_life == pytest.approx(987.0 * 0.05)
+    assert c.warmup_epochs == 0.0 and c.batch_size == 20
+    # Without a budget nothing changes, and the budget 1 is recorded.
+    assert Config.from_dict(apply_budget(preset)).resolved().epochs == 3280
+
+
+def test_budget_scales_defaults_and_every_epoch_valued_option() -> None:
+    c = Config.from_dict(apply_budget({"budget": 0.5})).resolved()
+    assert (c.epochs, c.lr_half_life, c.warmup_epochs) == (10, 4.0, 0.5)
+    c = Config.from_dict(apply_budget({
+        "budget": 0.25, "latent": "mixture", "mixture_fit_epoch": 6,
+        "anneal_rate": 3e-5, "patience": 5})).resolved()
+    # 6 / 4 rounds half up; the per-step rate runs 4x as fast; patience
+    # (validation noise, not a schedule) is kept.
+    assert (c.epochs, c.mixture_fit_epoch, c.patience) == (5, 2, 5)
+    assert c.anneal_rate == pytest.approx(1.2e-4)
+
+
+def test_budget_rounds_epochs_half_up_to_at_least_one() -> None:
+    def scaled(**values) -> Config:
+        return Config.from_dict(apply_budget(values)).resolved()
+
+    assert scaled(epochs=3, budget=0.5).epochs == 2
+    assert scaled(epochs=20, budget=0.001).epochs == 1
+    # 7 * 0.3 = 2.1 epochs: the warm-up, 2.1 too, is cut to the 2.
+    c = scaled(epochs=7, warmup_epochs=7.0, budget=0.3)
+    assert (c.epochs, c.warmup_epochs) == (2, 2.0)
+
+
+def test_budget_is_not_applied_twice_on_resume() -> None:
+    preset = load_toml(find_config("iwae-vae-fixed"))
+    stored = Config.from_dict(apply_budget({**preset, "budget": 0.05}))
+    stored_json = stored.resolved().to_dict()
+    # --resume alone, and the first command again: the stored values.
+    for given in ({}, {**preset, "budget": 0.05}, {**preset}):
+        again = Config.from_dict(apply_budget(given, stored_json))
+        assert again.resolved().to_dict() == stored_json
+    # A longer run is asked for in the preset's epochs, as the first
+    # command was; the stored schedule stays as it was scaled.
+    longer = Config.from_dict(apply_budget({"epochs": 4000}, stored_json))
+    assert longer.epochs == 200
+    assert longer.lr_half_life == stored_json["lr_half_life"]
+
+
+@pytest.mark.parametrize("budget", [0, 0.0, -0.5, 1.5, float("nan"),
+                                    float("inf"), True, "half"])
+def test_bad_budget_is_a_one_line_error(budget) -> None:
+    for build in (lambda: apply_budget({"budget": budget}),
+                  lambda: Config(budget=budget).resolved()):
+        with pytest.raises(ConfigError) as e:
+            build()
+        assert "budget must be a number in (0, 1]" in str(e.value)
+        assert "\n" not in str(e.value)
+
+
+def test_a_zoo_entrys_budget_scales_it_too() -> None:
+    from vaelab.run import Zoo, ZooModel, model_config
+
+    entry = ZooModel("m", "m", {"epochs": 30, "budget": 0.1}, {})
+    c = model_config(entry, Zoo(models=[entry], source="zoo.toml"))
+    assert (c.epochs, c.budget, c.lr_half_life) == (3, 0.1, 0.8)

@@ -20,6 +20,7 @@ from vaelab import __version__, runfolder
 from vaelab.config import (
     CHOICES,
     Config,
+    apply_budget,
     find_config,
     load_toml,
     preset_names,
@@ -91,6 +92,11 @@ FIELD_HELP = {
     "lr_half_life": "epochs per halving of the exponential schedule",
     "warmup_epochs": "epochs of linear warm-up from 0 to --lr",
     "epochs": "passes over the training set (the most, with --patience)",
+    "budget": "train this fraction F in (0, 1] of the config's epochs: "
+    "epochs, lr_half_life, warmup_epochs and mixture_fit_epoch are "
+    "multiplied by F (epochs rounded, at least 1), anneal_rate divided; "
+    "flags and files are in the config's units, a resumed run keeps its "
+    "F and its scaled values",
     "patience": "stop when the validation ELBO has not improved for N "
     "epochs, keeping the best epoch's model (default: train all epochs)",
     "batch_size": "images per minibatch",
@@ -157,18 +163,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(
     args: argparse.Namespace, base: dict[str, Any] | None = None
 ) -> Config:
-    """Config from ``base``, then the TOML file, then explicit flags."""
-    values: dict[str, Any] = dict(base or {})
+    """Config from ``base`` (a resumed run's, already scaled by its
+    budget), then the TOML file, then explicit flags, these two scaled by
+    the budget (``config.apply_budget``)."""
+    given: dict[str, Any] = {}
     source = "options"
     if getattr(args, "config", None):
         path = find_config(args.config)
-        values.update(load_toml(path))
+        given.update(load_toml(path))
         source = str(path)
     for f in dataclasses.fields(Config):
         v = getattr(args, f.name, None)
         if v is not None:
-            values[f.name] = v
-    return Config.from_dict(values, source=source)
+            given[f.name] = v
+    return Config.from_dict(apply_budget(given, base), source=source)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -107,6 +107,10 @@ class Config:
     # the first epoch of the Laplace model (docs/benchmarks.md).
     warmup_epochs: float = 1.0
     epochs: int = 20
+    # The fraction of a config's epochs to train (``apply_budget``): the
+    # epochs and the epoch-valued schedule lengths are already scaled by
+    # it in a resolved config; recorded so that a resumed run keeps it.
+    budget: float = 1.0
     patience: int | None = None
     batch_size: int = 100
     n_samples: int = 1
@@ -154,6 +158,7 @@ class Config:
         for name in ("train_images", "patience", "mixture_fit_epoch"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        _check_budget(self.budget)
         if (not isinstance(self.val_size, int)
                 or isinstance(self.val_size, bool) or self.val_size < 0):
             raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
@@ -339,6 +344,73 @@ def _positive(
         what = "a number" if real else "an integer"
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{name} must be {what} {bound}, got {value!r}")
+
+
+def _check_budget(budget: Any) -> None:
+    if (not isinstance(budget, (int, float)) or isinstance(budget, bool)
+            or not 0.0 < budget <= 1.0):
+        raise ConfigError(
+            f"budget must be a number in (0, 1], got {budget!r}")
+
+
+# The options a budget scales: epoch counts and schedule lengths in
+# epochs (and the per-step anneal rate, whose reciprocal is a length).
+# Not patience: it counts epochs of validation noise, which a shorter
+# run does not shrink.
+BUDGET_SCALED = ("epochs", "lr_half_life", "warmup_epochs",
+                 "mixture_fit_epoch", "anneal_rate")
+
+
+def _round_epochs(epochs: float) -> int:
+    # Half up, at least 1 (round() would take 2.5 to 2).
+    return max(1, math.floor(epochs + 0.5))
+
+
+def apply_budget(
+    given: dict[str, Any], stored: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Options ``given`` (a TOML file's and the flags', in their source's
+    units) with the run's budget F applied, over ``stored`` (a resumed
+    run's config.json, whose values are already scaled).
+
+    F is given["budget"], else the stored run's, else 1. It multiplies
+    the epochs (rounded half up, at least 1), lr_half_life,
+    warmup_epochs (at most the scaled epochs) and mixture_fit_epoch
+    (rounded, at least 1), and divides anneal_rate (per step), so that a
+    run of F of a preset's epochs follows its schedule compressed. Of a
+    fresh run (no ``stored``) every one of these is scaled, defaults
+    included; of a resumed run only those ``given``: the stored ones are
+    never scaled twice. A ConfigError unless 0 < F <= 1.
+    """
+    values = dict(stored or {})
+    budget = given.get("budget", values.get("budget", 1.0))
+    _check_budget(budget)
+    given = dict(given)
+    if budget != 1.0:
+        if stored is None:
+            defaults = Config()
+            for name in BUDGET_SCALED:
+                given.setdefault(name, getattr(defaults, name))
+        for name in BUDGET_SCALED:
+            value = given.get(name)
+            if not isinstance(value, (int, float)) or isinstance(
+                    value, bool):
+                continue  # None (unset), or a bad value validate names
+            if name == "anneal_rate":
+                given[name] = value / budget
+            elif name in ("epochs", "mixture_fit_epoch"):
+                given[name] = _round_epochs(value * budget)
+            else:
+                given[name] = value * budget
+    values.update(given)
+    values["budget"] = budget
+    warmup, epochs = values.get("warmup_epochs"), values.get("epochs")
+    if (budget != 1.0 and "warmup_epochs" in given
+            and isinstance(warmup, (int, float))
+            and isinstance(epochs, int) and warmup > epochs):
+        # Rounding the epochs down can leave the scaled warm-up longer.
+        values["warmup_epochs"] = float(epochs)
+    return values
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -538,7 +538,10 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     Written with softplus so that saturated logits stay finite:
     log p = x * l - log(1 + e^l) (docs/derivations.md, eq. (1a.5)).
     """
-    return (x * logits - F.softplus(logits)).sum(-1)
+    # Two sums, not the sum of a difference: one tensor of logits' size
+    # fewer to write and read (IWAE evaluation decodes 2,048 points a
+    # pass; measured 13% faster on them, docs/benchmarks.md).
+    return (x * logits).sum(-1) - F.softplus(logits).sum(-1)
 
 
 def kl_diag_gaussian(

@@ -47,7 +47,6 @@ from vaelab.objectives import (
     LatentVariableModel,
     compute_elbo,
     exact_log_marginal,
-    log_mean_exp,
 )
 from vaelab.quadrature import Quadrature, quadrature_log_px
 
@@ -57,6 +56,13 @@ DEQUANTIZE_SEED = 20210517
 IWAE_SEED = 1
 GAP_SEED = 2
 LN2 = math.log(2.0)
+# Decoded (image, draw) pairs per IWAE pass. Small enough that a pass's
+# (points, D) tensors (6 MB for D = 784) stay in cache and below glibc's
+# mmap threshold: with 32,768 points every elementwise op went to memory
+# and every new tensor page-faulted; on the 2-core EPYC (1 thread), IWAE
+# took 1.6-1.9x the time of the decoder's products then, 1.2-1.3x now
+# (docs/benchmarks.md, "IWAE-k against the decoder's products").
+EVAL_POINTS = 2048
 
 
 def slice_q(q: Any, sl: slice | Tensor) -> Any:
@@ -84,41 +90,87 @@ class IwaeTerms:
     var: Tensor
 
 
+class LogMeanExp:
+    """Streamed log (1/k) sum_k exp(lw_k) per image, k arriving in passes.
+
+    Holds, per image (B,), in float64: the running max m of the log-weights,
+    sum exp(lw - m) and sum exp(2 (lw - m)) (for the effective sample size),
+    and the running sums of the log-weights and of log p(x|z), so that
+    memory stays (B,) whatever k. ``add`` takes one pass's (kc, B); it
+    equals a logsumexp over all k at once up to float64 rounding.
+    """
+
+    def __init__(self, b: int, device: torch.device | str = "cpu") -> None:
+        def zeros() -> Tensor:
+            return torch.zeros(b, dtype=torch.float64, device=device)
+
+        self.n = 0
+        self.max = torch.full((b,), -math.inf, dtype=torch.float64,
+                              device=device)
+        self.sum_w, self.sum_w2 = zeros(), zeros()
+        self.sum_lw, self.sum_ll = zeros(), zeros()
+
+    def add(self, log_w: Tensor, log_lik: Tensor) -> None:
+        """One pass: log-weights and log p(x|z), each (kc, B), nats."""
+        # float64 from here on only: the (kc, B) weights are tiny next to
+        # the (kc, B, D) decoder outputs, and a sum of 5000 exps in
+        # float32 would lose digits the comparison with logsumexp needs.
+        lw = log_w.double()
+        new_max = torch.maximum(self.max, lw.amax(0))
+        # An image whose weights are all 0 so far (max -inf) is shifted by
+        # 0, as logsumexp does, so that -inf - -inf never makes a NaN.
+        shift = torch.where(torch.isneginf(new_max), 0.0, new_max)
+        old = torch.exp(self.max - shift)
+        e = torch.exp(lw - shift)
+        self.sum_w = self.sum_w * old + e.sum(0)
+        self.sum_w2 = self.sum_w2 * old.square() + e.square().sum(0)
+        self.max = new_max
+        self.sum_lw += lw.sum(0)
+        self.sum_ll += log_lik.double().sum(0)
+        self.n += lw.shape[0]
+
+    def terms(self, kl: Tensor | None) -> IwaeTerms:
+        """The ``IwaeTerms`` of the draws so far; ``kl`` (B,), closed
+        form, or None for the Monte Carlo E_q[log q - log p(z)]."""
+        k = self.n
+        shift = torch.where(torch.isneginf(self.max), 0.0, self.max)
+        iwae = self.sum_w.log() + shift - math.log(k)
+        ll_mean = self.sum_ll / k
+        kl = (ll_mean - self.sum_lw / k) if kl is None else kl.double()
+        # ESS = (sum w)^2 / sum w^2; the shift by max cancels.
+        ess = self.sum_w.square() / self.sum_w2
+        return IwaeTerms(
+            iwae=iwae, elbo=ll_mean - kl, log_lik=ll_mean, kl=kl,
+            var=(1.0 / ess - 1.0 / k).clamp(min=0.0),
+        )
+
+
 @torch.no_grad()
 def iwae_bound(
     model: LatentVariableModel, x: Tensor, q: Any, k: int,
     generator: torch.Generator | None = None,
-    max_points: int = MAX_POINTS,
+    max_points: int = EVAL_POINTS,
 ) -> IwaeTerms:
     """IWAE_k (Burda et al. 2015) and the ELBO of images x (B, D) with
-    proposal q (over (B, P)), from the same k draws per image. The draws
-    are decoded ``max_points`` at a time; all k log-weights of the batch
-    are kept ((k, B) floats), then combined with logsumexp."""
+    proposal q (over (B, P)), from the same k draws per image, in nats
+    per image. The draws are decoded in passes of about ``max_points``
+    (image, draw) pairs and folded into a ``LogMeanExp``: memory is one
+    pass's, whatever k."""
     b = x.shape[0]
     per_pass = max(1, max_points // max(b, 1))
-    log_w, log_lik = [], []
+    acc = LogMeanExp(b, x.device)
     for start in range(0, k, per_pass):
         kc = min(per_pass, k - start)
         z = q.rsample(kc, generator)  # (kc, B, P)
         ll = model.log_likelihood(x, z)  # (kc, B)
-        log_lik.append(ll)
-        log_w.append(ll + model.prior.log_prob(z) - q.log_prob(z))
-    lw = torch.cat(log_w).double()
-    ll_mean = torch.cat(log_lik).double().mean(0)
-    kl = kl_divergence(q, model.prior)
-    kl = (ll_mean - lw.mean(0)) if kl is None else kl.double()
-    lse = torch.logsumexp(lw, 0)
-    ess = torch.exp(2.0 * lse - torch.logsumexp(2.0 * lw, 0))
-    return IwaeTerms(
-        iwae=log_mean_exp(lw), elbo=ll_mean - kl, log_lik=ll_mean, kl=kl,
-        var=(1.0 / ess - 1.0 / k).clamp(min=0.0),
-    )
+        acc.add(ll + model.prior.log_prob(z) - q.log_prob(z), ll)
+    return acc.terms(kl_divergence(q, model.prior))
 
 
 def iwae_dataset(
     model: LatentVariableModel, x: Tensor, q: Any, k: int,
     generator: torch.Generator | None = None,
-    max_points: int = MAX_POINTS,
+    max_points: int = EVAL_POINTS,
     progress: Callable[[int], None] | None = None,
 ) -> IwaeTerms:
     """``iwae_bound`` over many images (N, D), in batches sized so that
@@ -497,14 +549,17 @@ def to_bpd(log_p: float | None, dim: int, preprocess: str) -> float | None:
 def estimate_bounds(
     model: LatentVariableModel,
     x: Tensor, q: Any, k: int, generator: torch.Generator,
-    progress: bool = False,
+    progress: bool = False, max_points: int = EVAL_POINTS,
 ) -> tuple[Estimate, IwaeEstimate, Tensor]:
     """The ELBO and IWAE_k of images x (N, D) with proposal q (over
     (N, P)), means over images in nats per image, and the per-image
-    IWAE_k (N,)."""
+    IWAE_k (N,). ``progress``: a bar on a terminal (stderr), counting
+    images, with their rate and the time left; ``max_points``: decoded
+    points per pass (``iwae_dataset``)."""
     bar = tqdm(total=x.shape[0], unit="img", leave=False,
                desc=f"IWAE k={k}", disable=None if progress else True)
-    terms = iwae_dataset(model, x, q, k, generator, progress=bar.update)
+    terms = iwae_dataset(model, x, q, k, generator, max_points,
+                         progress=bar.update)
     bar.close()
     iwae = IwaeEstimate(*_stats(terms.iwae), k=k,
                         mc_se=float(terms.var.sum().sqrt() / x.shape[0]))

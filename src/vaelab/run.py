@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab import runfolder
-from vaelab.config import Config
+from vaelab.config import Config, apply_budget
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run
@@ -164,7 +164,9 @@ def model_config(
     if data_dir is not None:
         values["data_dir"] = data_dir
     values["extra"] = extra
-    return Config.from_dict(values, source=zoo.source).resolved()
+    # A zoo entry's budget scales its epochs as --budget does.
+    return Config.from_dict(apply_budget(values),
+                            source=zoo.source).resolved()
 
 
 def _finished(run_dir: Path, config: Config) -> bool:
