@@ -1,15 +1,17 @@
 """Epochs to a given quality: today's constant-rate training against the
-new default, for the spec's model and its Bernoulli and Laplace variants.
+new default and the zoo's recipe, for the spec's model and its Bernoulli
+and Laplace variants.
 
 For each model, trains (with ``vaelab.train.train``) the old default --
 constant Adam rate, Sigma = 0.1 and zero decoder output bias at the start
 (``--lr-schedule constant --var-init constant --bias-init constant``) --
-for ``--baseline-epochs`` epochs, and the new default (Sigma and the
-output bias from the training images, the rate 3e-3 halved every 8
-epochs after a 1-epoch linear warm-up) for ``--epochs`` epochs. Prints
-the validation ELBO (nats per image) of both per epoch side by side, and
-the first epoch at which the new default reaches the baseline's final
-value.
+for ``--baseline-epochs`` epochs; the new default of ``vaelab train``
+(Sigma and the output bias from the training images, the rate 3e-3
+halved every 8 epochs after a 1-epoch linear warm-up) for ``--epochs``
+epochs; and the recipe the zoo (src/vaelab/zoo.toml) trains it with, to
+its epoch cap. Prints the validation ELBO (nats per image) of the three
+per epoch side by side, their median seconds per epoch, and the first
+epoch at which each new curve reaches the baseline's final value.
 
     VAELAB_DATA=/work/shared/data/mnist python benchmarks/time_to_quality.py
 """
@@ -27,6 +29,7 @@ import torch
 from vaelab.config import Config
 from vaelab.data import load_data
 from vaelab.errors import TrainingDiverged
+from vaelab.run import load_zoo
 from vaelab.runfolder import read_metrics
 from vaelab.train import train
 
@@ -36,6 +39,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "bernoulli": {"likelihood": "bernoulli"},
     "laplace": {"likelihood": "gaussian", "prior": "laplace", "tau": 1.0},
 }
+# Their names in the zoo, whose recipe is the third curve.
+ZOO_NAMES = {"gaussian": "gaussian-adam", "bernoulli": "bernoulli-adam",
+             "laplace": "laplace-adam"}
 # Today's behaviour before this change, every other option the default.
 BASELINE: dict[str, Any] = {
     "lr": 1e-3, "lr_schedule": "constant", "warmup_epochs": 0.0,
@@ -54,20 +60,31 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def val_curve(config: Config, dataset: Any) -> list[float]:
-    """Validation ELBO after each epoch of a fresh run of ``config``; a
-    run that diverges ends its curve there (the message is printed)."""
+def val_curve(config: Config, dataset: Any) -> tuple[list[float], float]:
+    """Validation ELBO after each epoch of a fresh run of ``config``, and
+    its median seconds per epoch; a run that diverges ends its curve there
+    (the message is printed)."""
     with tempfile.TemporaryDirectory() as out:
         try:
             train(config, out, dataset=dataset, progress=False)
         except TrainingDiverged as e:
             print(f"diverged: {e}", flush=True)
-        return [r["val_elbo"] for r in read_metrics(out)]
+        records = read_metrics(out)
+    seconds = sorted(r["seconds"] for r in records) or [float("nan")]
+    return [r["val_elbo"] for r in records], seconds[len(seconds) // 2]
 
 
 def first_reaching(curve: list[float], target: float) -> int | None:
     """The first epoch (1-based) whose value is at least ``target``."""
     return next((i + 1 for i, v in enumerate(curve) if v >= target), None)
+
+
+def zoo_recipe(name: str) -> dict[str, Any]:
+    """The options the zoo (src/vaelab/zoo.toml) trains model ``name``
+    with, its epoch cap included."""
+    zoo = load_zoo()
+    model = next(m for m in zoo.models if m.name == ZOO_NAMES[name])
+    return dict(model.options)
 
 
 def compare(
@@ -76,24 +93,41 @@ def compare(
 ) -> None:
     common = {**options, "seed": seed, "data_dir": data_dir}
     dataset = load_data(Config(**common).resolved())
-    old = val_curve(Config(**common, **BASELINE, epochs=baseline_epochs),
-                    dataset)
-    new = val_curve(Config(**common, epochs=epochs), dataset)
-    print(f"\n{name}: validation ELBO, nats per image")
-    print(f"{'epoch':>5}  {'baseline':>9}  {'new':>9}")
-    for i in range(max(len(old), len(new))):
+    recipe = {**zoo_recipe(name), "seed": seed, "data_dir": data_dir}
+    curves = {
+        "baseline": val_curve(
+            Config(**common, **BASELINE, epochs=baseline_epochs), dataset),
+        "default": val_curve(Config(**common, epochs=epochs), dataset),
+        "zoo": val_curve(Config.from_dict(recipe), dataset),
+    }
+    print(f"\n{name}: validation ELBO, nats per image (zoo: "
+          + ", ".join(f"{k}={v}" for k, v in recipe.items()
+                      if k not in options and k not in ("seed", "data_dir"))
+          + ")")
+    print(f"{'epoch':>5}" + "".join(f"  {k:>9}" for k in curves))
+    longest = max(len(c) for c, _ in curves.values())
+    for i in range(longest):
         cells = [f"{c[i]:9.2f}" if i < len(c) else f"{'':9}"
-                 for c in (old, new)]
-        print(f"{i + 1:5d}  {cells[0]}  {cells[1]}")
-    if not old or not new:
-        print(f"{name}: a run diverged in its first epoch", flush=True)
+                 for c, _ in curves.values()]
+        print(f"{i + 1:5d}  " + "  ".join(cells))
+    print(f"{'s/ep':>5}  " + "  ".join(
+        f"{s:9.2f}" for _, s in curves.values()))
+    old = curves["baseline"][0]
+    if not old:
+        print(f"{name}: the baseline diverged in its first epoch", flush=True)
         return
-    hit = first_reaching(new, old[-1])
-    reached = (f"epoch {hit}" if hit is not None
-               else f"not within {epochs} epochs")
-    print(f"{name}: baseline after {baseline_epochs} epochs {old[-1]:.2f}; "
-          f"new default reaches it at {reached}; new final ({epochs}) "
-          f"{new[-1]:.2f} ({new[-1] - old[-1]:+.2f})", flush=True)
+    for label in ("default", "zoo"):
+        new, seconds = curves[label]
+        if not new:
+            print(f"{name}: {label} diverged in its first epoch")
+            continue
+        hit = first_reaching(new, old[-1])
+        reached = (f"epoch {hit}" if hit is not None
+                   else f"not within {len(new)} epochs")
+        print(f"{name}: baseline after {baseline_epochs} epochs "
+              f"{old[-1]:.2f}; {label} reaches it at {reached}; final "
+              f"({len(new)} epochs, {seconds:.2f} s each) {new[-1]:.2f} "
+              f"({new[-1] - old[-1]:+.2f})", flush=True)
 
 
 def main() -> None:

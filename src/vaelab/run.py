@@ -27,6 +27,7 @@ from vaelab.config import Config, apply_budget
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run
+from vaelab.model import build_model
 from vaelab.plots import make_figures, real_digits_figure
 from vaelab.report import write_pdf, write_report
 from vaelab.train import train
@@ -188,6 +189,25 @@ def _finished(run_dir: Path, config: Config) -> bool:
 # (docs/benchmarks.md, "VAE versus variational EM"): the run's ETA uses it
 # until the model's own first epoch is timed.
 VEM_EPOCH_COST = 2.5
+# A VAE epoch's time: its networks' products, in proportion to their
+# weights, and a cost per step. Measured 2026-12-02 (2-core AMD EPYC, 2
+# threads): the spec's networks took 2.62 s per epoch at batch 100 and
+# 3.53 s at batch 50, so the steps are ~35% of an epoch at batch 100.
+PRODUCT_SHARE = 0.65
+
+
+def _weights(config: Config) -> int:
+    """Weights (entries of 2-D parameters) of a config's networks."""
+    return sum(p.numel() for p in build_model(config).parameters()
+               if p.dim() == 2)
+
+
+def epoch_cost(config: Config, spec_weights: int) -> float:
+    """An epoch of ``config`` in epochs of the spec's model (batch 100,
+    ``spec_weights`` weights), for the run's ETA before it is timed."""
+    cost = (PRODUCT_SHARE * _weights(config) / spec_weights
+            + (1.0 - PRODUCT_SHARE) * 100 / config.batch_size)
+    return cost * (VEM_EPOCH_COST if config.inference == "vem" else 1.0)
 # Figures and evaluation of one model cost about this many VAE epochs of
 # its training images (measured: 3-6 in full runs, ~10 under --quick).
 STAGE_EPOCHS = 5.0
@@ -196,8 +216,8 @@ STAGE_EPOCHS = 5.0
 class RunClock:
     """Time left in a zoo run, from what it has timed so far: seconds per
     training image (per model once it has run an epoch) and seconds of
-    figures and evaluation per model. Epoch caps make it an upper bound
-    when models stop early."""
+    figures and evaluation per model. Models that stop before their cap
+    end the run earlier."""
 
     def __init__(self, plan: dict[str, tuple[int, int, float]]) -> None:
         # name -> (epochs left, training images, epoch cost factor)
@@ -242,12 +262,12 @@ class RunClock:
         return left + self.stages_left * mean
 
     def eta(self) -> str:
-        """" (run: at most ~N min left)" or "" before any timing."""
+        """" (run: ~N min left)" or "" before any timing."""
         left = self.seconds_left()
         if left is None:
             return ""
         text = (f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
-        return f" (run: at most ~{text} left)"
+        return f" (run: ~{text} left)"
 
 
 def spec_epoch_seconds(run_dir: Path, n_images: int) -> float | None:
@@ -463,5 +483,5 @@ def _plan(
         done = runfolder.checkpoint_epoch(run_dir)
     else:
         done = 0
-    factor = VEM_EPOCH_COST if config.inference == "vem" else 1.0
-    return max(config.epochs - done, 0), n, factor
+    return (max(config.epochs - done, 0), n,
+            epoch_cost(config, _weights(Config())))
