@@ -85,17 +85,17 @@ def test_class_names():
 
 def test_scatter_legend_names_the_classes(tmp_path, monkeypatch):
     seen = {}
-    real = plots.Figure.savefig
+    real = plots._save
 
-    def spy(fig, *args, **kwargs):
+    def spy(fig, path):
         for ax in fig.axes:
             legend = ax.get_legend()
             if legend is not None:
                 seen["title"] = legend.get_title().get_text()
                 seen["labels"] = [t.get_text() for t in legend.get_texts()]
-        return real(fig, *args, **kwargs)
+        return real(fig, path)
 
-    monkeypatch.setattr(plots.Figure, "savefig", spy)
+    monkeypatch.setattr(plots, "_save", spy)
     means, labels = blobs([(k, 0.0) for k in range(10)], n=5)
     names = data.class_names("fashion-mnist")
     path = plots.plot_scatter(means, labels, tmp_path / "s.png", "t",
