@@ -208,6 +208,8 @@ def epoch_cost(config: Config, spec_weights: int) -> float:
     cost = (PRODUCT_SHARE * _weights(config) / spec_weights
             + (1.0 - PRODUCT_SHARE) * 100 / config.batch_size)
     return cost * (VEM_EPOCH_COST if config.inference == "vem" else 1.0)
+
+
 # Figures and evaluation of one model cost about this many VAE epochs of
 # its training images (measured: 3-6 in full runs, ~10 under --quick).
 STAGE_EPOCHS = 5.0
