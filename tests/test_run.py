@@ -374,16 +374,14 @@ def test_a_run_that_trains_nothing_claims_no_cost(tmp_path, zoo_file):
 
 
 def test_epoch_cost_counts_weights_steps_and_vem() -> None:
-    spec = Config()
-    weights = run._weights(spec)
-    assert run.epoch_cost(spec, weights) == pytest.approx(1.0)
+    assert run.epoch_cost(Config()) == pytest.approx(1.0)
     # Twice the steps per epoch cost their share again; deeper networks
     # and variational EM cost more, smaller ones less.
     half = Config(batch_size=50)
-    assert run.epoch_cost(half, weights) == pytest.approx(
+    assert run.epoch_cost(half) == pytest.approx(
         1.0 + (1.0 - run.PRODUCT_SHARE))
     deep = Config(hidden=(512, 256), latent="categorical", groups=20,
                   classes=10, likelihood="bernoulli", estimator="gumbel")
-    assert run.epoch_cost(deep, weights) > 1.0
-    assert run.epoch_cost(Config(hidden=(64,)), weights) < 1.0
-    assert run.epoch_cost(Config(inference="vem"), weights) > 1.0
+    assert run.epoch_cost(deep) > 1.0
+    assert run.epoch_cost(Config(hidden=(64,))) < 1.0
+    assert run.epoch_cost(Config(inference="vem")) > 1.0

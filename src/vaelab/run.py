@@ -11,6 +11,7 @@ resumed. One process at a time may use ``out_dir``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import shutil
 import sys
@@ -202,10 +203,15 @@ def _weights(config: Config) -> int:
                if p.dim() == 2)
 
 
-def epoch_cost(config: Config, spec_weights: int) -> float:
-    """An epoch of ``config`` in epochs of the spec's model (batch 100,
-    ``spec_weights`` weights), for the run's ETA before it is timed."""
-    cost = (PRODUCT_SHARE * _weights(config) / spec_weights
+@functools.cache
+def _spec_weights() -> int:
+    return _weights(Config())
+
+
+def epoch_cost(config: Config) -> float:
+    """An epoch of ``config`` in epochs of the spec's model (the default
+    Config, batch 100), for the run's ETA before it is timed."""
+    cost = (PRODUCT_SHARE * _weights(config) / _spec_weights()
             + (1.0 - PRODUCT_SHARE) * 100 / config.batch_size)
     return cost * (VEM_EPOCH_COST if config.inference == "vem" else 1.0)
 
@@ -259,8 +265,8 @@ class RunClock:
         else:
             # Until one is timed, a model's figures and evaluation are
             # guessed at STAGE_EPOCHS of its training epochs.
-            images = [images for _, images, _ in self.plan.values()]
-            mean = STAGE_EPOCHS * base * sum(images) / len(images)
+            sizes = [n for _, n, _ in self.plan.values()]
+            mean = STAGE_EPOCHS * base * sum(sizes) / len(sizes)
         return left + self.stages_left * mean
 
     def eta(self) -> str:
@@ -485,5 +491,4 @@ def _plan(
         done = runfolder.checkpoint_epoch(run_dir)
     else:
         done = 0
-    return (max(config.epochs - done, 0), n,
-            epoch_cost(config, _weights(Config())))
+    return max(config.epochs - done, 0), n, epoch_cost(config)
