@@ -398,7 +398,7 @@ def run_zoo(
             + f" test images, k = {zoo.quick_eval_k if quick else zoo.eval_k}"
             " importance samples"
             + (f" (the gaps on the first {n_gaps:,})" if n_gaps else "")
-            + "; the ELBOs above use every test image."
+            + "; the ELBO columns use every test image."
         ]
         if quick:
             n = first.train_images
