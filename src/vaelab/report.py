@@ -195,7 +195,8 @@ def _table(
 
 def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
     header = ["model", "data", "test ELBO", "test E[log p(x|z)]",
-              "test KL", "val ELBO", "train ELBO", "IWAE*", "log p(x)*",
+              "test KL", "val ELBO", "train ELBO", "ELBO*", "IWAE*",
+              "log p(x)*",
               "purity*", "epochs", "training time (s)"]
     rows = []
     for r in records:
@@ -206,6 +207,9 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
             _fmt(test.get("elbo")), _fmt(test.get("log_lik")),
             _fmt(test.get("kl")), _fmt(res.get("val", {}).get("elbo")),
             _fmt(res.get("train", {}).get("elbo")),
+            # On the evaluation's images: the gaps to IWAE and log p(x)
+            # read across one row (the test ELBO is over every image).
+            _estimate(ev and ev.elbo),
             _estimate(ev and ev.iwae, show_k=False),
             _estimate(ev and ev.log_px),
             f"{ev.clusters.purity:.1%}" if ev and ev.clusters else "-",
