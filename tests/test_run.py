@@ -176,6 +176,43 @@ def test_run_makes_every_file_and_reuses_trained_models(
     assert {p: p.stat().st_mtime_ns for p in figs} == figs
 
 
+def test_models_side_by_side_train_as_one_at_a_time(tmp_path, zoo_file):
+    # --jobs 2: each model in its own process; the same runs, figures and
+    # report as one at a time, every model's epochs logged, the cost unit
+    # timed alone.
+    lines: list[str] = []
+    one = run.run_zoo(tmp_path / "one", zoo=zoo_file, load=Loader(),
+                      **quiet())
+    two = run.run_zoo(tmp_path / "two", zoo=zoo_file, load=Loader(),
+                      progress=True, log=lines.append, command="test",
+                      jobs=2)
+    for name in ("g-adam", "g-adagrad", "bern"):
+        a, b = (json.loads((tmp_path / d / name / "results.json")
+                           .read_text()) for d in ("one", "two"))
+        assert b["epochs"] == a["epochs"]
+        assert b["val"]["elbo"] == pytest.approx(a["val"]["elbo"],
+                                                 rel=1e-4)
+        assert (tmp_path / "two" / name / "samples.png").is_file()
+        assert any(line.startswith(f"[{i}/3] {name}: epoch 1/")
+                   for i in (1, 2, 3) for line in lines)
+    assert (tmp_path / "two" / "report.html").is_file()
+    assert [m["name"] for m in two["models"]] == [m["name"]
+                                                 for m in one["models"]]
+    assert two["epoch_seconds"] > 0
+    assert any("2 models at a time" in line for line in lines)
+
+
+def test_bad_jobs_are_named_errors(tmp_path, zoo_file, capsys):
+    with pytest.raises(ConfigError, match="--jobs must be >= 1"):
+        run.run_zoo(tmp_path / "o", zoo=zoo_file, load=Loader(), jobs=0,
+                    **quiet())
+    code = main(["run", "--out", str(tmp_path / "o"), "--zoo",
+                 str(zoo_file), "--jobs", "two"])
+    assert code == 2
+    assert "--jobs must be auto or an integer >= 1, got 'two'" in (
+        capsys.readouterr().err)
+
+
 def test_interrupted_model_is_resumed(tmp_path, zoo_file, monkeypatch):
     out = tmp_path / "out"
     run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
@@ -343,11 +380,24 @@ def test_run_clock_counts_what_is_left() -> None:
     assert clock.seconds_left() == pytest.approx(
         2 * 2.0 + 2 * 5.0 + 2 * run.STAGE_EPOCHS * 2.0)
     clock.training_done("a")
-    clock.stages_done(3.0)  # a's figures and evaluation
+    clock.stages_done("a", 3.0)  # a's figures and evaluation
     assert clock.seconds_left() == pytest.approx(2 * 5.0 + 3.0)
     clock.epoch_done("b", {"seconds": 4.0, "images": 1000})
     assert clock.seconds_left() == pytest.approx(4.0 + 3.0)
     assert "left" in clock.eta()
+
+
+def test_run_clock_shares_what_is_left_among_jobs() -> None:
+    clock = run.RunClock({"a": (3, 1000, 1.0), "b": (1, 1000, 1.0)},
+                         jobs=2)
+    clock.epoch_done("a", {"seconds": 2.0, "images": 1000})
+    clock.stages_done("a", 1.0)
+    clock.stages_done("b", 1.0)
+    # a: 2 epochs (4 s) and b: 1 (2 s) side by side end with a's 4 s.
+    assert clock.seconds_left() == pytest.approx(4.0)
+    clock.epoch_done("a", {"seconds": 2.0, "images": 1000})
+    # 2 s each: shared, 2 s; never sooner than the longer part.
+    assert clock.seconds_left() == pytest.approx(2.0)
 
 
 def test_run_reports_its_cost_in_epoch_times(tmp_path, zoo_file):

@@ -29,7 +29,7 @@ from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run, format_table
 from vaelab.plots import make_figures
-from vaelab.run import run_zoo
+from vaelab.run import default_jobs, run_zoo
 from vaelab.train import train
 
 FIELD_HELP = {
@@ -231,8 +231,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.out, quick=args.quick, device=args.device,
         data_dir=args.data_dir, zoo=args.zoo, only=only, pdf=args.pdf,
         replot=args.replot, progress=not args.quiet,
+        jobs=_jobs(args.jobs, args.device),
     )
     return 0
+
+
+def _jobs(value: str, device: str | None) -> int:
+    if value == "auto":
+        return default_jobs(device)
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be auto or an integer >= 1, got "
+                          f"{value!r}")
+    return jobs
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -311,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replot", action="store_true",
                    help="redraw figures of reused models")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="models at a time, each in its own process with "
+                   "its share of the CPU threads (default auto: one per "
+                   "thread on a CPU, 1 on a GPU)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="ELBO, IWAE, exact log p(x) and "
@@ -344,8 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaelab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("vaelab: interrupted; finished epochs are saved (continue "
-              "with --resume)", file=sys.stderr)
+        again = ("run the same command again" if args.func is cmd_run
+                 else "continue with --resume")
+        print(f"vaelab: interrupted; finished epochs are saved ({again})",
+              file=sys.stderr)
         return 130
 
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import multiprocessing
+import queue
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -22,6 +27,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config, apply_budget
@@ -31,7 +39,7 @@ from vaelab.evaluate import evaluate_run
 from vaelab.model import build_model
 from vaelab.plots import make_figures, real_digits_figure
 from vaelab.report import write_pdf, write_report
-from vaelab.train import train
+from vaelab.train import time_epoch, train
 
 
 @dataclass
@@ -225,14 +233,17 @@ class RunClock:
     """Time left in a zoo run, from what it has timed so far: seconds per
     training image (per model once it has run an epoch) and seconds of
     figures and evaluation per model. Models that stop before their cap
-    end the run earlier."""
+    end the run earlier. With ``jobs`` models at a time, what is left is
+    shared among them, but no sooner than the longest model's part."""
 
-    def __init__(self, plan: dict[str, tuple[int, int, float]]) -> None:
+    def __init__(self, plan: dict[str, tuple[int, int, float]],
+                 jobs: int = 1) -> None:
         # name -> (epochs left, training images, epoch cost factor)
         self.plan = dict(plan)
+        self.jobs = jobs
         self.per_image: dict[str, float] = {}
         self.stage_seconds: list[float] = []
-        self.stages_left = len(plan)
+        self.stages_left = set(plan)
 
     def epoch_done(self, name: str, record: dict[str, Any]) -> None:
         epochs, images, factor = self.plan[name]
@@ -243,9 +254,9 @@ class RunClock:
         _, images, factor = self.plan[name]
         self.plan[name] = (0, images, factor)
 
-    def stages_done(self, seconds: float) -> None:
+    def stages_done(self, name: str, seconds: float) -> None:
         self.stage_seconds.append(seconds)
-        self.stages_left -= 1
+        self.stages_left.discard(name)
 
     def seconds_left(self) -> float | None:
         """Estimated seconds to the end, or None before any timing."""
@@ -256,18 +267,19 @@ class RunClock:
         base = sum(rate / self.plan[name][2]
                    for name, rate in self.per_image.items()
                    ) / len(self.per_image)
-        left = 0.0
-        for name, (epochs, images, factor) in self.plan.items():
-            per = self.per_image.get(name, base * factor)
-            left += epochs * images * per
         if self.stage_seconds:
-            mean = sum(self.stage_seconds) / len(self.stage_seconds)
+            stage = sum(self.stage_seconds) / len(self.stage_seconds)
         else:
             # Until one is timed, a model's figures and evaluation are
             # guessed at STAGE_EPOCHS of its training epochs.
             sizes = [n for _, n, _ in self.plan.values()]
-            mean = STAGE_EPOCHS * base * sum(sizes) / len(sizes)
-        return left + self.stages_left * mean
+            stage = STAGE_EPOCHS * base * sum(sizes) / len(sizes)
+        parts = [
+            epochs * images * self.per_image.get(name, base * factor)
+            + (stage if name in self.stages_left else 0.0)
+            for name, (epochs, images, factor) in self.plan.items()
+        ]
+        return max(sum(parts) / self.jobs, max(parts, default=0.0))
 
     def eta(self) -> str:
         """" (run: ~N min left)" or "" before any timing."""
@@ -316,6 +328,7 @@ def run_zoo(
     command: str | None = None,
     load: Callable[[Config], Dataset] | None = None,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train, draw, evaluate and report every model of a zoo into out_dir.
 
@@ -324,8 +337,13 @@ def run_zoo(
     with ``pdf``, ``report.pdf``. ``only``: a subset of the model names
     (the report covers every model trained in out_dir so far). ``load``:
     the full dataset of a config (default ``vaelab.data.load_data``; tests
-    pass synthetic data). Returns the summary.
+    pass synthetic data; picklable when ``jobs`` > 1). ``jobs``: models
+    trained, drawn and evaluated at a time, each in its own process with
+    an equal share of torch's threads (``default_jobs``). Returns the
+    summary.
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     t_start = time.perf_counter()
     out = Path(out_dir)
     zoo = zoo if isinstance(zoo, Zoo) else load_zoo(zoo)
@@ -365,18 +383,27 @@ def run_zoo(
             cache[key] = load(dataclasses.replace(config, train_images=None))
         return cache[key]
 
+    jobs = min(jobs, len(todo))
     with runfolder.lock(out):
         clock = RunClock({
             m.name: _plan(configs[m.name], out / m.name,
                           dataset_for(configs[m.name]))
             for m in todo
-        })
-        for i, m in enumerate(todo, 1):
-            config = configs[m.name]
-            _run_model(m, config, out / m.name, dataset_for(config), zoo,
-                       head=f"[{i}/{len(todo)}] {m.name}", quick=quick,
-                       replot=replot, progress=progress, log=log,
-                       clock=clock)
+        }, jobs=jobs)
+        heads = {m.name: f"[{i}/{len(todo)}] {m.name}"
+                 for i, m in enumerate(todo, 1)}
+        if jobs == 1:
+            for m in todo:
+                config = configs[m.name]
+                _run_model(m, config, out / m.name, dataset_for(config),
+                           zoo, head=heads[m.name], quick=quick,
+                           replot=replot, progress=progress, log=log,
+                           clock=clock)
+        else:
+            _run_parallel(
+                [(m, configs[m.name], out / m.name, zoo, heads[m.name],
+                  quick, replot, load) for m in todo],
+                jobs=jobs, progress=progress, log=log, clock=clock)
         first = configs[todo[0].name]
         grey = [c for c in configs.values()
                 if c.preprocess not in BINARY]
@@ -411,10 +438,19 @@ def run_zoo(
         # The run's cost in epochs of the spec's model (the zoo's first) on
         # this machine, which compares across machines.
         spec = zoo.models[0]
-        epoch = spec_epoch_seconds(out / spec.name, len(
-            dataset_for(configs.get(spec.name, first)).train))
+        if jobs == 1:
+            epoch = spec_epoch_seconds(out / spec.name, len(
+                dataset_for(configs.get(spec.name, first)).train))
+            how = ""
+        else:
+            # Its epochs in this run shared the CPU with other models, so
+            # the unit is timed now, alone, with every thread.
+            config = configs.get(spec.name) or model_config(
+                spec, zoo, quick=quick, device=device, data_dir=data_dir)
+            epoch = time_epoch(config, dataset_for(config))
+            how = f", timed alone; {jobs} models at a time"
         cost = (f"; {seconds / epoch:.0f} epoch-times of {spec.name} "
-                f"({epoch:.1f} s per epoch)" if epoch else "")
+                f"({epoch:.1f} s per epoch{how})" if epoch else "")
         if not clock.per_image:
             # Every model was reused: the wall time measures nothing.
             cost = ", training nothing (every model was trained before)"
@@ -432,6 +468,146 @@ def run_zoo(
                                  chromium())
             log(f"pdf: {pdf_path}")
     return summary
+
+
+def default_jobs(device: str | None = None) -> int:
+    """Models at a time for ``vaelab run --jobs auto``: one per thread of
+    torch's CPU pool (on 2 cores, two models of one thread each beat one
+    of two threads: small products scale poorly; docs/benchmarks.md); 1
+    on a GPU, which runs one model at a time well."""
+    resolved = Config(device=device or "auto").resolved().device
+    if resolved.startswith("cuda"):
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+# A worker process's queue to the parent and its loaded data.
+_EVENTS: Any = None
+_DATA: dict[tuple[Any, ...], Dataset] = {}
+
+
+def _worker_init(events: Any, threads: int) -> None:
+    global _EVENTS
+    # Ctrl-C goes to the whole process group: the parent alone handles it
+    # (and ends the workers), so a worker prints no traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore, which a worker
+    # ended mid-run would leave behind (a warning at exit); a thread's
+    # lock serves a process that draws no bars.
+    tqdm.set_lock(threading.RLock())
+    torch.set_num_threads(threads)
+    _EVENTS = events
+
+
+class _QueueClock:
+    """A worker's side of the parent's RunClock: its calls, sent."""
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+    def eta(self) -> str:
+        return ""  # the parent adds the run's ETA to every line
+
+    def epoch_done(self, name: str, record: dict[str, Any]) -> None:
+        self.events.put(("epoch", name, record))
+
+    def training_done(self, name: str) -> None:
+        self.events.put(("trained", name, None))
+
+    def stages_done(self, name: str, seconds: float) -> None:
+        self.events.put(("stages", name, seconds))
+
+
+def _worker_run(m: ZooModel, config: Config, run_dir: Path, zoo: Zoo,
+                head: str, quick: bool, replot: bool,
+                load: Callable[[Config], Dataset] | None) -> None:
+    """``_run_model`` in a worker, reporting through ``_EVENTS``."""
+    events = _EVENTS
+    try:
+        key = (config.dataset, config.data_dir, config.preprocess,
+               config.val_size)
+        if key not in _DATA:
+            _DATA[key] = (load or load_data)(
+                dataclasses.replace(config, train_images=None))
+        _run_model(m, config, run_dir, _DATA[key], zoo, head=head,
+                   quick=quick, replot=replot, progress=False,
+                   log=lambda text: events.put(("log", m.name, text)),
+                   clock=_QueueClock(events))  # type: ignore[arg-type]
+    finally:
+        events.put(("done", m.name, None))
+
+
+def _run_parallel(
+    tasks: list[tuple[Any, ...]], *, jobs: int, progress: bool,
+    log: Callable[[str], None], clock: RunClock,
+) -> None:
+    """``_worker_run`` of every task (its arguments) in ``jobs`` worker
+    processes with torch's threads shared among them, the longest model
+    first; their lines and epochs reach ``log`` and ``clock`` here. A
+    worker's error ends the others and is raised; so is Ctrl-C (finished
+    epochs are saved: a rerun resumes)."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    epochs = {t[0].name: (t[4], t[1].epochs) for t in tasks}
+
+    def planned(task: tuple[Any, ...]) -> float:
+        left, images, factor = clock.plan[task[0].name]
+        return left * images * factor
+
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    pool = ctx.Pool(jobs, initializer=_worker_init,
+                    initargs=(events, threads))
+    try:
+        _follow(pool, events, tasks, planned, epochs, progress=progress,
+                log=log, clock=clock)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        events.close()
+        events.join_thread()
+
+
+def _follow(
+    pool: Any, events: Any, tasks: list[tuple[Any, ...]],
+    planned: Callable[[tuple[Any, ...]], float],
+    epochs: dict[str, tuple[str, int]], *, progress: bool,
+    log: Callable[[str], None], clock: RunClock,
+) -> None:
+    """Start the tasks on the pool, longest first, and pass the workers'
+    events to ``log`` and ``clock`` until every task is done."""
+    results = [pool.apply_async(_worker_run, task)
+               for task in sorted(tasks, key=planned, reverse=True)]
+    done = 0
+    while done < len(results):
+        try:
+            kind, name, payload = events.get(timeout=0.5)
+        except queue.Empty:
+            for r in results:
+                if r.ready() and not r.successful():
+                    r.get()  # raises the worker's error
+            continue
+        if kind == "log":
+            log(f"{payload}{clock.eta()}")
+        elif kind == "epoch":
+            clock.epoch_done(name, payload)
+            if progress:
+                head, cap = epochs[name]
+                log(f"{head}: epoch {payload['epoch']}/{cap}: train "
+                    f"ELBO {payload['train_elbo']:.2f}, val ELBO "
+                    f"{payload.get('val_elbo', math.nan):.2f} "
+                    f"nats/image ({payload['seconds']:.1f} s)"
+                    f"{clock.eta()}")
+        elif kind == "trained":
+            clock.training_done(name)
+        elif kind == "stages":
+            clock.stages_done(name, payload)
+        else:
+            done += 1
+    for r in results:
+        r.get()
 
 
 def _run_model(
@@ -476,7 +652,7 @@ def _run_model(
                          gap_n=zoo.eval_gap_images,
                          device=config.device, progress=progress,
                          dataset=full)
-    clock.stages_done(time.perf_counter() - t0)
+    clock.stages_done(m.name, time.perf_counter() - t0)
 
 
 def _plan(

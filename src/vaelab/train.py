@@ -333,6 +333,32 @@ def _train_epoch(
     return sums, time.perf_counter() - t0
 
 
+def time_epoch(config: Config, dataset: Dataset, images: int = 10_000,
+               warmup: int = 1_000) -> float:
+    """Seconds of one training epoch of ``config`` over the dataset's
+    training images, timed on its first ``images`` (after ``warmup``
+    untimed ones) with a fresh model, writing nothing: how fast this
+    machine runs that model now (the cost unit of ``vaelab run``)."""
+    config = config.resolved()
+    device = _device(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config)
+    init_from_data(model, config, dataset.train.images,
+                   dataset.preprocess == "dequantize")
+    model.to(device).train()
+    optimizer = make_optimizer(model.parameters(), config)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    method = METHODS[config.inference](model, config, dataset)
+    x = dataset.train.images.to(device)
+    n = min(images, x.shape[0])
+    for part in (x[:min(warmup, n)], x[:n]):
+        _, seconds = _train_epoch(method, optimizer, part, generator,
+                                  config, 1, preprocess=dataset.preprocess,
+                                  progress=False)
+    return seconds * x.shape[0] / n
+
+
 def _fit(
     config: Config, run_dir: Path, start_epoch: int, device: torch.device,
     dataset: Dataset, progress: bool, log: Callable[[str], None],
