@@ -228,7 +228,8 @@ def _comparison_table(records: Sequence[dict[str, Any]]) -> str:
         + "; ".join(evaluated) + "); &plusmn; is the standard error over "
         "images (IWAE) or the error bound (log p(x)); purity: the share "
         "of images whose discrete class's majority label is their own. "
-        "The ELBO columns average every image of their split."
+        "The test, validation and training ELBO columns average every "
+        "image of their split; ELBO* is on the evaluated images."
         if evaluated else "* Not evaluated (no evaluation.json)."
     )
     return (_table(header, rows, text_cols=2, cls="comparison")

@@ -425,7 +425,8 @@ def run_zoo(
             + f" test images, k = {zoo.quick_eval_k if quick else zoo.eval_k}"
             " importance samples"
             + (f" (the gaps on the first {n_gaps:,})" if n_gaps else "")
-            + "; the ELBO columns use every test image."
+            + "; the test, validation and training ELBO columns use "
+            "every image of their split."
         ]
         if quick:
             n = first.train_images
@@ -434,27 +435,29 @@ def run_zoo(
                 + (f" on the first {n:,} training images" if n else "")
                 + "; the numbers are not converged."
             )
-        seconds = time.perf_counter() - t_start
         # The run's cost in epochs of the spec's model (the zoo's first) on
         # this machine, which compares across machines.
         spec = zoo.models[0]
-        if jobs == 1:
+        how = ""
+        if not clock.per_image:
+            epoch = None  # every model was reused: nothing to measure
+        elif jobs == 1:
             epoch = spec_epoch_seconds(out / spec.name, len(
                 dataset_for(configs.get(spec.name, first)).train))
-            how = ""
         else:
             # Its epochs in this run shared the CPU with other models, so
-            # the unit is timed now, alone, with every thread.
+            # the unit is timed now, alone, with every thread (counted in
+            # the run's time).
             config = configs.get(spec.name) or model_config(
                 spec, zoo, quick=quick, device=device, data_dir=data_dir)
             epoch = time_epoch(config, dataset_for(config))
             how = f", timed alone; {jobs} models at a time"
+        seconds = time.perf_counter() - t_start
         cost = (f"; {seconds / epoch:.0f} epoch-times of {spec.name} "
                 f"({epoch:.1f} s per epoch{how})" if epoch else "")
         if not clock.per_image:
-            # Every model was reused: the wall time measures nothing.
+            # The wall time measures nothing.
             cost = ", training nothing (every model was trained before)"
-            epoch = None
         notes.append(f"This run took {seconds / 60:.1f} min{cost}.")
         report, summary = write_report(
             out, [(m.name, m.title) for m in done], command=command,
