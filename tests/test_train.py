@@ -396,3 +396,19 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
         Config(epochs=2, warmup_epochs=3).resolved()
     with pytest.raises(ConfigError, match="warmup_epochs"):
         Config(warmup_epochs=-1).resolved()
+
+
+def test_time_epoch_times_a_fresh_model_and_leaves_no_trace(
+    tmp_path, monkeypatch
+):
+    # The cost unit of `vaelab run`: an epoch of a fresh model, timed and
+    # scaled to the whole training set; no file, no global RNG draw.
+    monkeypatch.chdir(tmp_path)
+    data = synthetic_dataset(n_train=400)
+    config = Config(hidden=16, batch_size=50)
+    state = torch.random.get_rng_state()
+    whole = train_module.time_epoch(config, data, warmup=50)
+    part = train_module.time_epoch(config, data, images=100, warmup=50)
+    assert whole > 0 and part > 0
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert list(tmp_path.iterdir()) == []

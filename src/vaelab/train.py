@@ -333,12 +333,13 @@ def _train_epoch(
     return sums, time.perf_counter() - t0
 
 
-def time_epoch(config: Config, dataset: Dataset, images: int = 10_000,
+def time_epoch(config: Config, dataset: Dataset, images: int | None = None,
                warmup: int = 1_000) -> float:
     """Seconds of one training epoch of ``config`` over the dataset's
-    training images, timed on its first ``images`` (after ``warmup``
-    untimed ones) with a fresh model, writing nothing: how fast this
-    machine runs that model now (the cost unit of ``vaelab run``)."""
+    training images (timed on the first ``images`` and scaled, default:
+    all of them, after ``warmup`` untimed ones) with a fresh model,
+    writing nothing: how fast this machine runs that model now (the cost
+    unit of ``vaelab run``)."""
     config = config.resolved()
     device = _device(config)
     with torch.random.fork_rng(devices=[]):
@@ -351,7 +352,7 @@ def time_epoch(config: Config, dataset: Dataset, images: int = 10_000,
     generator = torch.Generator(device=device).manual_seed(config.seed)
     method = METHODS[config.inference](model, config, dataset)
     x = dataset.train.images.to(device)
-    n = min(images, x.shape[0])
+    n = x.shape[0] if images is None else min(images, x.shape[0])
     for part in (x[:min(warmup, n)], x[:n]):
         _, seconds = _train_epoch(method, optimizer, part, generator,
                                   config, 1, preprocess=dataset.preprocess,
