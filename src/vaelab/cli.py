@@ -70,6 +70,8 @@ FIELD_HELP = {
     "mixture_fit_epoch": "mixture latent: at the start of epoch N, set "
     "the classes' centres and spreads by k-means on the training images' "
     "posterior means (default: keep the random start)",
+    "mixture_fit_starts": "mixture latent: k-means++ starts of that fit; "
+    "the one of lowest inertia is kept",
     "estimator": "categorical gradient estimator: gumbel, "
     "straight-through, reinforce or enumerate",
     "temperature": "initial gumbel-softmax temperature",

@@ -87,6 +87,8 @@ class Config:
     # k-means to the training images' posterior means (VaDE's start);
     # None keeps the random start.
     mixture_fit_epoch: int | None = None
+    # k-means starts of that fit; the lowest-inertia one is kept.
+    mixture_fit_starts: int = 10
     # None: anneal from temperature to min_temperature over the epochs;
     # r: max(min_temperature, temperature * exp(-r * step)), the Gumbel-
     # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
@@ -153,7 +155,7 @@ class Config:
             _positive("hidden", size)
         for name in ("latent_dim", "epochs", "batch_size",
                      "n_samples", "groups", "classes", "e_steps",
-                     "iwae_k"):
+                     "iwae_k", "mixture_fit_starts"):
             _positive(name, getattr(self, name))
         for name in ("train_images", "patience", "mixture_fit_epoch"):
             if getattr(self, name) is not None:
