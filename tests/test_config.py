@@ -205,3 +205,11 @@ def test_mixture_fit_starts_must_be_positive() -> None:
     with pytest.raises(ConfigError,
                        match="mixture_fit_starts must be an integer > 0"):
         Config(latent="mixture", mixture_fit_starts=0).validate()
+
+
+def test_mixture_pretrain_needs_a_fit_epoch() -> None:
+    with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
+        Config(latent="mixture", mixture_pretrain=True).validate()
+    with pytest.raises(ConfigError, match="must be true or false"):
+        Config(latent="mixture", mixture_pretrain="yes",
+               mixture_fit_epoch=2).validate()

@@ -523,3 +523,14 @@ def test_kmeans_several_starts_keep_the_lowest_inertia() -> None:
     assert max(single) > 1.5 * min(single)  # some start is known bad
     best = kmeans_labels(points, 4, seed=0, starts=10)
     assert inertia(best) == pytest.approx(min(single))
+
+
+def test_mixture_pretraining_uses_the_standard_normal_prior() -> None:
+    """While pretraining, p(z) is N(0, I); after, the mixture."""
+    model = make("mixture")
+    z = torch.randn(5, model.latent_dim)
+    model.pretraining = True
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(model.prior.log_prob(z), normal)
+    model.pretraining = False
+    assert isinstance(model.prior, GaussianMixture)

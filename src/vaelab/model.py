@@ -366,10 +366,17 @@ class MixtureVAE(VAE):
         # Uniform p(y), fixed: a buffer so that it follows model.to().
         self.register_buffer("mixture_logits", torch.zeros(k),
                              persistent=False)
+        # VaDE's pretraining: while True, p(z) is the spec's N(0, I) (a
+        # plain VAE); the trainer sets it per epoch from the config alone,
+        # so a resumed run agrees, and a loaded model uses the mixture.
+        self.pretraining = False
 
     @property
-    def prior(self) -> GaussianMixture:  # type: ignore[override]
-        """p(z) = sum_y p(y) N(z; mu_y, diag(s_y^2)) over (P,)."""
+    def prior(self) -> GaussianMixture | DiagGaussian:  # type: ignore[override]
+        """p(z) = sum_y p(y) N(z; mu_y, diag(s_y^2)) over (P,); N(0, I)
+        while ``pretraining``."""
+        if self.pretraining:
+            return super().prior
         return GaussianMixture(self.mixture_logits, self.mixture_loc,
                                self.mixture_log_var.exp())
 
