@@ -199,3 +199,17 @@ def test_a_zoo_entrys_budget_scales_it_too() -> None:
     entry = ZooModel("m", "m", {"epochs": 30, "budget": 0.1}, {})
     c = model_config(entry, Zoo(models=[entry], source="zoo.toml"))
     assert (c.epochs, c.budget, c.lr_half_life) == (3, 0.1, 0.8)
+
+
+def test_mixture_fit_starts_must_be_positive() -> None:
+    with pytest.raises(ConfigError,
+                       match="mixture_fit_starts must be an integer > 0"):
+        Config(latent="mixture", mixture_fit_starts=0).validate()
+
+
+def test_mixture_pretrain_needs_a_fit_epoch() -> None:
+    with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
+        Config(latent="mixture", mixture_pretrain=True).validate()
+    with pytest.raises(ConfigError, match="must be true or false"):
+        Config(latent="mixture", mixture_pretrain="yes",
+               mixture_fit_epoch=2).validate()

@@ -32,6 +32,7 @@ from vaelab.model import (
     GaussianLikelihood,
     build_model,
     init_from_data,
+    kmeans_labels,
 )
 from vaelab.objectives import (
     EVAL_SEED,
@@ -499,3 +500,37 @@ def test_exact_gradients_collapse_from_the_zero_output_bias(
     entropy = -(agg * agg.clamp_min(1e-30).log()).sum().item()
     # log 10 = 2.30 is every class used evenly; 0 is one class
     assert entropy < 0.5 if bias_init == "constant" else entropy > 1.5
+
+
+def test_kmeans_several_starts_keep_the_lowest_inertia() -> None:
+    """Four clusters, two of them close: some single k-means++ starts
+    merge the close pair and split another (a worse inertia); ten
+    starts keep the best of the single starts."""
+    import numpy as np
+    from scipy.cluster.vq import kmeans2
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [1.5, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    points = np.concatenate([c + 0.3 * rng.standard_normal((200, 2))
+                             for c in centres])
+
+    def inertia(labels: np.ndarray) -> float:
+        means = np.stack([points[labels == y].mean(0) for y in range(4)])
+        return float(np.square(points - means[labels]).sum())
+
+    single = [inertia(kmeans2(points, 4, minit="++", seed=s)[1])
+              for s in range(10)]
+    assert max(single) > 1.5 * min(single)  # some start is known bad
+    best = kmeans_labels(points, 4, seed=0, starts=10)
+    assert inertia(best) == pytest.approx(min(single))
+
+
+def test_mixture_pretraining_uses_the_standard_normal_prior() -> None:
+    """While pretraining, p(z) is N(0, I); after, the mixture."""
+    model = make("mixture")
+    z = torch.randn(5, model.latent_dim)
+    model.pretraining = True
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(model.prior.log_prob(z), normal)
+    model.pretraining = False
+    assert isinstance(model.prior, GaussianMixture)

@@ -123,12 +123,17 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     assert _same_numbers(read_metrics(full), read_metrics(part))
 
 
-def test_mixture_fit_from_data_resumes_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pretrain", [False, True])
+def test_mixture_fit_from_data_resumes_bit_exact(
+    tmp_path: Path, pretrain: bool
+) -> None:
     """--mixture-fit-epoch 2 sets the classes by k-means on the posterior
-    means after epoch 1; a run resumed after epoch 1 fits them exactly as
-    the uninterrupted run does."""
+    means after epoch 1 (with or without the N(0, I) pretraining); a run
+    resumed after epoch 1 fits them exactly as the uninterrupted run
+    does."""
     ds = synthetic_dataset(300, 100, 100)
-    opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2)
+    opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2,
+                mixture_pretrain=pretrain)
     full, part, plain = (tmp_path / n for n in ("full", "part", "plain"))
     train(Config(epochs=3, **opts), full, dataset=ds, progress=False)
     train(Config(epochs=1, **opts), part, dataset=ds, progress=False)
@@ -137,10 +142,42 @@ def test_mixture_fit_from_data_resumes_bit_exact(tmp_path: Path) -> None:
     wf, wp = _weights(full), _weights(part)
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     assert _same_numbers(read_metrics(full), read_metrics(part))
-    no_fit = {**opts, "mixture_fit_epoch": None}
+    no_fit = {**opts, "mixture_fit_epoch": None,
+              "mixture_pretrain": False}
     train(Config(epochs=3, **no_fit), plain, dataset=ds, progress=False)
     key = "model.mixture_loc"
     assert not torch.equal(wf[key], _weights(plain)[key])
+
+
+def test_mixture_pretrain_uses_normal_prior_until_the_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --mixture-pretrain, every ELBO before the fit epoch is
+    computed under N(0, I); from the fit epoch on, under the mixture."""
+    from vaelab.distributions import GaussianMixture
+
+    seen: list[tuple[int, bool]] = []
+    real = train_module.compute_elbo
+    epoch = {"n": 0}
+
+    def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((epoch["n"], isinstance(model.prior, GaussianMixture)))
+        return real(model, *args, **kwargs)
+
+    real_start = train_module.Amortized.start_epoch
+
+    def start(self, n):  # type: ignore[no-untyped-def]
+        epoch["n"] = n
+        real_start(self, n)
+
+    monkeypatch.setattr(train_module, "compute_elbo", spy)
+    monkeypatch.setattr(train_module.Amortized, "start_epoch", start)
+    ds = synthetic_dataset(300, 100, 100)
+    cfg = Config(epochs=3, latent="mixture", classes=3, mixture_fit_epoch=2,
+                 mixture_pretrain=True, **SMALL)
+    train(cfg, tmp_path / "run", dataset=ds, progress=False)
+    assert {m for n, m in seen if n == 1} == {False}
+    assert {m for n, m in seen if n >= 2} == {True}
 
 
 # Where each inference method's training step computes its ELBO.

@@ -70,6 +70,10 @@ FIELD_HELP = {
     "mixture_fit_epoch": "mixture latent: at the start of epoch N, set "
     "the classes' centres and spreads by k-means on the training images' "
     "posterior means (default: keep the random start)",
+    "mixture_fit_starts": "mixture latent: k-means++ starts of that fit; "
+    "the one of lowest inertia is kept",
+    "mixture_pretrain": "mixture latent: before --mixture-fit-epoch, "
+    "train with the N(0, I) prior (a plain VAE, as VaDE pretrains)",
     "estimator": "categorical gradient estimator: gumbel, "
     "straight-through, reinforce or enumerate",
     "temperature": "initial gumbel-softmax temperature",
@@ -123,10 +127,22 @@ def _int_list(text: str) -> int | list[int]:
     return sizes[0] if len(sizes) == 1 else sizes
 
 
+def _bool(text: str) -> bool:
+    """A boolean flag's value: true/false, yes/no, on/off or 1/0."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _flag_type(annotation: Any) -> Any:
-    """int, float, str, or a parser of comma-separated ints: the type of a
-    Config field's annotation (``int | None`` is int)."""
+    """int, float, bool, str, or a parser of comma-separated ints: the
+    type of a Config field's annotation (``int | None`` is int)."""
     args = typing.get_args(annotation) or (annotation,)
+    if bool in args:
+        return _bool
     if list[int] in args:
         return _int_list
     for kind in (int, float):

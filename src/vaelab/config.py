@@ -87,6 +87,10 @@ class Config:
     # k-means to the training images' posterior means (VaDE's start);
     # None keeps the random start.
     mixture_fit_epoch: int | None = None
+    # k-means starts of that fit; the lowest-inertia one is kept.
+    mixture_fit_starts: int = 10
+    # Train with the N(0, I) prior before mixture_fit_epoch (VaDE).
+    mixture_pretrain: bool = False
     # None: anneal from temperature to min_temperature over the epochs;
     # r: max(min_temperature, temperature * exp(-r * step)), the Gumbel-
     # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
@@ -153,7 +157,7 @@ class Config:
             _positive("hidden", size)
         for name in ("latent_dim", "epochs", "batch_size",
                      "n_samples", "groups", "classes", "e_steps",
-                     "iwae_k"):
+                     "iwae_k", "mixture_fit_starts"):
             _positive(name, getattr(self, name))
         for name in ("train_images", "patience", "mixture_fit_epoch"):
             if getattr(self, name) is not None:
@@ -235,6 +239,13 @@ class Config:
             raise ConfigError(
                 "--mixture-fit-epoch applies to --latent mixture"
             )
+        if not isinstance(self.mixture_pretrain, bool):
+            raise ConfigError("mixture_pretrain must be true or false, "
+                              f"got {self.mixture_pretrain!r}")
+        if self.mixture_pretrain and self.mixture_fit_epoch is None:
+            raise ConfigError(
+                "--mixture-pretrain needs --mixture-fit-epoch (the epoch "
+                "that ends the pretraining)")
         if self.latent == "mixture" and self.classes < 2:
             raise ConfigError(
                 "--latent mixture needs --classes >= 2 (one class is the "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.cluster.vq import kmeans2
@@ -327,6 +328,21 @@ class VAE(Networks):
         return compute_elbo(self, x, n_samples, generator)
 
 
+def kmeans_labels(
+    points: np.ndarray, k: int, seed: int, starts: int = 1
+) -> np.ndarray:
+    """Cluster labels (N,) of points (N, P) by k-means with ``starts``
+    k-means++ starts (seeds seed, seed + 1, ...), keeping the start of
+    lowest inertia; deterministic given seed (resume refits the same)."""
+    best_labels, best_inertia = None, np.inf
+    for start in range(starts):
+        centres, labels = kmeans2(points, k, minit="++", seed=seed + start)
+        inertia = float(np.square(points - centres[labels]).sum())
+        if inertia < best_inertia:
+            best_labels, best_inertia = labels, inertia
+    return best_labels
+
+
 class MixtureVAE(VAE):
     """The spec's VAE with a class y that chooses the region of z
     (Problem 4b, a discrete latent that clusters): y ~ Cat(1/K),
@@ -350,22 +366,34 @@ class MixtureVAE(VAE):
         # Uniform p(y), fixed: a buffer so that it follows model.to().
         self.register_buffer("mixture_logits", torch.zeros(k),
                              persistent=False)
+        # VaDE's pretraining: while True, p(z) is the spec's N(0, I) (a
+        # plain VAE); the trainer sets it per epoch from the config alone,
+        # so a resumed run agrees, and a loaded model uses the mixture.
+        self.pretraining = False
 
     @property
-    def prior(self) -> GaussianMixture:  # type: ignore[override]
-        """p(z) = sum_y p(y) N(z; mu_y, diag(s_y^2)) over (P,)."""
+    def prior(self) -> GaussianMixture | DiagGaussian:  # type: ignore[override]
+        """p(z) = sum_y p(y) N(z; mu_y, diag(s_y^2)) over (P,); N(0, I)
+        while ``pretraining``."""
+        if self.pretraining:
+            return super().prior
         return GaussianMixture(self.mixture_logits, self.mixture_loc,
                                self.mixture_log_var.exp())
 
     @torch.no_grad()
-    def fit_components(self, means: Tensor, seed: int) -> None:
-        """Set mu_y and s_y^2 by k-means (k-means++ start, ``seed``) on
-        posterior means (N, P): each class gets a centre and the variance
-        of its points per coordinate (as VaDE starts its mixture). A
-        class left without points keeps its centre, with variance 1."""
+    def fit_components(
+        self, means: Tensor, seed: int, starts: int = 1
+    ) -> None:
+        """Set mu_y and s_y^2 by k-means on posterior means (N, P): each
+        class gets a centre and the variance of its points per coordinate
+        (as VaDE starts its mixture). ``starts`` k-means++ starts (seeds
+        seed, seed + 1, ...) are run and the one of lowest inertia (sum
+        of squared distances to the centres) is kept, since one start
+        can merge two digits' clusters. A class left without points
+        keeps its centre, with variance 1."""
         z = means.detach().double().cpu().numpy()
         k = self.classes
-        _, labels = kmeans2(z, k, minit="++", seed=seed)
+        labels = kmeans_labels(z, k, seed, starts)
         loc = self.mixture_loc.detach().double().cpu().clone()
         var = torch.ones_like(loc)
         for y in range(k):

@@ -75,10 +75,16 @@ class Amortized(Method):
         if anneal is not None:
             anneal(epoch, self.config.epochs,
                    (epoch - 1) * self.steps_per_epoch)
-        if epoch == self.config.mixture_fit_epoch:
+        fit_epoch = self.config.mixture_fit_epoch
+        if self.config.mixture_pretrain:
+            # Epochs before the fit train a plain VAE (VaDE), so the fit
+            # sees a shaped latent space, not one bent to random centres.
+            self.model.pretraining = epoch < fit_epoch
+        if epoch == fit_epoch:
             # A function of the model after epoch - 1 alone, and no draw
             # from the run's generator: a resumed run fits the same.
-            self.model.fit_components(self._train_means(), self.config.seed)
+            self.model.fit_components(self._train_means(), self.config.seed,
+                                      self.config.mixture_fit_starts)
 
     @torch.no_grad()
     def _train_means(self, batch: int = 2000) -> Tensor:
