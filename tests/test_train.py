@@ -358,6 +358,11 @@ def test_stop_reason_counts_epochs_since_the_best() -> None:
     assert reason is not None and "epoch 2" in reason  # ties keep the first
     assert train_module.stop_reason(hist([1, 3, 2, 3]), None) is None
     assert train_module.stop_reason(hist([]), 1) is None
+    # Epochs before ``first`` (a mixture's fit epoch) are no candidates:
+    # the best is epoch 3's 2, one epoch ago.
+    assert train_module.stop_reason(hist([5, 1, 2, 1]), 2, first=3) is None
+    assert "epoch 3" in train_module.stop_reason(hist([5, 1, 2, 1, 1]), 2,
+                                                 first=3)
 
 
 def test_patience_stops_keeps_the_best_and_resumes_exactly(

@@ -217,20 +217,23 @@ def check_epoch(
     return terms
 
 
-def _best_epoch(history: list[dict[str, Any]]) -> int | None:
-    """The first epoch with the highest validation ELBO, or None."""
+def _best_epoch(history: list[dict[str, Any]], first: int = 1
+                ) -> int | None:
+    """The first epoch from ``first`` on with the highest validation
+    ELBO, or None."""
     scored = [(m["val_elbo"], -m["epoch"]) for m in history
-              if m.get("val_elbo") is not None]
+              if m.get("val_elbo") is not None and m["epoch"] >= first]
     return -max(scored)[1] if scored else None
 
 
 def stop_reason(
-    history: list[dict[str, Any]], patience: int | None
+    history: list[dict[str, Any]], patience: int | None, first: int = 1
 ) -> str | None:
     """Why to stop after the epochs of ``history`` (metrics.jsonl records):
-    no validation ELBO above the best for ``patience`` epochs; None to go
-    on (and always None without patience or validation images)."""
-    best = _best_epoch(history)
+    no validation ELBO above the best (of the epochs from ``first`` on)
+    for ``patience`` epochs; None to go on (and always None without
+    patience or validation images)."""
+    best = _best_epoch(history, first)
     if patience is None or best is None:
         return None
     if history[-1]["epoch"] - best < patience:
@@ -402,9 +405,13 @@ def _fit(
     # The stopping rule reads metrics.jsonl alone, so a resumed run stops
     # where an uninterrupted one does (and a stopped one stays stopped).
     history = runfolder.read_metrics(run_dir)
-    stop = stop_reason(history, config.patience)
+    # A mixture's prior changes at its fit epoch (random centres, or N(0,
+    # I) while pretraining, before it): earlier ELBOs are of another
+    # model, never the one to keep.
+    first = config.mixture_fit_epoch or 1
+    stop = stop_reason(history, config.patience, first)
     if (config.patience is not None and start_epoch > 0
-            and _best_epoch(history) == start_epoch):
+            and _best_epoch(history, first) == start_epoch):
         runfolder.keep_best(run_dir)  # a kill may have come before it
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if stop is not None:
@@ -423,7 +430,7 @@ def _fit(
         val = method.validate(x_val) if x_val.shape[0] else {}
         record = epoch_record(epoch, train_terms, val, seconds, n)
         history.append(record)
-        stop = stop_reason(history, config.patience)
+        stop = stop_reason(history, config.patience, first)
         if stop is not None:
             record["stop"] = stop
         # Metrics first: a kill before the checkpoint lands leaves a line
@@ -433,7 +440,8 @@ def _fit(
             run_dir, model, optimizer, generator, epoch, config,
             {"train_seconds": elapsed}, method_state=state,
         )
-        if config.patience is not None and _best_epoch(history) == epoch:
+        if (config.patience is not None
+                and _best_epoch(history, first) == epoch):
             runfolder.keep_best(run_dir)
         if on_epoch is not None:
             on_epoch(record)
@@ -447,7 +455,8 @@ def _fit(
             )
 
     model.eval()
-    best = _best_epoch(history) if config.patience is not None else None
+    best = (_best_epoch(history, first) if config.patience is not None
+            else None)
     if best is not None:
         # Early stopping's model is the best validation epoch's.
         _, tensors, _ = runfolder.read_checkpoint(run_dir, best=True)
