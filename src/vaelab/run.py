@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import multiprocessing
 import queue
 import shlex
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -39,7 +38,7 @@ from vaelab.evaluate import evaluate_run
 from vaelab.model import build_model
 from vaelab.plots import make_figures, real_digits_figure
 from vaelab.report import write_pdf, write_report
-from vaelab.train import time_epoch, train
+from vaelab.train import epoch_line, time_epoch, train
 
 
 @dataclass
@@ -301,6 +300,13 @@ def spec_epoch_seconds(run_dir: Path, n_images: int) -> float | None:
     return rates[len(rates) // 2] * n_images
 
 
+def _data_key(config: Config) -> tuple[Any, ...]:
+    """What a config's full dataset depends on: models sharing dataset,
+    folder and preprocessing share one load (train takes its subset)."""
+    return (config.dataset, config.data_dir, config.preprocess,
+            config.val_size)
+
+
 def _newer(path: Path, than: Path) -> bool:
     return path.exists() and path.stat().st_mtime >= than.stat().st_mtime
 
@@ -374,10 +380,7 @@ def run_zoo(
     cache: dict[tuple[Any, ...], Dataset] = {}
 
     def dataset_for(config: Config) -> Dataset:
-        # One load per distinct data: models sharing dataset, folder and
-        # preprocessing share the tensors (train takes its subset).
-        key = (config.dataset, config.data_dir, config.preprocess,
-               config.val_size)
+        key = _data_key(config)
         if key not in cache:
             log(f"loading {config.dataset} ({config.preprocess})")
             cache[key] = load(dataclasses.replace(config, train_images=None))
@@ -401,8 +404,8 @@ def run_zoo(
                            clock=clock)
         else:
             _run_parallel(
-                [(m, configs[m.name], out / m.name, zoo, heads[m.name],
-                  quick, replot, load) for m in todo],
+                [_Task(m, configs[m.name], out / m.name, zoo, heads[m.name],
+                       quick, replot, load) for m in todo],
                 jobs=jobs, progress=progress, log=log, clock=clock)
         first = configs[todo[0].name]
         grey = [c for c in configs.values()
@@ -521,48 +524,53 @@ class _QueueClock:
         self.events.put(("stages", name, seconds))
 
 
-def _worker_run(m: ZooModel, config: Config, run_dir: Path, zoo: Zoo,
-                head: str, quick: bool, replot: bool,
-                load: Callable[[Config], Dataset] | None) -> None:
+class _Task(NamedTuple):
+    """One model of a parallel run: ``_run_model``'s arguments."""
+
+    model: ZooModel
+    config: Config
+    run_dir: Path
+    zoo: Zoo
+    head: str
+    quick: bool
+    replot: bool
+    load: Callable[[Config], Dataset] | None
+
+
+def _worker_run(task: _Task) -> None:
     """``_run_model`` in a worker, reporting through ``_EVENTS``."""
-    events = _EVENTS
+    events, name = _EVENTS, task.model.name
     try:
-        key = (config.dataset, config.data_dir, config.preprocess,
-               config.val_size)
+        key = _data_key(task.config)
         if key not in _DATA:
-            _DATA[key] = (load or load_data)(
-                dataclasses.replace(config, train_images=None))
-        _run_model(m, config, run_dir, _DATA[key], zoo, head=head,
-                   quick=quick, replot=replot, progress=False,
-                   log=lambda text: events.put(("log", m.name, text)),
+            _DATA[key] = (task.load or load_data)(
+                dataclasses.replace(task.config, train_images=None))
+        _run_model(task.model, task.config, task.run_dir, _DATA[key],
+                   task.zoo, head=task.head, quick=task.quick,
+                   replot=task.replot, progress=False,
+                   log=lambda text: events.put(("log", name, text)),
                    clock=_QueueClock(events))  # type: ignore[arg-type]
     finally:
-        events.put(("done", m.name, None))
+        events.put(("done", name, None))
 
 
 def _run_parallel(
-    tasks: list[tuple[Any, ...]], *, jobs: int, progress: bool,
+    tasks: list[_Task], *, jobs: int, progress: bool,
     log: Callable[[str], None], clock: RunClock,
 ) -> None:
-    """``_worker_run`` of every task (its arguments) in ``jobs`` worker
+    """``_worker_run`` of every task in ``jobs`` worker
     processes with torch's threads shared among them, the longest model
     first; their lines and epochs reach ``log`` and ``clock`` here. A
     worker's error ends the others and is raised; so is Ctrl-C (finished
     epochs are saved: a rerun resumes)."""
     threads = max(1, torch.get_num_threads() // jobs)
-    epochs = {t[0].name: (t[4], t[1].epochs) for t in tasks}
-
-    def planned(task: tuple[Any, ...]) -> float:
-        left, images, factor = clock.plan[task[0].name]
-        return left * images * factor
-
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
     pool = ctx.Pool(jobs, initializer=_worker_init,
                     initargs=(events, threads))
     try:
-        _follow(pool, events, tasks, planned, epochs, progress=progress,
-                log=log, clock=clock)
+        _follow(pool, events, tasks, progress=progress, log=log,
+                clock=clock)
         pool.close()
     except BaseException:
         pool.terminate()
@@ -574,14 +582,18 @@ def _run_parallel(
 
 
 def _follow(
-    pool: Any, events: Any, tasks: list[tuple[Any, ...]],
-    planned: Callable[[tuple[Any, ...]], float],
-    epochs: dict[str, tuple[str, int]], *, progress: bool,
+    pool: Any, events: Any, tasks: list[_Task], *, progress: bool,
     log: Callable[[str], None], clock: RunClock,
 ) -> None:
     """Start the tasks on the pool, longest first, and pass the workers'
     events to ``log`` and ``clock`` until every task is done."""
-    results = [pool.apply_async(_worker_run, task)
+    by_name = {t.model.name: t for t in tasks}
+
+    def planned(task: _Task) -> float:
+        left, images, factor = clock.plan[task.model.name]
+        return left * images * factor
+
+    results = [pool.apply_async(_worker_run, (task,))
                for task in sorted(tasks, key=planned, reverse=True)]
     done = 0
     while done < len(results):
@@ -597,11 +609,9 @@ def _follow(
         elif kind == "epoch":
             clock.epoch_done(name, payload)
             if progress:
-                head, cap = epochs[name]
-                log(f"{head}: epoch {payload['epoch']}/{cap}: train "
-                    f"ELBO {payload['train_elbo']:.2f}, val ELBO "
-                    f"{payload.get('val_elbo', math.nan):.2f} "
-                    f"nats/image ({payload['seconds']:.1f} s)"
+                task = by_name[name]
+                log(f"{task.head}: "
+                    f"{epoch_line(payload, task.config.epochs)}"
                     f"{clock.eta()}")
         elif kind == "trained":
             clock.training_done(name)

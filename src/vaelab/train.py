@@ -342,6 +342,38 @@ def _train_epoch(
     return sums, time.perf_counter() - t0
 
 
+def _fresh(
+    config: Config, dataset: Dataset, device: torch.device
+) -> tuple[Any, torch.optim.Optimizer, torch.Generator, InferenceMethod]:
+    """A new run's model (started from the data), optimizer, generator and
+    inference method, on ``device``."""
+    # Initialize on the CPU from the seed, so CPU and CUDA runs start equal,
+    # without touching the global RNG of the caller.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config)
+    init_from_data(model, config, dataset.train.images,
+                   dataset.preprocess == "dequantize")
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), config)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    return (model, optimizer, generator,
+            METHODS[config.inference](model, config, dataset))
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The progress line of one epoch's metrics record (of ``epochs``)."""
+    val = record.get("val_elbo")
+    seconds = record["seconds"]
+    return (
+        f"epoch {record['epoch']}/{epochs}: train ELBO "
+        f"{record['train_elbo']:.2f}, val ELBO "
+        f"{'-' if val is None else f'{val:.2f}'} nats/image "
+        f"({seconds:.1f} s, {record['images'] / seconds:,.0f} img/s)"
+        + (f"; stopping: {record['stop']}" if record.get("stop") else "")
+    )
+
+
 def time_epoch(config: Config, dataset: Dataset, images: int | None = None,
                warmup: int = 1_000) -> float:
     """Seconds of one training epoch of ``config`` over the dataset's
@@ -351,15 +383,8 @@ def time_epoch(config: Config, dataset: Dataset, images: int | None = None,
     unit of ``vaelab run``)."""
     config = config.resolved()
     device = _device(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config)
-    init_from_data(model, config, dataset.train.images,
-                   dataset.preprocess == "dequantize")
-    model.to(device).train()
-    optimizer = make_optimizer(model.parameters(), config)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    method = METHODS[config.inference](model, config, dataset)
+    model, optimizer, generator, method = _fresh(config, dataset, device)
+    model.train()
     x = dataset.train.images.to(device)
     n = x.shape[0] if images is None else min(images, x.shape[0])
     for part in (x[:min(warmup, n)], x[:n]):
@@ -378,19 +403,8 @@ def _fit(
     runfolder.record_session(run_dir, str(device), start_epoch)
     runfolder.truncate_metrics(run_dir, start_epoch)
 
-    # Initialize on the CPU from the seed, so CPU and CUDA runs start equal,
-    # without touching the global RNG of the caller.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config)
     # From the training images, before a checkpoint (if any) overwrites it.
-    init_from_data(model, config, dataset.train.images,
-                   dataset.preprocess == "dequantize")
-    model.to(device)
-    optimizer = make_optimizer(model.parameters(), config)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed)
-    method = METHODS[config.inference](model, config, dataset)
+    model, optimizer, generator, method = _fresh(config, dataset, device)
     elapsed = 0.0
     if start_epoch > 0:
         _, tensors, extra = runfolder.read_checkpoint(run_dir)
@@ -446,13 +460,7 @@ def _fit(
         if on_epoch is not None:
             on_epoch(record)
         if progress:
-            val_text = f"{val['elbo']:.2f}" if val else "-"
-            log(
-                f"epoch {epoch}/{config.epochs}: train ELBO "
-                f"{record['train_elbo']:.2f}, val ELBO {val_text} "
-                f"nats/image ({seconds:.1f} s, {n / seconds:,.0f} img/s)"
-                + (f"; stopping: {stop}" if stop else "")
-            )
+            log(epoch_line(record, config.epochs))
 
     model.eval()
     best = (_best_epoch(history, first) if config.patience is not None
