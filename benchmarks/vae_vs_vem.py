@@ -9,7 +9,7 @@ training, and at a few points along the way measures on the first
 ``--n-test`` test images
 
 - the test ELBO: with the encoder (VAE), or with q from the E-step run
-  from the prior for e_steps * epochs iterations (vEM;
+  from the prior for e_steps * epochs iterations, at least 50 (vEM;
   ``vaelab.inference.vem_test_steps``), averaged over 100 draws of q;
 - log p(x) by quadrature (``vaelab.quadrature``), which does not depend
   on the inference at all: it scores the generative model alone.

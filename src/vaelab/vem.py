@@ -15,8 +15,9 @@ Each minibatch alternates
 Validation images keep their own lambda too, advanced by ``e_steps``
 iterations per epoch (Theta fixed), so that after E epochs each image of
 either split has had e_steps * E iterations. Test images (results.json,
-``vaelab evaluate``) are inferred from the prior with that same budget,
-``vaelab.inference.vem_test_steps``. The checkpoint holds the lambda
+``vaelab evaluate``) are inferred from the prior with that budget, at
+least ``vaelab.inference.VEM_TEST_STEPS`` (``vem_test_steps``), so that
+their ELBO is that of a fitted q. The checkpoint holds the lambda
 tensors beside the model (``VariationalEM.state``), so
 ``vaelab.runfolder.load_model`` gives the trained decoder (its encoder is
 the untrained initial one: use ``vaelab.inference.posterior`` for q).
