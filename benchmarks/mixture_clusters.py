@@ -2,9 +2,11 @@
 
 For each run folder of ``vaelab train --latent mixture``: the purity,
 accuracy and classes in use of its classes (argmax q(y | x) on all test
-images, ``vaelab.clusters``), and two measures of its latent space on the
-test posterior means: the purity of k-means with k = classes (best of
-``--starts`` k-means++ starts) and the accuracy of a 5-nearest-neighbour
+images, ``vaelab.clusters``), and three measures of its latent space on
+the test posterior means: the purity of k-means with k = classes (best
+of ``--starts`` k-means++ starts), that of spectral clustering of their
+10-nearest-neighbour graph (``vaelab.model.spectral_labels``, the fit
+``--mixture-fit spectral`` makes) and the accuracy of a 5-nearest-neighbour
 vote against the first ``--reference`` training images' means, on the
 first 2,000 test images (which bounds what a clustering of that space
 can reach).
@@ -22,6 +24,7 @@ from scipy.cluster.vq import kmeans2
 
 from vaelab.clusters import cluster_stats, evaluate_clusters
 from vaelab.data import load_data
+from vaelab.model import spectral_labels
 from vaelab.runfolder import load_model
 
 
@@ -56,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{'run':24s} {'P':>3s} {'purity':>7s} {'accuracy':>8s} "
-          f"{'classes':>7s} {'k-means':>8s} {'5-NN':>6s}")
+          f"{'classes':>7s} {'k-means':>8s} {'spectral':>8s} {'5-NN':>6s}")
     for run in args.runs:
         model, config = load_model(run)
         data = load_data(config, args.data_dir)
@@ -68,13 +71,16 @@ def main() -> None:
             _, lab = kmeans2(means, config.classes, minit="++", seed=seed)
             best = max(best, cluster_stats(lab, test_y,
                                            config.classes).purity)
+        spectral = cluster_stats(
+            spectral_labels(means, config.classes, 0, args.starts), test_y,
+            config.classes).purity
         n = args.reference
         ref = posterior_means(model, data.train.images[:n])
         knn = knn_accuracy(ref, data.train.labels[:n].numpy(),
                            means[:2000], test_y[:2000])
         print(f"{run.rstrip('/').split('/')[-1]:24s} {config.latent_dim:3d} "
               f"{c.purity:7.1%} {c.accuracy:8.1%} {c.classes_used:7d} "
-              f"{best:8.1%} {knn:6.1%}", flush=True)
+              f"{best:8.1%} {spectral:8.1%} {knn:6.1%}", flush=True)
 
 
 if __name__ == "__main__":

@@ -213,3 +213,13 @@ def test_mixture_pretrain_needs_a_fit_epoch() -> None:
     with pytest.raises(ConfigError, match="must be true or false"):
         Config(latent="mixture", mixture_pretrain="yes",
                mixture_fit_epoch=2).validate()
+
+
+def test_mixture_fit_method_is_checked() -> None:
+    with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
+        Config(latent="mixture", mixture_fit="spectral").validate()
+    with pytest.raises(ConfigError, match="mixture_fit must be one of"):
+        Config(latent="mixture", mixture_fit="gmm",
+               mixture_fit_epoch=2).validate()
+    Config(latent="mixture", mixture_fit="spectral",
+           mixture_fit_epoch=2).validate()

@@ -33,6 +33,7 @@ from vaelab.model import (
     build_model,
     init_from_data,
     kmeans_labels,
+    spectral_labels,
 )
 from vaelab.objectives import (
     EVAL_SEED,
@@ -523,6 +524,47 @@ def test_kmeans_several_starts_keep_the_lowest_inertia() -> None:
     assert max(single) > 1.5 * min(single)  # some start is known bad
     best = kmeans_labels(points, 4, seed=0, starts=10)
     assert inertia(best) == pytest.approx(min(single))
+
+
+def test_spectral_clusters_follow_chains_that_kmeans_cuts() -> None:
+    """Two long parallel strokes, closer to each other than they are
+    long: k-means (k = 2) cuts both across, spectral clustering of the
+    neighbour graph keeps each whole; the same seed gives the same
+    labels."""
+    import numpy as np
+
+    from vaelab.clusters import cluster_stats
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0.0, 10.0, size=(2, 300))
+    points = np.concatenate([
+        np.stack([t[i], np.full(300, 1.0 * i)], 1)
+        + 0.05 * rng.standard_normal((300, 2)) for i in range(2)])
+    truth = np.repeat([0, 1], 300)
+    kmeans = cluster_stats(kmeans_labels(points, 2, 0, 10), truth, 2)
+    labels = spectral_labels(points, 2, seed=0, starts=5)
+    spectral = cluster_stats(labels, truth, 2)
+    assert kmeans.purity < 0.8
+    assert spectral.purity == 1.0
+    assert np.array_equal(labels, spectral_labels(points, 2, 0, 5))
+
+
+def test_mixture_components_fit_by_spectral_clustering() -> None:
+    """fit_components(method="spectral") sets each class to the mean and
+    variance of one whole stroke of the example above."""
+    model = make("mixture", classes=2)
+    g = torch.Generator().manual_seed(0)
+    t = 10.0 * torch.rand(2, 300, generator=g, dtype=torch.float64)
+    strokes = [torch.stack([t[i], torch.full((300,), float(i),
+                                             dtype=torch.float64)], 1)
+               for i in range(2)]
+    model.fit_components(torch.cat(strokes), seed=0, starts=5,
+                         method="spectral")
+    heights = model.mixture_loc[:, 1].sort().values
+    torch.testing.assert_close(heights, torch.tensor([0.0, 1.0]))
+    # Along a stroke, the spread of a uniform on [0, 10]: 100 / 12.
+    spread = model.mixture_log_var.exp()[:, 0]
+    assert bool(((spread - 100 / 12).abs() < 1.0).all())
 
 
 def test_mixture_pretraining_uses_the_standard_normal_prior() -> None:

@@ -123,17 +123,18 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     assert _same_numbers(read_metrics(full), read_metrics(part))
 
 
-@pytest.mark.parametrize("pretrain", [False, True])
+@pytest.mark.parametrize(("pretrain", "fit"), [
+    (False, "kmeans"), (True, "kmeans"), (True, "spectral")])
 def test_mixture_fit_from_data_resumes_bit_exact(
-    tmp_path: Path, pretrain: bool
+    tmp_path: Path, pretrain: bool, fit: str
 ) -> None:
-    """--mixture-fit-epoch 2 sets the classes by k-means on the posterior
-    means after epoch 1 (with or without the N(0, I) pretraining); a run
-    resumed after epoch 1 fits them exactly as the uninterrupted run
-    does."""
+    """--mixture-fit-epoch 2 sets the classes by k-means (or spectral
+    clustering) on the posterior means after epoch 1 (with or without the
+    N(0, I) pretraining); a run resumed after epoch 1 fits them exactly
+    as the uninterrupted run does."""
     ds = synthetic_dataset(300, 100, 100)
     opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2,
-                mixture_pretrain=pretrain)
+                mixture_pretrain=pretrain, mixture_fit=fit)
     full, part, plain = (tmp_path / n for n in ("full", "part", "plain"))
     train(Config(epochs=3, **opts), full, dataset=ds, progress=False)
     train(Config(epochs=1, **opts), part, dataset=ds, progress=False)

@@ -68,8 +68,12 @@ FIELD_HELP = {
     "classes": "categorical latent: classes per group K; mixture: "
     "number of classes K",
     "mixture_fit_epoch": "mixture latent: at the start of epoch N, set "
-    "the classes' centres and spreads by k-means on the training images' "
-    "posterior means (default: keep the random start)",
+    "the classes' centres and spreads from a clustering (--mixture-fit) "
+    "of the training images' posterior means (default: keep the random "
+    "start)",
+    "mixture_fit": "mixture latent: how that fit groups the means: "
+    "kmeans, or spectral (clusters of their 10-nearest-neighbour graph, "
+    "which follow a digit's chain of images where k-means cuts balls)",
     "mixture_fit_starts": "mixture latent: k-means++ starts of that fit; "
     "the one of lowest inertia is kept",
     "mixture_pretrain": "mixture latent: before --mixture-fit-epoch, "

@@ -36,6 +36,7 @@ LrSchedule = Literal["exponential", "constant", "cosine", "linear"]
 DataInit = Literal["constant", "data"]
 WeightInit = Literal["normal", "glorot"]
 Objective = Literal["elbo", "iwae"]
+MixtureFit = Literal["kmeans", "spectral"]
 # Peak rates (--lr-schedule decays them). Adam: 3e-3 with a cosine decay
 # beat 1e-3 on the spec's model, 10 epochs: validation ELBO 1180 vs 1157
 # (1166 for a constant 1e-3); docs/benchmarks.md, "Time to quality".
@@ -87,6 +88,9 @@ class Config:
     # k-means to the training images' posterior means (VaDE's start);
     # None keeps the random start.
     mixture_fit_epoch: int | None = None
+    # How that fit groups the means: k-means, or spectral clustering of
+    # their nearest-neighbour graph (then k-means on its eigenvectors).
+    mixture_fit: MixtureFit = "kmeans"
     # k-means starts of that fit; the lowest-inertia one is kept.
     mixture_fit_starts: int = 10
     # Train with the N(0, I) prior before mixture_fit_epoch (VaDE).
@@ -246,6 +250,10 @@ class Config:
             raise ConfigError(
                 "--mixture-pretrain needs --mixture-fit-epoch (the epoch "
                 "that ends the pretraining)")
+        if self.mixture_fit != "kmeans" and self.mixture_fit_epoch is None:
+            raise ConfigError(
+                f"--mixture-fit {self.mixture_fit} needs --mixture-fit-epoch "
+                "(the epoch of the fit)")
         if self.latent == "mixture" and self.classes < 2:
             raise ConfigError(
                 "--latent mixture needs --classes >= 2 (one class is the "

@@ -18,7 +18,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import sparse
 from scipy.cluster.vq import kmeans2
+from scipy.sparse.linalg import eigsh
 from torch import Tensor, nn
 
 from vaelab.config import DEQUANTIZATION_VARIANCE, Config
@@ -41,6 +43,11 @@ DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
 # in the IWAE code, so always-black pixels get a finite bias.
 DATA_VAR_MARGIN = 1e-6
 MEAN_CLAMP = 1e-3
+# The mixture's spectral fit (``spectral_labels``): each point joined to
+# its SPECTRAL_NEIGHBOURS nearest, on the first SPECTRAL_POINTS training
+# means (the graph's cost grows with their square; 20,000 take ~10 s).
+SPECTRAL_NEIGHBOURS = 10
+SPECTRAL_POINTS = 20_000
 
 
 class GaussianLikelihood(nn.Module):
@@ -343,6 +350,41 @@ def kmeans_labels(
     return best_labels
 
 
+def spectral_labels(
+    points: np.ndarray, k: int, seed: int, starts: int = 1,
+    neighbours: int = SPECTRAL_NEIGHBOURS,
+) -> np.ndarray:
+    """Cluster labels (N,) of points (N, P) by spectral clustering (Ng,
+    Jordan and Weiss 2001): the symmetric graph joining each point to its
+    ``neighbours`` nearest, the k leading eigenvectors of its normalized
+    adjacency D^-1/2 A D^-1/2, each row scaled to length 1, then
+    ``kmeans_labels`` on those rows. It follows the chains of neighbours
+    a digit's images form, where k-means cuts the space into balls.
+    Deterministic given seed."""
+    z = torch.from_numpy(np.ascontiguousarray(points)).float()
+    n = len(z)
+    if n <= max(k, neighbours):
+        return kmeans_labels(points, k, seed, starts)
+    sq = (z * z).sum(1)
+    near = []
+    for i in range(0, n, 1000):
+        d = sq[i:i + 1000, None] - 2.0 * z[i:i + 1000] @ z.T + sq[None]
+        rows = torch.arange(len(d))
+        d[rows, rows + i] = math.inf  # not its own neighbour
+        near.append(torch.topk(d, neighbours, largest=False).indices)
+    cols = torch.cat(near).reshape(-1).numpy()
+    rows = np.repeat(np.arange(n), neighbours)
+    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, cols)),
+                              shape=(n, n)).tocsr()
+    graph = ((graph + graph.T) > 0).astype(np.float64)
+    scale = sparse.diags(1.0 / np.sqrt(np.asarray(graph.sum(1)).ravel()))
+    # A fixed start vector: ARPACK's default is random.
+    _, vectors = eigsh(scale @ graph @ scale, k=k, which="LA",
+                       v0=np.full(n, 1.0 / math.sqrt(n)))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return kmeans_labels(vectors, k, seed, starts)
+
+
 class MixtureVAE(VAE):
     """The spec's VAE with a class y that chooses the region of z
     (Problem 4b, a discrete latent that clusters): y ~ Cat(1/K),
@@ -382,18 +424,25 @@ class MixtureVAE(VAE):
 
     @torch.no_grad()
     def fit_components(
-        self, means: Tensor, seed: int, starts: int = 1
+        self, means: Tensor, seed: int, starts: int = 1,
+        method: str = "kmeans",
     ) -> None:
-        """Set mu_y and s_y^2 by k-means on posterior means (N, P): each
-        class gets a centre and the variance of its points per coordinate
-        (as VaDE starts its mixture). ``starts`` k-means++ starts (seeds
-        seed, seed + 1, ...) are run and the one of lowest inertia (sum
-        of squared distances to the centres) is kept, since one start
-        can merge two digits' clusters. A class left without points
-        keeps its centre, with variance 1."""
+        """Set mu_y and s_y^2 from a clustering of posterior means (N, P):
+        each class gets the centre and the per-coordinate variance of its
+        points (as VaDE starts its mixture). ``method``: "kmeans", with
+        ``starts`` k-means++ starts (seeds seed, seed + 1, ...) of which
+        the one of lowest inertia (sum of squared distances to the
+        centres) is kept, since one start can merge two digits' clusters;
+        or "spectral" (``spectral_labels``, on the first SPECTRAL_POINTS
+        means). A class left without points keeps its centre, with
+        variance 1."""
         z = means.detach().double().cpu().numpy()
         k = self.classes
-        labels = kmeans_labels(z, k, seed, starts)
+        if method == "spectral":
+            z = z[:SPECTRAL_POINTS]
+            labels = spectral_labels(z, k, seed, starts)
+        else:
+            labels = kmeans_labels(z, k, seed, starts)
         loc = self.mixture_loc.detach().double().cpu().clone()
         var = torch.ones_like(loc)
         for y in range(k):

@@ -84,7 +84,8 @@ class Amortized(Method):
             # A function of the model after epoch - 1 alone, and no draw
             # from the run's generator: a resumed run fits the same.
             self.model.fit_components(self._train_means(), self.config.seed,
-                                      self.config.mixture_fit_starts)
+                                      self.config.mixture_fit_starts,
+                                      self.config.mixture_fit)
 
     @torch.no_grad()
     def _train_means(self, batch: int = 2000) -> Tensor:
