@@ -144,7 +144,7 @@ def test_mixture_fit_from_data_resumes_bit_exact(
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     assert _same_numbers(read_metrics(full), read_metrics(part))
     no_fit = {**opts, "mixture_fit_epoch": None,
-              "mixture_pretrain": False}
+              "mixture_pretrain": False, "mixture_fit": "kmeans"}
     train(Config(epochs=3, **no_fit), plain, dataset=ds, progress=False)
     key = "model.mixture_loc"
     assert not torch.equal(wf[key], _weights(plain)[key])
