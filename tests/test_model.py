@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import synthetic_dataset
@@ -507,7 +508,6 @@ def test_kmeans_several_starts_keep_the_lowest_inertia() -> None:
     """Four clusters, two of them close: some single k-means++ starts
     merge the close pair and split another (a worse inertia); ten
     starts keep the best of the single starts."""
-    import numpy as np
     from scipy.cluster.vq import kmeans2
 
     rng = np.random.default_rng(0)
@@ -526,21 +526,25 @@ def test_kmeans_several_starts_keep_the_lowest_inertia() -> None:
     assert inertia(best) == pytest.approx(min(single))
 
 
-def test_spectral_clusters_follow_chains_that_kmeans_cuts() -> None:
-    """Two long parallel strokes, closer to each other than they are
-    long: k-means (k = 2) cuts both across, spectral clustering of the
-    neighbour graph keeps each whole; the same seed gives the same
-    labels."""
-    import numpy as np
-
-    from vaelab.clusters import cluster_stats
-
+def two_strokes() -> tuple[np.ndarray, np.ndarray]:
+    """Two long parallel strokes of 300 points each, x uniform on
+    [0, 10] at heights 0 and 1, closer to each other than they are long:
+    the points (600, 2) and their stroke (600,)."""
     rng = np.random.default_rng(0)
     t = rng.uniform(0.0, 10.0, size=(2, 300))
     points = np.concatenate([
         np.stack([t[i], np.full(300, 1.0 * i)], 1)
         + 0.05 * rng.standard_normal((300, 2)) for i in range(2)])
-    truth = np.repeat([0, 1], 300)
+    return points, np.repeat([0, 1], 300)
+
+
+def test_spectral_clusters_follow_chains_that_kmeans_cuts() -> None:
+    """On ``two_strokes``, k-means (k = 2) cuts both across, spectral
+    clustering of the neighbour graph keeps each whole; the same seed
+    gives the same labels."""
+    from vaelab.clusters import cluster_stats
+
+    points, truth = two_strokes()
     kmeans = cluster_stats(kmeans_labels(points, 2, 0, 10), truth, 2)
     labels = spectral_labels(points, 2, seed=0, starts=5)
     spectral = cluster_stats(labels, truth, 2)
@@ -551,17 +555,15 @@ def test_spectral_clusters_follow_chains_that_kmeans_cuts() -> None:
 
 def test_mixture_components_fit_by_spectral_clustering() -> None:
     """fit_components(method="spectral") sets each class to the mean and
-    variance of one whole stroke of the example above."""
+    variance of one whole stroke of ``two_strokes``."""
     model = make("mixture", classes=2)
-    g = torch.Generator().manual_seed(0)
-    t = 10.0 * torch.rand(2, 300, generator=g, dtype=torch.float64)
-    strokes = [torch.stack([t[i], torch.full((300,), float(i),
-                                             dtype=torch.float64)], 1)
-               for i in range(2)]
-    model.fit_components(torch.cat(strokes), seed=0, starts=5,
+    points, _ = two_strokes()
+    model.fit_components(torch.from_numpy(points), seed=0, starts=5,
                          method="spectral")
     heights = model.mixture_loc[:, 1].sort().values
-    torch.testing.assert_close(heights, torch.tensor([0.0, 1.0]))
+    # The heights' noise has sd 0.05: a mean of 300 is off by ~0.003.
+    torch.testing.assert_close(heights, torch.tensor([0.0, 1.0]),
+                               atol=0.01, rtol=0)
     # Along a stroke, the spread of a uniform on [0, 10]: 100 / 12.
     spread = model.mixture_log_var.exp()[:, 0]
     assert bool(((spread - 100 / 12).abs() < 1.0).all())

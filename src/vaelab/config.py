@@ -84,9 +84,9 @@ class Config:
     estimator: Estimator = "gumbel"
     temperature: float = 1.0
     min_temperature: float = 0.5
-    # Mixture latent: at the start of this epoch, fit mu_y and s_y by
-    # k-means to the training images' posterior means (VaDE's start);
-    # None keeps the random start.
+    # Mixture latent: at the start of this epoch, fit mu_y and s_y to a
+    # clustering (mixture_fit) of the training images' posterior means
+    # (VaDE's start); None keeps the random start.
     mixture_fit_epoch: int | None = None
     # How that fit groups the means: k-means, or spectral clustering of
     # their nearest-neighbour graph (then k-means on its eigenvectors).
