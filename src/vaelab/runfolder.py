@@ -298,11 +298,10 @@ def restore(
         generator.set_state(tensors["rng.train"])
 
 
-def load_config(run_dir: Path) -> Config:
+def load_config(run_dir: str | Path) -> Config:
     """The resolved config a run was trained with."""
-    return Config.from_dict(
-        read_json(Path(run_dir) / CONFIG), source=str(run_dir / CONFIG)
-    )
+    path = Path(run_dir) / CONFIG
+    return Config.from_dict(read_json(path), source=str(path))
 
 
 def load_model(
