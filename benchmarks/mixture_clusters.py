@@ -5,11 +5,12 @@ accuracy and classes in use of its classes (argmax q(y | x) on all test
 images, ``vaelab.clusters``), and three measures of its latent space on
 the test posterior means: the purity of k-means with k = classes (best
 of ``--starts`` k-means++ starts), that of spectral clustering of their
-10-nearest-neighbour graph (``vaelab.model.spectral_labels``, the fit
-``--mixture-fit spectral`` makes) and the accuracy of a 5-nearest-neighbour
-vote against the first ``--reference`` training images' means, on the
-first 2,000 test images (which bounds what a clustering of that space
-can reach).
+10-nearest-neighbour graph (``vaelab.model.spectral_labels`` with K
+eigenvectors, as the columns of docs/benchmarks.md were measured; the
+fit ``--mixture-fit spectral`` uses 2K, ``benchmarks/spectral_fit.py``)
+and the accuracy of a 5-nearest-neighbour vote against the first
+``--reference`` training images' means, on the first 2,000 test images
+(which bounds what a clustering of that space can reach).
 
     python benchmarks/mixture_clusters.py --data-dir DIR RUN_DIR [...]
 """

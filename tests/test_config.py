@@ -103,13 +103,14 @@ def test_every_preset_loads_validates_and_builds() -> None:
     names = preset_names()
     assert {"iwae-vae-dynamic", "iwae-k5-dynamic", "iwae-k50-dynamic",
             "iwae-vae-fixed", "iwae-k50-fixed",
-            "pythae-vae-fixed"} <= set(names)
+            "pythae-vae-fixed", "mixture-spectral"} <= set(names)
     for name in names:
         path = find_config(name)
-        # Each starts by naming its source and published test NLL.
+        # Each starts by naming its source and published figure.
         head = path.read_text().splitlines()[0]
         assert head.startswith(f"# {name}: ")
-        assert "test NLL" in path.read_text()
+        assert ("test NLL" in path.read_text()
+                or "test purity" in path.read_text())
         c = Config.from_dict(load_toml(path), source=name).resolved()
         assert c.likelihood == "bernoulli" and c.init == "glorot"
         model = build_model(c)
@@ -120,6 +121,9 @@ def test_every_preset_loads_validates_and_builds() -> None:
     assert k50.preprocess == "dynamic-binarize" and k50.batch_size == 20
     fixed = Config.from_dict(load_toml(find_config("iwae-k50-fixed")))
     assert fixed.preprocess == "binarize"
+    mix = Config.from_dict(load_toml(find_config("mixture-spectral")))
+    # The classes held to the fit's clusters from the fit to the end.
+    assert mix.mixture_fit_epoch + mix.mixture_hard_epochs == mix.epochs + 1
 
 
 def test_config_names_files_before_presets(tmp_path, monkeypatch) -> None:
@@ -154,6 +158,12 @@ def test_budget_scales_defaults_and_every_epoch_valued_option() -> None:
     # (validation noise, not a schedule) is kept.
     assert (c.epochs, c.mixture_fit_epoch, c.patience) == (5, 2, 5)
     assert c.anneal_rate == pytest.approx(1.2e-4)
+    # Hard epochs round as epochs do, except that 0 (off) stays 0.
+    for hard, scaled in ((10, 3), (1, 1), (0, 0)):
+        c = Config.from_dict(apply_budget({
+            "budget": 0.25, "latent": "mixture", "mixture_fit_epoch": 6,
+            "mixture_hard_epochs": hard})).resolved()
+        assert c.mixture_hard_epochs == scaled
 
 
 def test_budget_rounds_epochs_half_up_to_at_least_one() -> None:
@@ -213,6 +223,18 @@ def test_mixture_pretrain_needs_a_fit_epoch() -> None:
     with pytest.raises(ConfigError, match="must be true or false"):
         Config(latent="mixture", mixture_pretrain="yes",
                mixture_fit_epoch=2).validate()
+
+
+def test_mixture_hard_epochs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
+        Config(latent="mixture", mixture_hard_epochs=3).validate()
+    with pytest.raises(ConfigError, match="--objective iwae"):
+        Config(latent="mixture", mixture_fit_epoch=2, mixture_hard_epochs=3,
+               objective="iwae").validate()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="integer >= 0"):
+            Config(latent="mixture", mixture_fit_epoch=2,
+                   mixture_hard_epochs=bad).validate()
 
 
 def test_mixture_fit_method_is_checked() -> None:

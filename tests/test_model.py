@@ -34,6 +34,7 @@ from vaelab.model import (
     build_model,
     init_from_data,
     kmeans_labels,
+    nearest_labels,
     spectral_labels,
 )
 from vaelab.objectives import (
@@ -241,10 +242,13 @@ def test_mixture_components_fit_by_kmeans() -> None:
     n = 2000
     points = torch.cat([c + s * torch.randn(n, 2, generator=g)
                         for c, s in zip(centres, sds, strict=True)])
-    model.fit_components(points, seed=0)
+    labels = model.fit_components(points, seed=0)
     loc = model.mixture_loc.detach()
     order = torch.cdist(centres, loc).argmin(1)
     assert sorted(order.tolist()) == [0, 1, 2]
+    # Each point's class is the one fitted to its own centre's cloud
+    # (clouds 8 standard deviations apart: no point crosses).
+    assert torch.equal(labels, order.repeat_interleave(n))
     # Means within 5 standard errors; variances within 10%.
     se = sds / math.sqrt(n)
     assert torch.all((loc[order] - centres).abs() <= 5 * se)
@@ -567,6 +571,29 @@ def test_mixture_components_fit_by_spectral_clustering() -> None:
     # Along a stroke, the spread of a uniform on [0, 10]: 100 / 12.
     spread = model.mixture_log_var.exp()[:, 0]
     assert bool(((spread - 100 / 12).abs() < 1.0).all())
+
+
+def test_spectral_fit_labels_the_points_beyond_its_sample_by_nearest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the spectral fit on the first 400 of ``two_strokes``'s 600
+    points (shuffled), the other 200 take their nearest fitted point's
+    class: every point's class is its stroke (up to naming)."""
+    from vaelab import model as model_module
+
+    monkeypatch.setattr(model_module, "SPECTRAL_POINTS", 400)
+    points, stroke = two_strokes()
+    order = np.random.default_rng(1).permutation(600)
+    points, stroke = points[order], stroke[order]
+    labels = make("mixture", classes=2).fit_components(
+        torch.from_numpy(points), seed=0, starts=5, method="spectral")
+    assert labels.shape == (600,)
+    same = labels.numpy() == stroke
+    assert same.all() or (~same).all()
+    # nearest_labels keeps the given labels of the first points.
+    rest = nearest_labels(torch.from_numpy(points),
+                          torch.from_numpy(stroke[:400]))
+    assert np.array_equal(rest.numpy(), stroke)
 
 
 def test_mixture_pretraining_uses_the_standard_normal_prior() -> None:

@@ -24,6 +24,7 @@ from vaelab.objectives import (
     dataset_elbo,
     enumerated_log_lik,
     exact_log_marginal,
+    labelled_elbo,
 )
 
 Z = 5.0
@@ -531,6 +532,36 @@ def test_mixture_elbo_sums_the_class_out_exactly() -> None:
     for b in range(5):
         se = float(mc[:, b].std()) / math.sqrt(s)
         assert within(float(mc[:, b].mean()), se, float(brute.mean(0)[b]))
+
+
+def test_labelled_elbo_is_one_class_of_the_summed_out_elbo() -> None:
+    """labelled_elbo (eq. (4b.12)): on the draws of compute_elbo, the same
+    likelihood term; its closed-form KL (less log p(y)) matches the Monte
+    Carlo E_q[log q(z | x) - log p(y, z)] within its standard error; and
+    it lies below the summed-out ELBO (4b.10) by E_q[-log p(y | z)]."""
+    model = tiny_model(latent="mixture", classes=3)
+    x = tiny_images(5)
+    s = 4000
+    summed = compute_elbo(model, x, s, gen(7))
+    q = model.posterior(x)
+    z = q.rsample(s, gen(7)).detach()  # the same draws
+    log_joint = model.prior.joint_log_prob(z)  # (S, B, K)
+    log_q_z = q.log_prob(z)
+    for y in range(3):
+        labels = torch.full((5,), y)
+        terms = labelled_elbo(model, x, labels, s, gen(7))
+        torch.testing.assert_close(terms.log_lik, summed.log_lik)
+        kl_draws = (log_q_z - log_joint[..., y]).detach()
+        # -log p(y | z) = log p(z) - log p(y, z) >= 0 at every draw.
+        gap_draws = (log_joint.logsumexp(-1) - log_joint[..., y]).detach()
+        gap = (summed.elbo - terms.elbo).detach()
+        for b in range(5):
+            se = float(kl_draws[:, b].std()) / math.sqrt(s)
+            assert within(float(kl_draws[:, b].mean()), se,
+                          float(terms.kl[b].detach()))
+            # summed - labelled = MC(-log p(y|z)) + (closed - MC) KL.
+            assert within(float(gap_draws[:, b].mean()), se, float(gap[b]))
+        assert bool((gap_draws >= 0).all())
 
 
 def test_mixture_classes_are_the_best_z_independent_q_of_y() -> None:

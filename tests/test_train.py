@@ -181,6 +181,60 @@ def test_mixture_pretrain_uses_normal_prior_until_the_fit(
     assert {m for n, m in seen if n >= 2} == {True}
 
 
+def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--mixture-hard-epochs 2 with the fit at epoch 2: epochs 2 and 3
+    train on labelled_elbo, each image with its class of the fit (saved
+    in the checkpoint), epochs 1 and 4 on the summed-out ELBO; a run
+    resumed after epoch 2 reads the labels back and ends bit-exact."""
+    seen: list[tuple[int, str]] = []
+    epoch = {"n": 0}
+    fitted: list[torch.Tensor] = []
+    real_labelled, real_elbo = (train_module.labelled_elbo,
+                                train_module.compute_elbo)
+    real_start = train_module.Amortized.start_epoch
+
+    def labelled(model, x, labels, *args):  # type: ignore[no-untyped-def]
+        seen.append((epoch["n"], "labelled"))
+        fitted.append(labels)
+        return real_labelled(model, x, labels, *args)
+
+    def summed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((epoch["n"], "summed"))
+        return real_elbo(*args, **kwargs)
+
+    def start(self, n):  # type: ignore[no-untyped-def]
+        epoch["n"] = n
+        real_start(self, n)
+
+    monkeypatch.setattr(train_module, "labelled_elbo", labelled)
+    monkeypatch.setattr(train_module, "compute_elbo", summed)
+    monkeypatch.setattr(train_module.Amortized, "start_epoch", start)
+    ds = synthetic_dataset(300, 100, 100)
+    opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2,
+                mixture_hard_epochs=2)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(Config(epochs=4, **opts), full, dataset=ds, progress=False)
+    kinds = {n: {k for m, k in seen if m == n} for n in range(1, 5)}
+    assert kinds == {1: {"summed"}, 2: {"labelled"}, 3: {"labelled"},
+                     4: {"summed"}}
+    saved = _weights(full)["mixture_labels"]
+    assert saved.shape == (300,) and len(saved.unique()) == 3
+    # Each hard epoch passes every image's label once: the same counts.
+    counts = saved.bincount(minlength=3)
+    assert torch.equal(torch.cat(fitted[:len(fitted) // 2])
+                       .bincount(minlength=3), counts)
+    train(Config(epochs=2, **opts), part, dataset=ds, progress=False)
+    train(Config(epochs=4, **opts), part, dataset=ds, progress=False,
+          resume=True)
+    wf, wp = _weights(full), _weights(part)
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    assert _same_numbers(read_metrics(full), read_metrics(part))
+    with pytest.raises(ConfigError, match="--mixture-fit-epoch"):
+        Config(latent="mixture", mixture_hard_epochs=2).resolved()
+
+
 # Where each inference method's training step computes its ELBO.
 STEP_MODULE = {"amortized": train_module, "vem": vem}
 
@@ -343,6 +397,7 @@ def test_train_images_is_used_and_kept_on_resume(tmp_path: Path) -> None:
     train(cfg, tmp_path, dataset=ds, progress=False)
     stored = runfolder.load_config(tmp_path)
     assert stored.train_images == 120
+    assert runfolder.load_config(str(tmp_path)) == stored  # a str folder
     # Resume from the stored config, as ``vaelab train --resume`` does.
     stored.epochs = 2
     train(stored, tmp_path, dataset=ds, progress=False, resume=True)

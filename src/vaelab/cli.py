@@ -72,12 +72,18 @@ FIELD_HELP = {
     "of the training images' posterior means (default: keep the random "
     "start)",
     "mixture_fit": "mixture latent: how that fit groups the means: "
-    "kmeans, or spectral (clusters of their 10-nearest-neighbour graph, "
-    "which follow a digit's chain of images where k-means cuts balls)",
-    "mixture_fit_starts": "mixture latent: k-means++ starts of that fit; "
-    "the one of lowest inertia is kept",
+    "kmeans, or spectral (k-means on the 2K leading eigenvectors of "
+    "their 10-nearest-neighbour graph: clusters that follow a digit's "
+    "chain of images where k-means cuts balls)",
+    "mixture_fit_starts": "mixture latent: k-means++ starts of that fit "
+    "(of the spectral fit's k-means); the one of lowest inertia is kept",
     "mixture_pretrain": "mixture latent: before --mixture-fit-epoch, "
     "train with the N(0, I) prior (a plain VAE, as VaDE pretrains)",
+    "mixture_hard_epochs": "mixture latent: for N epochs from "
+    "--mixture-fit-epoch, each training image's class is fixed to its "
+    "cluster of that fit (a one-hot q(y | x), whose ELBO is lower), so "
+    "the classes take the clustering's shape; then y is summed out "
+    "again (default 0)",
     "estimator": "categorical gradient estimator: gumbel, "
     "straight-through, reinforce or enumerate",
     "temperature": "initial gumbel-softmax temperature",
@@ -101,7 +107,8 @@ FIELD_HELP = {
     "warmup_epochs": "epochs of linear warm-up from 0 to --lr",
     "epochs": "passes over the training set (the most, with --patience)",
     "budget": "train this fraction F in (0, 1] of the config's epochs: "
-    "epochs, lr_half_life, warmup_epochs and mixture_fit_epoch are "
+    "epochs, lr_half_life, warmup_epochs, mixture_fit_epoch and "
+    "mixture_hard_epochs are "
     "multiplied by F (epochs rounded, at least 1), anneal_rate divided; "
     "flags and files are in the config's units, a resumed run keeps its "
     "F and its scaled values",

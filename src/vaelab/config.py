@@ -95,6 +95,10 @@ class Config:
     mixture_fit_starts: int = 10
     # Train with the N(0, I) prior before mixture_fit_epoch (VaDE).
     mixture_pretrain: bool = False
+    # Epochs from mixture_fit_epoch on in which each training image's
+    # class is its label from that fit (a one-hot q(y | x)), not summed
+    # out: the classes take the fit's partition before they are free.
+    mixture_hard_epochs: int = 0
     # None: anneal from temperature to min_temperature over the epochs;
     # r: max(min_temperature, temperature * exp(-r * step)), the Gumbel-
     # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
@@ -172,6 +176,11 @@ class Config:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
         _positive("warmup_epochs", self.warmup_epochs, real=True,
                   allow_zero=True)
+        if (not isinstance(self.mixture_hard_epochs, int)
+                or isinstance(self.mixture_hard_epochs, bool)
+                or self.mixture_hard_epochs < 0):
+            raise ConfigError("mixture_hard_epochs must be an integer >= 0, "
+                              f"got {self.mixture_hard_epochs!r}")
         for name in ("init_std", "init_var", "tau", "temperature",
                      "min_temperature", "e_lr", "lr_half_life"):
             _positive(name, getattr(self, name), real=True)
@@ -250,6 +259,15 @@ class Config:
             raise ConfigError(
                 "--mixture-pretrain needs --mixture-fit-epoch (the epoch "
                 "that ends the pretraining)")
+        if self.mixture_hard_epochs and self.mixture_fit_epoch is None:
+            raise ConfigError(
+                "--mixture-hard-epochs needs --mixture-fit-epoch (the fit "
+                "whose classes the images keep)")
+        if self.mixture_hard_epochs and self.objective != "elbo":
+            raise ConfigError(
+                "--mixture-hard-epochs trains on the ELBO with the fit's "
+                "classes; it does not combine with --objective "
+                f"{self.objective}")
         if self.mixture_fit != "kmeans" and self.mixture_fit_epoch is None:
             raise ConfigError(
                 f"--mixture-fit {self.mixture_fit} needs --mixture-fit-epoch "
@@ -377,7 +395,7 @@ def _check_budget(budget: Any) -> None:
 # Not patience: it counts epochs of validation noise, which a shorter
 # run does not shrink.
 BUDGET_SCALED = ("epochs", "lr_half_life", "warmup_epochs",
-                 "mixture_fit_epoch", "anneal_rate")
+                 "mixture_fit_epoch", "mixture_hard_epochs", "anneal_rate")
 
 
 def _round_epochs(epochs: float) -> int:
@@ -394,8 +412,9 @@ def apply_budget(
 
     F is given["budget"], else the stored run's, else 1. It multiplies
     the epochs (rounded half up, at least 1), lr_half_life,
-    warmup_epochs (at most the scaled epochs) and mixture_fit_epoch
-    (rounded, at least 1), and divides anneal_rate (per step), so that a
+    warmup_epochs (at most the scaled epochs), mixture_fit_epoch
+    (rounded, at least 1) and mixture_hard_epochs (rounded, at least 1
+    unless 0), and divides anneal_rate (per step), so that a
     run of F of a preset's epochs follows its schedule compressed. Of a
     fresh run (no ``stored``) every one of these is scaled, defaults
     included; of a resumed run only those ``given``: the stored ones are
@@ -419,6 +438,9 @@ def apply_budget(
                 given[name] = value / budget
             elif name in ("epochs", "mixture_fit_epoch"):
                 given[name] = _round_epochs(value * budget)
+            elif name == "mixture_hard_epochs":
+                # 0 (off) stays off.
+                given[name] = value and _round_epochs(value * budget)
             else:
                 given[name] = value * budget
     values.update(given)

@@ -32,7 +32,12 @@ from torch import Tensor, nn
 
 from vaelab.config import ENUMERATE_LIMIT
 from vaelab.data import dequantize
-from vaelab.distributions import Categorical, Distribution, kl_divergence
+from vaelab.distributions import (
+    Categorical,
+    DiagGaussian,
+    Distribution,
+    kl_divergence,
+)
 
 # Seed of the held-out ELBO's noise (dequantization, draws of z): every
 # epoch's validation ELBO sees the same noise, and training's stream is
@@ -137,6 +142,34 @@ def compute_elbo(
     kl = kl_divergence(q, model.prior)
     if kl is None:
         kl = (q.log_prob(z) - model.prior.log_prob(z)).mean(0)
+    return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
+
+
+def labelled_elbo(
+    model: Any,
+    x: Tensor,
+    labels: Tensor,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> ElboTerms:
+    """ELBO of each image of ``x`` (B, D) under the mixture model (4b.9)
+    with q(y | x) one-hot at the class ``labels`` (B,), in nats per
+    image (docs/derivations.md, eq. (4b.12)):
+
+        E_q log p(x | z) - KL(q(z | x) || p(z | y_n)) + log p(y_n),
+
+    with the KL in closed form. It is at most the summed-out ELBO
+    (4b.10): a lower bound on log p(x) that pulls each image's z to its
+    label's component (``--mixture-hard-epochs``). ``kl`` holds
+    KL(q(z | x) || p(z | y_n)) - log p(y_n), so elbo = log_lik - kl.
+    """
+    q = model.posterior(x)
+    z = q.rsample(n_samples, generator)  # (S, B, P)
+    log_lik = model.log_likelihood(x, z).mean(0)
+    prior = model.prior
+    c = prior.components  # p(z | y), batch (K,)
+    p_z_given_y = DiagGaussian(c.loc[labels], c.variance[labels])
+    kl = kl_divergence(q, p_z_given_y) - prior.log_weights[labels]
     return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
 
 

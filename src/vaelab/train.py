@@ -48,6 +48,7 @@ from vaelab.objectives import (
     average_elbo,
     compute_elbo,
     compute_iwae,
+    labelled_elbo,
 )
 from vaelab.vem import VariationalEM
 
@@ -68,6 +69,11 @@ class Amortized(Method):
         super().__init__(model, config, dataset)
         self.steps_per_epoch = -(-len(dataset.train) // config.batch_size)
         self.train_images = dataset.train.images
+        # --mixture-hard-epochs: each training image's class from the
+        # fit, (N,), checkpointed (resume cannot recompute it: the model
+        # has moved on since the fit); None when unused.
+        self.labels: Tensor | None = None
+        self.hard = False
 
     def start_epoch(self, epoch: int) -> None:
         # A relaxation's temperature (categorical latents) is annealed.
@@ -83,9 +89,16 @@ class Amortized(Method):
         if epoch == fit_epoch:
             # A function of the model after epoch - 1 alone, and no draw
             # from the run's generator: a resumed run fits the same.
-            self.model.fit_components(self._train_means(), self.config.seed,
-                                      self.config.mixture_fit_starts,
-                                      self.config.mixture_fit)
+            labels = self.model.fit_components(
+                self._train_means(), self.config.seed,
+                self.config.mixture_fit_starts, self.config.mixture_fit)
+            if self.config.mixture_hard_epochs:
+                self.labels = labels.to(self.train_images.device)
+        hard = self.config.mixture_hard_epochs
+        self.hard = bool(hard) and fit_epoch <= epoch < fit_epoch + hard
+        if self.hard and self.labels is None:
+            raise RuntimeError("the fit's labels are missing from the "
+                               "checkpoint")
 
     @torch.no_grad()
     def _train_means(self, batch: int = 2000) -> Tensor:
@@ -104,7 +117,18 @@ class Amortized(Method):
     ) -> ElboTerms:
         if self.config.objective == "iwae":
             return compute_iwae(self.model, x, self.config.iwae_k, generator)
+        if self.hard:
+            return labelled_elbo(self.model, x, self.labels[rows],
+                                 self.config.n_samples, generator)
         return compute_elbo(self.model, x, self.config.n_samples, generator)
+
+    def state(self) -> dict[str, Tensor]:
+        return {} if self.labels is None else {"mixture_labels": self.labels}
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        labels = tensors.get("mixture_labels")
+        if labels is not None:
+            self.labels = labels.to(self.train_images.device)
 
     def validate(self, images: Tensor) -> dict[str, float]:
         k = self.config.iwae_k if self.config.objective == "iwae" else None
