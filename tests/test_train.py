@@ -32,6 +32,22 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _resume_matches(opts: dict, ds: object, run_dir: Path, cut: int,
+                    epochs: int) -> bool:
+    """Whether a run of ``opts`` stopped after ``cut`` epochs and resumed
+    to ``epochs`` ends bit for bit as the uninterrupted run in
+    ``run_dir / "full"`` (trained first): weights, optimizer and RNG
+    state, and every metric but the timings."""
+    part = run_dir / "part"
+    train(Config(epochs=cut, **opts), part, dataset=ds, progress=False)
+    train(Config(epochs=epochs, **opts), part, dataset=ds, progress=False,
+          resume=True)
+    wf, wp = _weights(run_dir / "full"), _weights(part)
+    return (set(wf) == set(wp) and all(torch.equal(wf[k], wp[k]) for k in wf)
+            and _same_numbers(read_metrics(run_dir / "full"),
+                              read_metrics(part)))
+
+
 def _same_numbers(a: list[dict], b: list[dict]) -> bool:
     drop = ("seconds", "images_per_second")
     strip = [{k: v for k, v in m.items() if k not in drop} for m in a + b]
@@ -110,17 +126,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     tmp_path: Path, inference: str
 ) -> None:
     ds = synthetic_dataset(300, 100, 100)
-    full, part = tmp_path / "full", tmp_path / "part"
     opts = dict(SMALL, inference=inference)
-    train(Config(epochs=4, **opts), full, dataset=ds, progress=False)
-    train(Config(epochs=2, **opts), part, dataset=ds, progress=False)
-    train(Config(epochs=4, **opts), part, dataset=ds, progress=False,
-          resume=True)
-    wf, wp = _weights(full), _weights(part)
+    train(Config(epochs=4, **opts), tmp_path / "full", dataset=ds,
+          progress=False)
     # Model, Adam moments and the RNG state all match bit for bit.
-    assert set(wf) == set(wp)
-    assert all(torch.equal(wf[k], wp[k]) for k in wf)
-    assert _same_numbers(read_metrics(full), read_metrics(part))
+    assert _resume_matches(opts, ds, tmp_path, cut=2, epochs=4)
 
 
 @pytest.mark.parametrize(("pretrain", "fit"), [
@@ -135,14 +145,10 @@ def test_mixture_fit_from_data_resumes_bit_exact(
     ds = synthetic_dataset(300, 100, 100)
     opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2,
                 mixture_pretrain=pretrain, mixture_fit=fit)
-    full, part, plain = (tmp_path / n for n in ("full", "part", "plain"))
+    full, plain = tmp_path / "full", tmp_path / "plain"
     train(Config(epochs=3, **opts), full, dataset=ds, progress=False)
-    train(Config(epochs=1, **opts), part, dataset=ds, progress=False)
-    train(Config(epochs=3, **opts), part, dataset=ds, progress=False,
-          resume=True)
-    wf, wp = _weights(full), _weights(part)
-    assert all(torch.equal(wf[k], wp[k]) for k in wf)
-    assert _same_numbers(read_metrics(full), read_metrics(part))
+    assert _resume_matches(opts, ds, tmp_path, cut=1, epochs=3)
+    wf = _weights(full)
     no_fit = {**opts, "mixture_fit_epoch": None,
               "mixture_pretrain": False, "mixture_fit": "kmeans"}
     train(Config(epochs=3, **no_fit), plain, dataset=ds, progress=False)
@@ -214,7 +220,7 @@ def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
     ds = synthetic_dataset(300, 100, 100)
     opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2,
                 mixture_hard_epochs=2)
-    full, part = tmp_path / "full", tmp_path / "part"
+    full = tmp_path / "full"
     train(Config(epochs=4, **opts), full, dataset=ds, progress=False)
     kinds = {n: {k for m, k in seen if m == n} for n in range(1, 5)}
     assert kinds == {1: {"summed"}, 2: {"labelled"}, 3: {"labelled"},
@@ -225,12 +231,7 @@ def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
     counts = saved.bincount(minlength=3)
     assert torch.equal(torch.cat(fitted[:len(fitted) // 2])
                        .bincount(minlength=3), counts)
-    train(Config(epochs=2, **opts), part, dataset=ds, progress=False)
-    train(Config(epochs=4, **opts), part, dataset=ds, progress=False,
-          resume=True)
-    wf, wp = _weights(full), _weights(part)
-    assert all(torch.equal(wf[k], wp[k]) for k in wf)
-    assert _same_numbers(read_metrics(full), read_metrics(part))
+    assert _resume_matches(opts, ds, tmp_path, cut=2, epochs=4)
     with pytest.raises(ConfigError, match="--mixture-fit-epoch"):
         Config(latent="mixture", mixture_hard_epochs=2).resolved()
 
