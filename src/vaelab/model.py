@@ -470,7 +470,8 @@ class MixtureVAE(VAE):
         centre, with variance 1. Returns the class of every mean, (N,)
         int64 (beyond the spectral fit's points, that of the nearest
         fitted point)."""
-        z = means.detach().double().cpu().numpy()
+        points = means.detach().double().cpu()
+        z = points.numpy()
         k = self.classes
         if method == "spectral":
             z = z[:SPECTRAL_POINTS]
@@ -478,8 +479,7 @@ class MixtureVAE(VAE):
                 z, k, seed, starts, vectors=SPECTRAL_VECTORS_PER_CLASS * k)
         else:
             labels = kmeans_labels(z, k, seed, starts)
-        every = nearest_labels(means.detach().double().cpu(),
-                               torch.from_numpy(labels).long())
+        every = nearest_labels(points, torch.from_numpy(labels).long())
         loc = self.mixture_loc.detach().double().cpu().clone()
         var = torch.ones_like(loc)
         for y in range(k):
