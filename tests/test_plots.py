@@ -234,3 +234,22 @@ def test_latent_dim_three_says_so(tmp_path, data, monkeypatch):
 
 def test_describe():
     assert plots.describe(Config()) == "gaussian VAE, P=2, adam"
+    assert plots.describe(Config(latent="mixture", classes=10)) == (
+        "gaussian VAE, P=2, mixture prior of 10 classes, adam")
+
+
+def test_training_curves_shade_the_hard_epochs(tmp_path: Path) -> None:
+    """With ``hard`` the epochs trained on the fit's classes are shaded:
+    most of what changes turns the shade's light grey."""
+    metrics = [{"epoch": e, "train_elbo": -100.0 + e, "val_elbo": -101.0,
+                "train_log_lik": -90.0, "val_log_lik": -91.0,
+                "train_kl": 10.0, "val_kl": 10.0} for e in range(1, 9)]
+    plain = plots.plot_training_curves(metrics, tmp_path / "a.png", "t")
+    shaded = plots.plot_training_curves(metrics, tmp_path / "b.png", "t",
+                                        hard=range(3, 6))
+    a, b = (matplotlib.image.imread(p)[..., :3] for p in (plain, shaded))
+    changed = np.abs(a - b).sum(-1) > 0.05
+    grey = np.abs(b - 0.92).max(-1) < 0.02
+    # Most changed pixels turned the shade's grey (the rest: the legend).
+    assert changed.sum() > 1000
+    assert (changed & grey).sum() > 0.5 * changed.sum()

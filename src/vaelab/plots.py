@@ -472,9 +472,12 @@ def plot_scatter(
 
 
 def plot_training_curves(
-    metrics: list[dict[str, Any]], path: Path, title: str
+    metrics: list[dict[str, Any]], path: Path, title: str,
+    hard: range | None = None,
 ) -> Path:
-    """Save train/validation ELBO and its two terms per epoch (nats)."""
+    """Save train/validation ELBO and its two terms per epoch (nats).
+    ``hard``: the epochs whose training objective was (4b.12), each image
+    with its fitted class (``--mixture-hard-epochs``), shaded."""
     fig = Figure(figsize=(13.0, 4.0), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3)
     epochs = [m["epoch"] for m in metrics]
@@ -494,6 +497,10 @@ def plot_training_curves(
                         style if len(pts) <= 30 else style.rstrip("os"), ms=3,
                         label="train (mean during the epoch)"
                         if split == "train" else "validation (end of epoch)")
+        if hard:
+            # The train curve is then a lower bound than validation's.
+            ax.axvspan(hard.start - 0.5, hard.stop - 0.5, color="0.92",
+                       label="train on the fit's classes, eq. (4b.12)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{label} (nats per image)")
@@ -538,6 +545,8 @@ def describe(config: Config) -> str:
     if config.latent == "categorical":
         latent = (f"M={config.groups} x K={config.classes} categorical, "
                   f"{config.estimator}")
+    elif config.latent == "mixture":
+        latent += f", mixture prior of {config.classes} classes"
     # Variational EM has no encoder: the model is no autoencoder.
     vem = config.inference == "vem"
     parts = [f"{config.likelihood} {'model' if vem else 'VAE'}", latent]
@@ -956,7 +965,9 @@ def make_figures(
                                 title, seed)]
     paths += maker(ctx)
     if ctx.metrics:
+        fit, hard = config.mixture_fit_epoch, config.mixture_hard_epochs
         paths.append(plot_training_curves(
-            ctx.metrics, ctx.path("training_curves"), title
+            ctx.metrics, ctx.path("training_curves"), title,
+            hard=range(fit, fit + hard) if hard else None,
         ))
     return paths
