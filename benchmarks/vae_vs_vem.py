@@ -4,13 +4,16 @@ The spec's claim: optimizing per-image variational parameters lambda_n
 (variational EM) is slow, and a VAE does better by spending the time on
 the model's parameters Theta, with an encoder that amortizes inference.
 This trains the spec's generative model (784-512-2, Gaussian likelihood,
-Adam, batch 100) both ways on MNIST, each for ``--budget`` seconds of
-training, and at a few points along the way measures on the first
-``--n-test`` test images
+Adam, batch 100) on MNIST three ways -- a VAE, vEM with the spec's
+gradient-ascent E-step (``vem``: Adam on lambda) and vEM with the
+Newton E-step (``vem-newton``: Gauss-Newton steps from the best point
+of a grid over z) -- each for ``--budget`` seconds of training, and at a
+few points along the way measures on the first ``--n-test`` test images
 
-- the test ELBO: with the encoder (VAE), or with q from the E-step run
-  from the prior for e_steps * epochs iterations, at least 50 (vEM;
-  ``vaelab.inference.vem_test_steps``), averaged over 100 draws of q;
+- the test ELBO: with the encoder (VAE), or with q from the run's E-step
+  from the prior for e_steps * epochs iterations, at least 50 Adam or 5
+  Newton steps (vEM; ``vaelab.inference.vem_test_steps``), averaged
+  over 100 draws of q;
 - log p(x) by quadrature (``vaelab.quadrature``), which does not depend
   on the inference at all: it scores the generative model alone.
 
@@ -88,13 +91,13 @@ def race(configs: dict[str, Config], root: Path, budget: float,
                 st["marks"].pop(0)
             st["marks"] = st["marks"] or [math.inf]
             t = time.perf_counter()
-            row = {"inference": cfg.inference, "epoch": st["epoch"],
+            row = {"inference": name, "epoch": st["epoch"],
                    "train_seconds": st["seconds"],
                    **measure(out, data.test.images, data.preprocess,
                              n_test)}
             row["eval_seconds"] = time.perf_counter() - t
             rows.append(row)
-            log(f"{row['inference']:9s} epoch {row['epoch']:3d}  "
+            log(f"{row['inference']:10s} epoch {row['epoch']:3d}  "
                 f"{row['train_seconds']:7.1f} s  test ELBO "
                 f"{row['elbo']:9.2f}  log p(x) {row['log_px']:9.2f}",
                 flush=True)
@@ -110,6 +113,9 @@ def main() -> None:
                         help="measurements per method (at budget/2^j)")
     parser.add_argument("--e-steps", type=int, default=5)
     parser.add_argument("--e-lr", type=float, default=0.5)
+    parser.add_argument("--newton-steps", type=int, default=1,
+                        help="vem-newton: Gauss-Newton steps per "
+                        "minibatch")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the two runs (default: temporary)")
@@ -123,6 +129,9 @@ def main() -> None:
     vae = Config.from_dict(base)
     vem = Config.from_dict({**base, "inference": "vem",
                             "e_steps": args.e_steps, "e_lr": args.e_lr})
+    newton = Config.from_dict({**base, "inference": "vem",
+                               "e_method": "newton",
+                               "e_steps": args.newton_steps})
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,17 +139,18 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} "
               f"threads; budget {args.budget:.0f} s of training each; "
               f"{args.n_test} test images; vEM: e_steps {args.e_steps}, "
-              f"e_lr {args.e_lr}", flush=True)
-        rows = race({"vae": vae, "vem": vem}, root, args.budget,
-                    args.n_test, args.checkpoints)
+              f"e_lr {args.e_lr}; vem-newton: {args.newton_steps} "
+              "step(s)", flush=True)
+        rows = race({"vae": vae, "vem": vem, "vem-newton": newton}, root,
+                    args.budget, args.n_test, args.checkpoints)
     rows.sort(key=lambda r: (r["inference"], r["epoch"]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print()
-    print(f"{'inference':10s}{'epoch':>6s}{'train s':>9s}"
+    print(f"{'inference':11s}{'epoch':>6s}{'train s':>9s}"
           f"{'test ELBO':>11s}{'log p(x)':>11s}")
     for r in rows:
-        print(f"{r['inference']:10s}{r['epoch']:6d}{r['train_seconds']:9.1f}"
+        print(f"{r['inference']:11s}{r['epoch']:6d}{r['train_seconds']:9.1f}"
               f"{r['elbo']:11.2f}{r['log_px']:11.2f}")
 
 

@@ -605,3 +605,45 @@ def test_mixture_pretraining_uses_the_standard_normal_prior() -> None:
     torch.testing.assert_close(model.prior.log_prob(z), normal)
     model.pretraining = False
     assert isinstance(model.prior, GaussianMixture)
+
+
+# -- what the Newton E-step needs: dlogits/dz and the curvature ---------------
+@pytest.mark.parametrize("activation,hidden", [
+    ("relu", 32), ("tanh", 32), ("relu", [24, 16]), ("tanh", [24, 16]),
+])
+def test_decode_jacobian_is_autograds(activation: str, hidden) -> None:
+    torch.manual_seed(0)
+    model = build_model(Config(activation=activation, hidden=hidden,
+                               init_std=0.5).resolved())
+    z = torch.randn(6, 2)
+    logits, jac = model.decode_jacobian(z)
+    assert logits.shape == (6, 784) and jac.shape == (6, 2, 784)
+    torch.testing.assert_close(logits, model.decode_logits(z))
+    expected = torch.func.vmap(torch.func.jacfwd(model.decode_logits))(z)
+    torch.testing.assert_close(jac, expected.transpose(1, 2))
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_logit_curvature_is_the_gradient_and_the_fisher(
+    likelihood: str,
+) -> None:
+    """The gradient matches autograd's; the weight is the Fisher
+    information E_x[(d log p / dl)^2] per logit, estimated from 4,000
+    draws of x ~ p(x | l): within Z standard errors on every pixel."""
+    torch.manual_seed(0)
+    model = build_model(Config(likelihood=likelihood).resolved())
+    lik = model.likelihood
+    logits = torch.randn(1, 784)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.bernoulli(torch.sigmoid(logits).expand(4000, 784),
+                         generator=g)
+         if likelihood == "bernoulli" else lik.sample(
+             logits.expand(4000, 784), generator=g))
+    grad, weight = (t.detach() for t in lik.logit_curvature(x, logits))
+    l_req = logits.expand(4000, 784).clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(lik.log_prob(x, l_req).sum(), l_req)
+    torch.testing.assert_close(grad, auto, rtol=1e-4, atol=1e-4)
+    squares = grad.square()
+    fisher = squares.mean(0)
+    se = squares.std(0) / math.sqrt(4000)
+    assert float(((fisher - weight[0]) / se).abs().max()) < Z

@@ -15,8 +15,13 @@ from vaelab.distributions import DiagGaussian
 from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate_model
 from vaelab.inference import (
+    GRID_POINTS,
+    GRID_RADIUS,
+    VEM_TEST_NEWTON_STEPS,
     VEM_TEST_STEPS,
     fit_posterior,
+    grid_start,
+    newton_posterior,
     posterior,
     prior_matched,
     vem_test_steps,
@@ -88,13 +93,15 @@ def test_vem_checkpoint_holds_lambda_and_loads(vem_run, data) -> None:
     assert isinstance(q, DiagGaussian) and q.mean.shape == (10, 2)
 
 
+@pytest.mark.parametrize("e_method", ["adam", "newton"])
 def test_vem_resume_ends_where_an_uninterrupted_run_does(
-    data, tmp_path
+    data, tmp_path, e_method: str
 ) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    train(Config(epochs=3, **VEM), a, dataset=data, progress=False)
-    train(Config(epochs=2, **VEM), b, dataset=data, progress=False)
-    train(Config(epochs=3, **VEM), b, dataset=data, progress=False,
+    vem = {**VEM, "e_method": e_method}
+    train(Config(epochs=3, **vem), a, dataset=data, progress=False)
+    train(Config(epochs=2, **vem), b, dataset=data, progress=False)
+    train(Config(epochs=3, **vem), b, dataset=data, progress=False,
           resume=True)
     def strip(run):
         return [{k: v for k, v in m.items()
@@ -158,3 +165,90 @@ def test_evaluate_a_vem_model(vem_run, data) -> None:
     assert r.elbo.value <= r.iwae.value + 1.0
     assert r.log_px.coverage.ok
     assert r.gaps.optimized_elbo >= r.gaps.encoder_elbo - 1.0
+
+
+# -- the Newton E-step (--e-method newton) -----------------------------------
+def _log_joint(model, x, z):
+    with torch.no_grad():
+        return (model.log_likelihood(x, z[None])[0]
+                + model.prior.log_prob(z))
+
+
+def test_grid_start_keeps_the_better_of_loc_and_the_grids_best(
+    vem_run, data
+) -> None:
+    out, _ = vem_run
+    model, _ = load_model(out)
+    x = dequantize(data.test.images[:40], torch.Generator().manual_seed(0))
+    # Half the images start at the prior's mean, half far outside the
+    # grid, where the grid must win.
+    loc = torch.zeros(40, 2)
+    loc[20:] = 3.0 * GRID_RADIUS
+    start = grid_start(model, x, loc)
+    axis = torch.linspace(-GRID_RADIUS, GRID_RADIUS, GRID_POINTS)
+    grid = torch.cartesian_prod(axis, axis)
+    best_of_grid = torch.stack([
+        _log_joint(model, x[i:i + 1].expand(len(grid), -1), grid).max()
+        for i in range(40)])
+    got = _log_joint(model, x, start)
+    expected = torch.maximum(best_of_grid, _log_joint(model, x, loc))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+    assert not torch.equal(start[20:], loc[20:])
+
+
+def test_newton_steps_reach_a_stationary_point_of_log_p_x_z(
+    vem_run, data
+) -> None:
+    """Without the grid, 20 steps from the prior end where the gradient
+    of log p(x, z) in z has (almost) vanished, and q's variance is
+    1 / diag of the Gauss-Newton precision there."""
+    out, _ = vem_run
+    model, _ = load_model(out)
+    x = dequantize(data.test.images[:30], torch.Generator().manual_seed(0))
+    q0 = prior_matched(model, 30, "cpu")
+
+    def grad_at(loc):
+        z = loc.clone().requires_grad_(True)
+        lj = (model.log_likelihood(x, z[None])[0]
+              + model.prior.log_prob(z))
+        return torch.autograd.grad(lj.sum(), z)[0]
+
+    q = newton_posterior(model, x, q0, steps=20, grid=False)
+    start = grad_at(q0.loc).norm(dim=-1)
+    end = grad_at(q.loc).norm(dim=-1)
+    assert float(end.max()) < 1e-3 * float(start.max())
+    with torch.no_grad():
+        logits, jac = model.decode_jacobian(q.loc)
+        _, w = model.likelihood.logit_curvature(x, logits)
+        precision = (jac * w[:, None, :]) @ jac.transpose(1, 2)
+    expected = 1.0 / (torch.diagonal(precision, dim1=-2, dim2=-1) + 1.0)
+    torch.testing.assert_close(q.variance, expected, rtol=1e-3, atol=0.0)
+
+
+def test_newton_e_step_beats_adams_from_the_prior(vem_run, data) -> None:
+    """On the same images and draws, the grid and 5 Newton steps give a
+    higher ELBO than VEM_TEST_STEPS Adam iterations from the prior."""
+    out, _ = vem_run
+    model, config = load_model(out)
+    x = data.test.images
+    adam = heldout_elbo(model, config, x, True)
+    newton = heldout_elbo(
+        model, Config.from_dict({**config.to_dict(), "e_method": "newton"}),
+        x, True)
+    assert newton["elbo"] > adam["elbo"]
+
+
+def test_vem_trains_with_newton_steps(data, tmp_path) -> None:
+    results = train(Config(epochs=2, e_method="newton", **{
+        **VEM, "e_steps": 1}), tmp_path, dataset=data, progress=False)
+    metrics = read_metrics(tmp_path)
+    assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
+    assert results["test_e_steps"] == VEM_TEST_NEWTON_STEPS
+    assert math.isfinite(results["test"]["elbo"])
+
+
+def test_newton_e_step_needs_the_gaussian_prior(data, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="e-method newton"):
+        train(Config(prior="laplace", e_method="newton", **VEM), tmp_path,
+              dataset=data, progress=False)
+    assert not any(tmp_path.iterdir())

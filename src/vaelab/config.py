@@ -32,6 +32,7 @@ Latent = Literal["gaussian", "categorical", "mixture"]
 Activation = Literal["relu", "tanh"]
 Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
 Inference = Literal["amortized", "vem"]
+EMethod = Literal["adam", "newton"]
 LrSchedule = Literal["exponential", "constant", "cosine", "linear"]
 DataInit = Literal["constant", "data"]
 WeightInit = Literal["normal", "glorot"]
@@ -111,6 +112,10 @@ class Config:
     iwae_k: int = 1
     e_steps: int = 5
     e_lr: float = 1e-2
+    # vEM's E-step: Adam on the Monte Carlo ELBO (the spec's gradient
+    # ascent), or Gauss-Newton steps from a grid search (eq. (V.3) of
+    # docs/derivations.md; Gaussian prior only).
+    e_method: EMethod = "adam"
     optimizer: Optimizer = "adam"
     lr: float | None = None
     lr_schedule: LrSchedule = "exponential"
@@ -294,6 +299,12 @@ class Config:
                 "--inference vem fits a Gaussian or Laplace q per image "
                 "under a Gaussian or Laplace prior; it needs --latent "
                 "gaussian"
+            )
+        if (self.inference == "vem" and self.e_method == "newton"
+                and self.prior != "gaussian"):
+            raise ConfigError(
+                "--e-method newton fits a Gaussian q under the N(0, I) "
+                "prior; the laplace prior needs --e-method adam"
             )
 
     def _validate_objective(self) -> None:

@@ -103,6 +103,17 @@ class GaussianLikelihood(nn.Module):
         log_det = var.log().sum() * (self.dim / var.shape[0])
         return -0.5 * (weighted + log_det + self.dim * LOG_2PI)
 
+    def logit_curvature(
+        self, x: Tensor, logits: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The gradient of log p(x|z) in the logits l and its Gauss-Newton
+        weight, each (B, D): with f = sigmoid(l), (x - f) f (1 - f) / Sigma
+        and (f (1 - f))^2 / Sigma (docs/derivations.md, eq. (V.2))."""
+        f = torch.sigmoid(logits)
+        slope = f * (1.0 - f)
+        inv = self.variance().reciprocal()
+        return (x - f) * slope * inv, slope.square() * inv
+
     def pairwise_log_prob(
         self, logits: Tensor
     ) -> Callable[[Tensor], Tensor]:
@@ -151,6 +162,15 @@ class BernoulliLikelihood(nn.Module):
         """log p(x|z) summed over pixels: (...,). x: (B, D)."""
         return bernoulli_log_prob(x, logits)
 
+    def logit_curvature(
+        self, x: Tensor, logits: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The gradient of log p(x|z) in the logits l and its Gauss-Newton
+        weight (the Fisher information), each (B, D): x - p and
+        p (1 - p), p = sigmoid(l) (docs/derivations.md, eq. (V.2))."""
+        p = torch.sigmoid(logits)
+        return x - p, p * (1.0 - p)
+
     def pairwise_log_prob(
         self, logits: Tensor
     ) -> Callable[[Tensor], Tensor]:
@@ -192,6 +212,11 @@ def _init_linear(layer: nn.Linear, std: float, kind: str = "normal"
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu, "tanh": torch.tanh,
 }
+# Their derivatives, from the pre-activation a and the output h = act(a).
+SLOPES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "relu": lambda a, h: (a > 0).to(a.dtype),
+    "tanh": lambda a, h: 1.0 - h.square(),
+}
 
 
 class Networks(nn.Module):
@@ -210,6 +235,7 @@ class Networks(nn.Module):
                         decoder_in: int) -> None:
         sizes = config.hidden_sizes
         self.activation = ACTIVATIONS[config.activation]
+        self.slope = SLOPES[config.activation]
 
         def linear(a: int, b: int) -> nn.Linear:
             return _init_linear(nn.Linear(a, b), config.init_std, config.init)
@@ -237,6 +263,23 @@ class Networks(nn.Module):
         for layer in self.decoder_deep:
             h = self.activation(layer(h))
         return self.decoder_out(h)
+
+    def decode_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder's logits at z (B, P), (B, D), and their Jacobian
+        d logits_d / d z_p, (B, P, D).
+
+        Forward mode by hand: the P tangents ride along as rows, so each
+        layer costs one (B P, H_in) x (H_in, H_out) product, a third of
+        what torch.func.jacfwd took on the spec's decoder.
+        """
+        a = self.decoder_hidden(z)
+        h = self.activation(a)
+        tangent = self.slope(a, h)[:, None, :] * self.decoder_hidden.weight.T
+        for layer in self.decoder_deep:
+            a = layer(h)
+            h = self.activation(a)
+            tangent = (tangent @ layer.weight.T) * self.slope(a, h)[:, None]
+        return self.decoder_out(h), tangent @ self.decoder_out.weight.T
 
 
 def _make_likelihood(config: Config) -> nn.Module:

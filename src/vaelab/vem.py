@@ -5,10 +5,12 @@ and Sigma), but no encoder: every training image n has its own variational
 parameters lambda_n = (location, log spread), stored as two (N, P) tensors.
 Each minibatch alternates
 
-- an E-step: ``config.e_steps`` Adam iterations on the minibatch's lambda
-  (learning rate ``config.e_lr``, ``config.n_samples`` draws per step),
+- an E-step: ``config.e_steps`` iterations on the minibatch's lambda,
   warm-started at the stored lambda, Theta fixed
-  (``vaelab.inference.fit_posterior``);
+  (``vaelab.inference.e_step``): Adam at ``config.e_lr`` with
+  ``config.n_samples`` draws per step, or with ``config.e_method =
+  "newton"`` Gauss-Newton steps from the better of the stored lambda and
+  a grid's best point;
 - an M-step: one step of the run's optimizer on Theta, ascending the ELBO
   at the new lambda (the training loop's step, ``vaelab.train``).
 
@@ -35,7 +37,7 @@ from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset
 from vaelab.inference import (
-    fit_posterior,
+    e_step,
     join_params,
     posterior,
     prior_matched,
@@ -98,9 +100,8 @@ class VariationalEM(Method):
         """E-step on lambda of training images ``rows`` (Theta fixed), then
         the ELBO at the new lambda, for the loop's M-step on Theta."""
         c = self.config
-        q = fit_posterior(self.model, x, self.train_lam.q(rows),
-                          steps=c.e_steps, lr=c.e_lr,
-                          n_samples=c.n_samples, generator=generator)
+        q = e_step(self.model, c, x, self.train_lam.q(rows),
+                   steps=c.e_steps, generator=generator)
         self.train_lam.store(rows, q)
         return compute_elbo(self.model, x, c.n_samples, generator, q=q)
 
@@ -111,9 +112,8 @@ class VariationalEM(Method):
         c = self.config
 
         def advance(rows: slice, x: Tensor, g: torch.Generator) -> Any:
-            q = fit_posterior(self.model, x, self.val_lam.q(rows),
-                              steps=c.e_steps, lr=c.e_lr,
-                              n_samples=c.n_samples, generator=g)
+            q = e_step(self.model, c, x, self.val_lam.q(rows),
+                       steps=c.e_steps, generator=g)
             self.val_lam.store(rows, q)
             return q
 
