@@ -187,6 +187,8 @@ def test_describe_a_vem_model():
     # Variational EM trains no encoder: not a VAE.
     assert (plots.describe(Config(inference="vem"))
             == "gaussian model, P=2, variational EM, adam")
+    assert (plots.describe(Config(inference="vem", e_method="newton"))
+            == "gaussian model, P=2, variational EM, Newton E-step, adam")
     assert plots.describe(Config()) == "gaussian VAE, P=2, adam"
 
 

@@ -416,11 +416,39 @@ def test_run_reports_its_cost_in_epoch_times(tmp_path, zoo_file):
 
 def test_a_run_that_trains_nothing_claims_no_cost(tmp_path, zoo_file):
     out = tmp_path / "out"
-    run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["bern"], **quiet())
-    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["bern"],
+    first = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
+                        **quiet())
+    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
                           **quiet())
     assert summary["epoch_times"] is None
     assert any("training nothing" in note for note in summary["notes"])
+    # The cost of the run that trained survives the rewritten report, in
+    # summary.json and in a note, and a third run still has it.
+    assert first["epoch_times"] is not None
+    assert summary["trained_by"] == first["trained_by"]
+    assert summary["trained_by"]["epoch_times"] == pytest.approx(
+        first["epoch_times"])
+    assert any(f"{first['epoch_times']:.0f} epoch-times" in note
+               and "trained them" in note for note in summary["notes"])
+    third = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
+                        **quiet())
+    assert third["trained_by"] == first["trained_by"]
+
+
+def test_previous_training_run_reads_old_and_broken_summaries(tmp_path):
+    assert run.previous_training_run(tmp_path) is None
+    summary = tmp_path / "summary.json"
+    summary.write_text("{not json")
+    assert run.previous_training_run(tmp_path) is None
+    # A summary from before ``trained_by`` holds its own run's cost.
+    summary.write_text(json.dumps({
+        "created": "c", "seconds": 60.0, "epoch_seconds": 2.0,
+        "epoch_times": 30.0}))
+    assert run.previous_training_run(tmp_path) == {
+        "created": "c", "seconds": 60.0, "epoch_seconds": 2.0,
+        "epoch_times": 30.0}
+    summary.write_text(json.dumps({"epoch_times": None}))
+    assert run.previous_training_run(tmp_path) is None
 
 
 def test_epoch_cost_counts_weights_steps_and_vem() -> None:

@@ -540,7 +540,7 @@ class FigureContext:
 
 def describe(config: Config) -> str:
     """A short model name from a config, e.g. 'gaussian VAE, P=2, adam',
-    or 'gaussian model, P=2, variational EM, adam'."""
+    or 'gaussian model, P=2, variational EM, Newton E-step, adam'."""
     latent = f"P={config.latent_dim}"
     if config.latent == "categorical":
         latent = (f"M={config.groups} x K={config.classes} categorical, "
@@ -553,7 +553,9 @@ def describe(config: Config) -> str:
     if config.prior != "gaussian":
         parts.append(f"{config.prior} prior")
     if vem:
-        parts.append("variational EM")
+        parts.append("variational EM" + (", Newton E-step"
+                                         if config.e_method == "newton"
+                                         else ""))
     parts.append(config.optimizer)
     return ", ".join(parts)
 

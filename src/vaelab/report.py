@@ -583,11 +583,14 @@ def write_report(
     notes: Sequence[str] = (),
     seconds: float | None = None,
     epoch_seconds: float | None = None,
+    trained_by: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write ``out_dir/report.html`` and ``out_dir/summary.json`` for the
     trained models ``(name, title)`` in ``out_dir/<name>/``. ``seconds``:
     the run's wall time; ``epoch_seconds``: one epoch of the spec's model
-    on this machine (the run's cost is their ratio, ``epoch_times``).
+    on this machine (the run's cost is their ratio, ``epoch_times``);
+    ``trained_by``: the cost of the last run that trained (its created,
+    seconds, epoch_seconds and epoch_times), kept in summary.json.
 
     Returns the report's path and the summary (numbers in nats per image;
     each model's ``evaluation`` an ``Evaluation`` or None, its JSON in
@@ -605,6 +608,7 @@ def write_report(
         "epoch_seconds": epoch_seconds,
         "epoch_times": (seconds / epoch_seconds
                         if seconds and epoch_seconds else None),
+        "trained_by": trained_by,
         "comparison": comparison(records),
         "models": records,
     }

@@ -458,14 +458,26 @@ def run_zoo(
         seconds = time.perf_counter() - t_start
         cost = (f"; {seconds / epoch:.0f} epoch-times of {spec.name} "
                 f"({epoch:.1f} s per epoch{how})" if epoch else "")
+        trained_by = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                      "seconds": seconds, "epoch_seconds": epoch,
+                      "epoch_times": seconds / epoch if epoch else None}
         if not clock.per_image:
-            # The wall time measures nothing.
+            # The wall time measures nothing; the cost is the last
+            # training run's, which a rewritten report must not lose.
             cost = ", training nothing (every model was trained before)"
+            trained_by = previous_training_run(out)
         notes.append(f"This run took {seconds / 60:.1f} min{cost}.")
+        if not clock.per_image and trained_by is not None:
+            notes.append(
+                f"The run of {trained_by['created']} trained them: "
+                f"{trained_by['seconds'] / 60:.1f} min; "
+                f"{trained_by['epoch_times']:.0f} epoch-times of "
+                f"{spec.name} ({trained_by['epoch_seconds']:.1f} s per "
+                "epoch).")
         report, summary = write_report(
             out, [(m.name, m.title) for m in done], command=command,
             real_digits=real, notes=notes, seconds=seconds,
-            epoch_seconds=epoch,
+            epoch_seconds=epoch, trained_by=trained_by,
         )
         log(f"whole run: {seconds / 60:.1f} min{cost}")
         log(f"report: {report}")
@@ -474,6 +486,24 @@ def run_zoo(
                                  chromium())
             log(f"pdf: {pdf_path}")
     return summary
+
+
+def previous_training_run(out: Path) -> dict[str, Any] | None:
+    """The cost of the last run that trained models in ``out`` (its
+    summary.json's ``trained_by``: created, seconds, epoch_seconds,
+    epoch_times), or None when there is none with a cost."""
+    try:
+        summary = runfolder.read_json(out / runfolder.SUMMARY)
+        record = summary.get("trained_by")
+        if record is None and summary.get("epoch_times"):
+            # summary.json from before ``trained_by``: its own run's.
+            record = {k: summary[k] for k in (
+                "created", "seconds", "epoch_seconds", "epoch_times")}
+    except (VaelabError, OSError, AttributeError, KeyError, TypeError):
+        return None
+    if not isinstance(record, dict) or not record.get("epoch_times"):
+        return None
+    return record
 
 
 def default_jobs(device: str | None = None) -> int:
