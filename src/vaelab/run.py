@@ -193,10 +193,14 @@ def _finished(run_dir: Path, config: Config) -> bool:
             or bool(runfolder.read_json(results).get("converged")))
 
 
-# A variational-EM epoch costs about this many VAE epochs
-# (docs/benchmarks.md, "VAE versus variational EM"): the run's ETA uses it
-# until the model's own first epoch is timed.
-VEM_EPOCH_COST = 2.5
+# A variational-EM epoch costs about this many VAE epochs, by E-step
+# (docs/benchmarks.md, "VAE versus variational EM": 5 Adam iterations
+# per minibatch, and 1 Newton step): the run's ETA uses it until the
+# model's own first epoch is timed.
+VEM_EPOCH_COST = {"adam": 2.5, "newton": 1.7}
+# Images of the cost unit's timed epoch under --quick (scaled to the
+# whole training set): a full epoch would be a tenth of a quick run.
+QUICK_UNIT_IMAGES = 10_000
 # A VAE epoch's time: its networks' products, in proportion to their
 # weights, and a cost per step. Measured 2026-12-02 (2-core AMD EPYC, 2
 # threads): the spec's networks took 2.62 s per epoch at batch 100 and
@@ -220,7 +224,8 @@ def epoch_cost(config: Config) -> float:
     Config, batch 100), for the run's ETA before it is timed."""
     cost = (PRODUCT_SHARE * _weights(config) / _spec_weights()
             + (1.0 - PRODUCT_SHARE) * 100 / config.batch_size)
-    return cost * (VEM_EPOCH_COST if config.inference == "vem" else 1.0)
+    return cost * (VEM_EPOCH_COST[config.e_method]
+                   if config.inference == "vem" else 1.0)
 
 
 # Figures and evaluation of one model cost about this many VAE epochs of
@@ -395,6 +400,15 @@ def run_zoo(
         }, jobs=jobs)
         heads = {m.name: f"[{i}/{len(todo)}] {m.name}"
                  for i, m in enumerate(todo, 1)}
+        # The run's cost unit: an epoch of the spec's model (the zoo's
+        # first), timed alone after the models (under --quick on its
+        # first QUICK_UNIT_IMAGES images, scaled: a full epoch would be a
+        # tenth of the run).
+        spec = zoo.models[0]
+        unit_config = configs.get(spec.name) or model_config(
+            spec, zoo, quick=quick, device=device, data_dir=data_dir)
+        unit_images = QUICK_UNIT_IMAGES if quick else None
+        unit_seconds = None
         if jobs == 1:
             for m in todo:
                 config = configs[m.name]
@@ -403,10 +417,11 @@ def run_zoo(
                            replot=replot, progress=progress, log=log,
                            clock=clock)
         else:
-            _run_parallel(
+            unit_seconds = _run_parallel(
                 [_Task(m, configs[m.name], out / m.name, zoo, heads[m.name],
                        quick, replot, load) for m in todo],
-                jobs=jobs, progress=progress, log=log, clock=clock)
+                jobs=jobs, progress=progress, log=log, clock=clock,
+                unit=(unit_config, load, unit_images))
         first = configs[todo[0].name]
         grey = [c for c in configs.values()
                 if c.preprocess not in BINARY]
@@ -438,23 +453,23 @@ def run_zoo(
                 + (f" on the first {n:,} training images" if n else "")
                 + "; the numbers are not converged."
             )
-        # The run's cost in epochs of the spec's model (the zoo's first) on
-        # this machine, which compares across machines.
-        spec = zoo.models[0]
+        # The run's cost in epochs of the spec's model on this machine,
+        # which compares across machines.
         how = ""
         if not clock.per_image:
             epoch = None  # every model was reused: nothing to measure
         elif jobs == 1:
             epoch = spec_epoch_seconds(out / spec.name, len(
-                dataset_for(configs.get(spec.name, first)).train))
+                dataset_for(unit_config).train))
         else:
             # Its epochs in this run shared the CPU with other models, so
-            # the unit is timed now, alone, with every thread (counted in
-            # the run's time).
-            config = configs.get(spec.name) or model_config(
-                spec, zoo, quick=quick, device=device, data_dir=data_dir)
-            epoch = time_epoch(config, dataset_for(config))
-            how = f", timed alone; {jobs} models at a time"
+            # a worker timed the unit alone, with every thread (counted in
+            # the run's time), once the models were done.
+            epoch = unit_seconds
+            n = len(dataset_for(unit_config).train)
+            part = (f" on {unit_images:,} of its {n:,} images"
+                    if unit_images and unit_images < n else "")
+            how = f", timed alone{part}; {jobs} models at a time"
         seconds = time.perf_counter() - t_start
         cost = (f"; {seconds / epoch:.0f} epoch-times of {spec.name} "
                 f"({epoch:.1f} s per epoch{how})" if epoch else "")
@@ -567,15 +582,36 @@ class _Task(NamedTuple):
     load: Callable[[Config], Dataset] | None
 
 
+def _worker_data(config: Config,
+                 load: Callable[[Config], Dataset] | None) -> Dataset:
+    """The full dataset of ``config`` in this worker, loaded once."""
+    key = _data_key(config)
+    if key not in _DATA:
+        _DATA[key] = (load or load_data)(
+            dataclasses.replace(config, train_images=None))
+    return _DATA[key]
+
+
+def _worker_time_epoch(
+    config: Config, load: Callable[[Config], Dataset] | None,
+    images: int | None, threads: int,
+) -> float:
+    """``train.time_epoch`` of ``config`` in a worker, with ``threads``
+    threads for the time of it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return time_epoch(config, _worker_data(config, load), images=images)
+    finally:
+        torch.set_num_threads(before)
+
+
 def _worker_run(task: _Task) -> None:
     """``_run_model`` in a worker, reporting through ``_EVENTS``."""
     events, name = _EVENTS, task.model.name
     try:
-        key = _data_key(task.config)
-        if key not in _DATA:
-            _DATA[key] = (task.load or load_data)(
-                dataclasses.replace(task.config, train_images=None))
-        _run_model(task.model, task.config, task.run_dir, _DATA[key],
+        _run_model(task.model, task.config, task.run_dir,
+                   _worker_data(task.config, task.load),
                    task.zoo, head=task.head, quick=task.quick,
                    replot=task.replot, progress=False,
                    log=lambda text: events.put(("log", name, text)),
@@ -587,20 +623,32 @@ def _worker_run(task: _Task) -> None:
 def _run_parallel(
     tasks: list[_Task], *, jobs: int, progress: bool,
     log: Callable[[str], None], clock: RunClock,
-) -> None:
+    unit: tuple[Config, Callable[[Config], Dataset] | None, int | None]
+    | None = None,
+) -> float | None:
     """``_worker_run`` of every task in ``jobs`` worker
     processes with torch's threads shared among them, the longest model
     first; their lines and epochs reach ``log`` and ``clock`` here. A
     worker's error ends the others and is raised; so is Ctrl-C (finished
-    epochs are saved: a rerun resumes)."""
-    threads = max(1, torch.get_num_threads() // jobs)
+    epochs are saved: a rerun resumes).
+
+    ``unit``: (config, load, images) of the run's cost unit; when any
+    model trained, one worker then times an epoch of it alone with every
+    thread (``train.time_epoch``), and the seconds are returned. In a
+    worker, not here: the worker has paid torch's one-off costs (the
+    first optimizer of a process imports torch._dynamo, ~1.5 s)."""
+    total = torch.get_num_threads()
+    threads = max(1, total // jobs)
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
     pool = ctx.Pool(jobs, initializer=_worker_init,
                     initargs=(events, threads))
+    seconds = None
     try:
         _follow(pool, events, tasks, progress=progress, log=log,
                 clock=clock)
+        if unit is not None and clock.per_image:
+            seconds = pool.apply(_worker_time_epoch, (*unit, total))
         pool.close()
     except BaseException:
         pool.terminate()
@@ -609,6 +657,7 @@ def _run_parallel(
         pool.join()
         events.close()
         events.join_thread()
+    return seconds
 
 
 def _follow(
