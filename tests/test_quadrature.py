@@ -10,7 +10,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.model import build_model
-from vaelab.quadrature import shared_points
+from vaelab.quadrature import flushed_denormals, shared_points
 
 
 @pytest.mark.parametrize("likelihood, variance", [
@@ -45,3 +45,23 @@ def test_pairwise_log_prob_matches_log_prob(likelihood, variance) -> None:
     assert err < 5e-3, err
     torch.testing.assert_close(pairwise, direct, rtol=1e-5, atol=5e-3)
     assert torch.equal(shared, pairwise)
+
+
+def test_flushed_denormals_zeroes_them_and_restores_the_setting() -> None:
+    def flushing() -> bool:
+        return float(torch.full((1,), 1e-39) * 1.0) == 0.0
+
+    assert not flushing()
+    with flushed_denormals():
+        assert flushing()
+        # A Bernoulli decoder's far-background logit: softplus(-100) is
+        # e^-100, a float32 denormal, now 0.
+        assert float(torch.nn.functional.softplus(torch.tensor(-100.0))) == 0
+    assert not flushing()
+    torch.set_flush_denormal(True)
+    try:
+        with flushed_denormals():
+            pass
+        assert flushing()  # a caller's own setting survives
+    finally:
+        torch.set_flush_denormal(False)
