@@ -112,6 +112,9 @@ def test_quadrature_matches_closed_form(ppca) -> None:
     with torch.no_grad():
         q = model.posterior(x)
     quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
+    # No autograd graph through the model's parameters, though the
+    # caller's grad mode is on: a graph tripled the quadrature's time.
+    assert torch.is_grad_enabled() and not quad.log_px.requires_grad
     assert bool(quad.covered.all())
     # Within its stated error, image by image (plus float64 round-off).
     gap = (quad.log_px - exact).abs()

@@ -374,7 +374,6 @@ def _exponent(width: Tensor, points: int, k_min: int, k_max: int) -> Tensor:
     return k.clamp(k_min, k_max).long()
 
 
-@torch.no_grad()
 @contextmanager
 def flushed_denormals() -> Iterator[None]:
     """Within it, CPU float results below ~1e-38 (denormals) are 0.
@@ -394,6 +393,7 @@ def flushed_denormals() -> Iterator[None]:
         torch.set_flush_denormal(was)
 
 
+@torch.no_grad()
 def quadrature_log_px(
     model: LatentVariableModel,
     x: Tensor,
