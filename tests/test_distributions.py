@@ -29,6 +29,7 @@ from vaelab.distributions import (
     kl_gaussian,
     kl_laplace,
     laplace_standard_icdf,
+    log_softmax,
 )
 
 Z = 5.0  # standard errors allowed between a Monte Carlo mean and its target
@@ -301,8 +302,9 @@ def test_categorical_kl_log_prob_and_gumbel_max_frequencies() -> None:
     torch.testing.assert_close(
         kl_divergence(q, prior), td.kl_divergence(ref, uniform).sum(-1),
     )
-    # eq. (4b.2), sum q log(q K), to the last bit
-    log_q = logits.log_softmax(-1)
+    # eq. (4b.2), sum q log(q K), to the last bit (with vaelab's
+    # log_softmax, the one Categorical normalizes with)
+    log_q = log_softmax(logits)
     assert torch.equal(kl_divergence(q, prior),
                        (log_q.exp() * (log_q + math.log(4))).sum((-2, -1)))
     # any categorical p
@@ -510,3 +512,19 @@ def test_class_posterior_is_the_softmax_of_expected_log_densities() -> None:
     diff_got = got.log() - got.log()[:, :1]
     diff_mc = (expected - expected[:, :1])
     assert torch.all((diff_got - diff_mc).abs() <= Z * 2 * se.max() + 1e-9)
+
+
+def test_log_softmax_is_torchs_and_stable() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 20, 10, generator=g, requires_grad=True)
+    ref = torch.log_softmax(x, -1)
+    got = log_softmax(x)
+    torch.testing.assert_close(got, ref)
+    up = torch.randn(100, 20, 10, generator=g)
+    (g_ref,) = torch.autograd.grad(ref, x, up)
+    (g_got,) = torch.autograd.grad(got, x, up)
+    torch.testing.assert_close(g_got, g_ref)
+    # Logits far from 0 (a saturated class) stay finite and normalized.
+    big = torch.tensor([[1000.0, 0.0, -1000.0]])
+    assert torch.isfinite(log_softmax(big)).all()
+    assert float(log_softmax(big).exp().sum()) == pytest.approx(1.0)

@@ -22,6 +22,17 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def log_softmax(x: Tensor) -> Tensor:
+    """log softmax over the last axis, x - logsumexp(x): same shape.
+
+    torch's own CPU kernel is slow on short axes: on (100, 20, 10), the
+    20 x 10 categorical latent of a minibatch, it took 0.61 ms forward
+    and backward against 0.22 ms for this (1 thread, 2026-12-03), ~9% of
+    the zoo's Gumbel-softmax step. The two agree to float rounding.
+    """
+    return x - x.logsumexp(-1, keepdim=True)
+
+
 class Distribution:
     """What every family offers. A distribution over one latent of
     ``event_shape`` ((P,), or (M, K) for codes), with independent copies
@@ -429,7 +440,7 @@ class Categorical(Distribution):
 
     def __init__(self, logits: Tensor) -> None:
         self.logits = logits
-        self.log_probs = logits.log_softmax(-1)  # log q_mk, (..., M, K)
+        self.log_probs = log_softmax(logits)  # log q_mk, (..., M, K)
 
     @property
     def params(self) -> tuple[Tensor]:
@@ -484,7 +495,7 @@ class Categorical(Distribution):
         # g = -log(-log u); clamps keep u = 0 from giving infinities.
         g = -torch.log((-torch.log(u.clamp(min=tiny))).clamp(min=tiny))
         scores = self.log_probs + g
-        relaxed = (scores / temperature).softmax(-1)
+        relaxed = log_softmax(scores / temperature).exp()
         hard = one_hot_argmax(scores)
         return hard, relaxed
 
