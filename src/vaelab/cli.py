@@ -99,8 +99,8 @@ FIELD_HELP = {
     "e_steps": "vem: E-step iterations per minibatch",
     "e_lr": "vem: E-step learning rate (--e-method adam)",
     "e_method": "vem: the E-step, adam (gradient ascent on the ELBO, "
-    "the spec's) or newton (Gauss-Newton steps from the best point of a "
-    "grid over z, for 1- and 2-D latents; gaussian prior only)",
+    "the spec's) or newton (Gauss-Newton steps, for 1- and 2-D latents "
+    "from the best point of a grid over z; gaussian prior only)",
     "optimizer": "adam or adagrad",
     "lr": "peak learning rate (default 3e-3 for adam, 1e-2 for adagrad)",
     "lr_schedule": "learning rate over the run: exponential (halved every "
