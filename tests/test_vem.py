@@ -236,6 +236,11 @@ def test_newton_e_step_beats_adams_from_the_prior(vem_run, data) -> None:
         model, Config.from_dict({**config.to_dict(), "e_method": "newton"}),
         x, True)
     assert newton["elbo"] > adam["elbo"]
+    # No steps: the grid's start, with the prior's variance.
+    x0 = x[:5]
+    q = newton_posterior(model, x0, prior_matched(model, 5, "cpu"), steps=0)
+    torch.testing.assert_close(q.loc, grid_start(model, x0, torch.zeros(5, 2)))
+    assert torch.equal(q.variance, torch.ones(5, 2))
 
 
 def test_vem_trains_with_newton_steps(data, tmp_path) -> None:
