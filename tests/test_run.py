@@ -429,7 +429,7 @@ def test_a_run_that_trains_nothing_claims_no_cost(tmp_path, zoo_file):
     assert summary["trained_by"]["epoch_times"] == pytest.approx(
         first["epoch_times"])
     assert any(f"{first['epoch_times']:.0f} epoch-times" in note
-               and "trained them" in note for note in summary["notes"])
+               and "that trained them" in note for note in summary["notes"])
     third = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
                         **quiet())
     assert third["trained_by"] == first["trained_by"]

@@ -481,14 +481,14 @@ def run_zoo(
             # training run's, which a rewritten report must not lose.
             cost = ", training nothing (every model was trained before)"
             trained_by = previous_training_run(out)
+            if trained_by is not None:
+                cost += (
+                    f"; the run of {trained_by['created']} that trained "
+                    f"them took {trained_by['seconds'] / 60:.1f} min, "
+                    f"{trained_by['epoch_times']:.0f} epoch-times of "
+                    f"{spec.name} ({trained_by['epoch_seconds']:.1f} s per "
+                    "epoch)")
         notes.append(f"This run took {seconds / 60:.1f} min{cost}.")
-        if not clock.per_image and trained_by is not None:
-            notes.append(
-                f"The run of {trained_by['created']} trained them: "
-                f"{trained_by['seconds'] / 60:.1f} min; "
-                f"{trained_by['epoch_times']:.0f} epoch-times of "
-                f"{spec.name} ({trained_by['epoch_seconds']:.1f} s per "
-                "epoch).")
         report, summary = write_report(
             out, [(m.name, m.title) for m in done], command=command,
             real_digits=real, notes=notes, seconds=seconds,
