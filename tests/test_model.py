@@ -13,6 +13,12 @@ import torch
 from helpers import synthetic_dataset
 
 from vaelab import runfolder
+from vaelab.clusters import (
+    cluster_labels,
+    kmeans_labels,
+    nearest_labels,
+    spectral_labels,
+)
 from vaelab.config import Config
 from vaelab.data import dequantize
 from vaelab.distributions import (
@@ -24,6 +30,7 @@ from vaelab.distributions import (
     kl_laplace,
 )
 from vaelab.inference import prior_matched
+from vaelab.latents import temperature_at
 from vaelab.model import (
     DATA_DIM,
     DATA_VAR_MARGIN,
@@ -33,9 +40,6 @@ from vaelab.model import (
     GaussianLikelihood,
     build_model,
     init_from_data,
-    kmeans_labels,
-    nearest_labels,
-    spectral_labels,
 )
 from vaelab.objectives import (
     EVAL_SEED,
@@ -232,6 +236,16 @@ def test_mixture_prior_is_learned_and_saved() -> None:
     assert model.mixture_log_var.grad.abs().sum() > 0
 
 
+def fit(model: torch.nn.Module, points: torch.Tensor, seed: int,
+        starts: int = 1, method: str = "kmeans") -> torch.Tensor:
+    """The mixture's fit (``latents.MixtureFit``): cluster the points,
+    set the classes from the clustered ones; every point's label."""
+    fitted, every = cluster_labels(points, model.classes, seed, starts,
+                                   method)
+    model.fit_components(points[:len(fitted)], fitted)
+    return every
+
+
 def test_mixture_components_fit_by_kmeans() -> None:
     """fit_components on points around three centres sets mu_y to the
     centres (in some order) and s_y^2 to their spreads."""
@@ -242,7 +256,7 @@ def test_mixture_components_fit_by_kmeans() -> None:
     n = 2000
     points = torch.cat([c + s * torch.randn(n, 2, generator=g)
                         for c, s in zip(centres, sds, strict=True)])
-    labels = model.fit_components(points, seed=0)
+    labels = fit(model, points, seed=0)
     loc = model.mixture_loc.detach()
     order = torch.cdist(centres, loc).argmin(1)
     assert sorted(order.tolist()) == [0, 1, 2]
@@ -327,27 +341,42 @@ def test_categorical_decoder_takes_concatenated_codes() -> None:
 
 
 def test_temperature_anneals_exponentially_over_epochs() -> None:
-    model = make("categorical", temperature=2.0, min_temperature=0.5)
-    temps = []
-    for epoch in range(1, 4):
-        model.start_epoch(epoch, 3)
-        temps.append(model.temperature)
+    config = Config(latent="categorical", temperature=2.0,
+                    min_temperature=0.5, epochs=3)
+    temps = [temperature_at(config, epoch, 0) for epoch in range(1, 4)]
     assert temps == pytest.approx([2.0, 1.0, 0.5])
-    model.start_epoch(1, 1)  # a one-epoch run starts at the initial value
-    assert model.temperature == pytest.approx(2.0)
+    # a one-epoch run starts at the initial value
+    one = Config(latent="categorical", temperature=2.0, epochs=1)
+    assert temperature_at(one, 1, 0) == pytest.approx(2.0)
 
 
 def test_temperature_follows_the_papers_per_step_schedule() -> None:
     """--anneal-rate r: max(min, t0 exp(-r * steps)), steps before the
     epoch (Jang et al. 2017, 3e-5)."""
-    model = make("categorical", temperature=1.0, min_temperature=0.5,
-                 anneal_rate=3e-5)
-    model.start_epoch(1, 100, 0)
-    assert model.temperature == 1.0
-    model.start_epoch(21, 100, 10_000)
-    assert model.temperature == pytest.approx(math.exp(-0.3))
-    model.start_epoch(100, 100, 49_500)  # exp(-1.49) < 0.5: the floor
-    assert model.temperature == 0.5
+    config = Config(latent="categorical", temperature=1.0,
+                    min_temperature=0.5, anneal_rate=3e-5, epochs=100)
+    assert temperature_at(config, 1, 0) == 1.0
+    assert temperature_at(config, 21, 10_000) == pytest.approx(
+        math.exp(-0.3))
+    # exp(-1.49) < 0.5: the floor
+    assert temperature_at(config, 100, 49_500) == 0.5
+
+
+def test_the_schedule_sets_the_estimators_temperature() -> None:
+    """The categorical kind's schedule anneals the model's estimator at
+    the start of each epoch (the steps before it counted)."""
+    from vaelab.data import Dataset, Split
+    from vaelab.registry import kind_for
+
+    config = Config(latent="categorical", groups=2, classes=5,
+                    temperature=1.0, anneal_rate=1e-3, batch_size=10)
+    model = build_model(config)
+    images = torch.zeros(100, DATA_DIM)
+    split = Split(images, torch.zeros(100, dtype=torch.long))
+    data = Dataset("mnist", Path("."), "binarize", split, split, split)
+    schedule = kind_for(config).schedule(model, config, data)
+    schedule.start_epoch(3)  # 2 epochs of 10 steps before it
+    assert model.estimator.temperature == pytest.approx(math.exp(-0.02))
 
 
 @pytest.mark.parametrize("name", ["gaussian", "categorical", "mixture"])
@@ -562,8 +591,8 @@ def test_mixture_components_fit_by_spectral_clustering() -> None:
     variance of one whole stroke of ``two_strokes``."""
     model = make("mixture", classes=2)
     points, _ = two_strokes()
-    model.fit_components(torch.from_numpy(points), seed=0, starts=5,
-                         method="spectral")
+    fit(model, torch.from_numpy(points), seed=0, starts=5,
+        method="spectral")
     heights = model.mixture_loc[:, 1].sort().values
     # The heights' noise has sd 0.05: a mean of 300 is off by ~0.003.
     torch.testing.assert_close(heights, torch.tensor([0.0, 1.0]),
@@ -579,14 +608,14 @@ def test_spectral_fit_labels_the_points_beyond_its_sample_by_nearest(
     """With the spectral fit on the first 400 of ``two_strokes``'s 600
     points (shuffled), the other 200 take their nearest fitted point's
     class: every point's class is its stroke (up to naming)."""
-    from vaelab import model as model_module
+    from vaelab import clusters
 
-    monkeypatch.setattr(model_module, "SPECTRAL_POINTS", 400)
+    monkeypatch.setattr(clusters, "SPECTRAL_POINTS", 400)
     points, stroke = two_strokes()
     order = np.random.default_rng(1).permutation(600)
     points, stroke = points[order], stroke[order]
-    labels = make("mixture", classes=2).fit_components(
-        torch.from_numpy(points), seed=0, starts=5, method="spectral")
+    labels = fit(make("mixture", classes=2), torch.from_numpy(points),
+                 seed=0, starts=5, method="spectral")
     assert labels.shape == (600,)
     same = labels.numpy() == stroke
     assert same.all() or (~same).all()

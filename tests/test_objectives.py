@@ -402,7 +402,7 @@ def test_reported_elbo_is_an_unbiased_unrelaxed_estimate(
     """Even when the gradient is relaxed, ``elbo`` averages to the exact
     (enumerated) ELBO, with autograd on, as in training."""
     model = cat_model(estimator)
-    model.temperature = 2.0  # a strongly relaxed surrogate
+    model.estimator.temperature = 2.0  # a strongly relaxed surrogate
     x = tiny_images(3, 10)
     exact = cat_model("enumerate")
     exact.load_state_dict(model.state_dict(), strict=False)
@@ -462,7 +462,7 @@ def test_straight_through_forward_value_is_the_hard_sample() -> None:
     t = compute_elbo(st, x, 4, gen(16))
     with torch.no_grad():
         q = st.posterior(x)
-        hard, _ = q.gumbel(4, st.temperature, gen(16))
+        hard, _ = q.gumbel(4, st.estimator.temperature, gen(16))
         expected = st.log_likelihood(x, hard).mean(0)
     torch.testing.assert_close(t.log_lik.detach(), expected)
     # and it has a gradient path to the encoder

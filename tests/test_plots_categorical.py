@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import plots
+from vaelab import discrete_figures, plots
 from vaelab.clusters import cluster_stats
 from vaelab.config import Config
 from vaelab.model import build_model
@@ -25,7 +25,8 @@ def small(groups: int, classes: int) -> torch.nn.Module:
 def test_code_confusion_and_purity() -> None:
     labels = np.array([0, 0, 1, 1, 2, 2])
     classes = np.array([3, 3, 1, 3, 0, 0])
-    counts = plots.code_confusion(classes, labels, n_classes=4, n_labels=3)
+    counts = discrete_figures.code_confusion(classes, labels, n_classes=4,
+                                             n_labels=3)
     assert counts.shape == (3, 4)
     assert counts[0, 3] == 2 and counts[1, 3] == 1 and counts[2, 0] == 2
     assert counts.sum() == 6
@@ -35,28 +36,29 @@ def test_code_confusion_and_purity() -> None:
 
 def test_code_grid_decodes_every_class_in_order() -> None:
     model = small(1, 12)
-    grid = plots.code_grid(model)
+    grid = discrete_figures.code_grid(model)
     assert grid.shape == (2 * 28, 10 * 28)  # 12 classes in rows of 10
-    third = plots.decode_codes(model, np.array([[2]]))[0].reshape(28, 28)
+    third = discrete_figures.decode_codes(model, np.array([[2]]))[0]
+    third = third.reshape(28, 28)
     np.testing.assert_allclose(grid[:28, 56:84], np.clip(third, 0, 1),
                                rtol=1e-6)
     model2 = small(2, 4)
-    grid2 = plots.code_grid(model2)
+    grid2 = discrete_figures.code_grid(model2)
     assert grid2.shape == (4 * 28, 4 * 28)
     # row i, column j is the code (i, j)
-    tile = plots.decode_codes(model2, np.array([[1, 3]]))[0]
+    tile = discrete_figures.decode_codes(model2, np.array([[1, 3]]))[0]
     np.testing.assert_allclose(grid2[28:56, 84:112],
                                np.clip(tile.reshape(28, 28), 0, 1),
                                rtol=1e-6)
     # M > 2: row g, column c is the reference with group g set to c
     model3 = small(3, 4)
-    grid3 = plots.code_grid(model3, reference=[0, 1, 2])
+    grid3 = discrete_figures.code_grid(model3, reference=[0, 1, 2])
     assert grid3.shape == (3 * 28, 4 * 28)
-    tile = plots.decode_codes(model3, np.array([[0, 3, 2]]))[0]
+    tile = discrete_figures.decode_codes(model3, np.array([[0, 3, 2]]))[0]
     np.testing.assert_allclose(grid3[28:56, 84:112],
                                np.clip(tile.reshape(28, 28), 0, 1),
                                rtol=1e-6)
-    ref = plots.decode_codes(model3, np.array([[0, 1, 2]]))[0]
+    ref = discrete_figures.decode_codes(model3, np.array([[0, 1, 2]]))[0]
     for g, c in enumerate([0, 1, 2]):  # each row holds the reference once
         np.testing.assert_allclose(
             grid3[28 * g:28 * g + 28, 28 * c:28 * c + 28],
@@ -66,7 +68,7 @@ def test_code_grid_decodes_every_class_in_order() -> None:
 def test_encode_codes_is_the_argmax_of_q() -> None:
     model = small(2, 5)
     x = torch.rand(7, 784)
-    codes = plots.encode_codes(model, x, batch_size=3)
+    codes = discrete_figures.encode_codes(model, x, batch_size=3)
     assert codes.shape == (7, 2)
     np.testing.assert_array_equal(
         codes, model.infer(x).argmax(-1).numpy()

@@ -16,8 +16,9 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import runfolder, vem
+from vaelab import latents, runfolder, vem
 from vaelab import train as train_module
+from vaelab.amortized import Amortized
 from vaelab.config import Config
 from vaelab.errors import ConfigError, TrainingDiverged, VaelabError
 from vaelab.runfolder import read_metrics
@@ -164,21 +165,21 @@ def test_mixture_pretrain_uses_normal_prior_until_the_fit(
     from vaelab.distributions import GaussianMixture
 
     seen: list[tuple[int, bool]] = []
-    real = train_module.compute_elbo
+    real = latents.compute_elbo
     epoch = {"n": 0}
 
     def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append((epoch["n"], isinstance(model.prior, GaussianMixture)))
         return real(model, *args, **kwargs)
 
-    real_start = train_module.Amortized.start_epoch
+    real_start = Amortized.start_epoch
 
     def start(self, n):  # type: ignore[no-untyped-def]
         epoch["n"] = n
         real_start(self, n)
 
-    monkeypatch.setattr(train_module, "compute_elbo", spy)
-    monkeypatch.setattr(train_module.Amortized, "start_epoch", start)
+    monkeypatch.setattr(latents, "compute_elbo", spy)
+    monkeypatch.setattr(Amortized, "start_epoch", start)
     ds = synthetic_dataset(300, 100, 100)
     cfg = Config(epochs=3, latent="mixture", classes=3, mixture_fit_epoch=2,
                  mixture_pretrain=True, **SMALL)
@@ -197,9 +198,9 @@ def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
     seen: list[tuple[int, str]] = []
     epoch = {"n": 0}
     fitted: list[torch.Tensor] = []
-    real_labelled, real_elbo = (train_module.labelled_elbo,
-                                train_module.compute_elbo)
-    real_start = train_module.Amortized.start_epoch
+    real_labelled, real_elbo = (latents.labelled_elbo,
+                                latents.compute_elbo)
+    real_start = Amortized.start_epoch
 
     def labelled(model, x, labels, *args):  # type: ignore[no-untyped-def]
         seen.append((epoch["n"], "labelled"))
@@ -214,9 +215,9 @@ def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
         epoch["n"] = n
         real_start(self, n)
 
-    monkeypatch.setattr(train_module, "labelled_elbo", labelled)
-    monkeypatch.setattr(train_module, "compute_elbo", summed)
-    monkeypatch.setattr(train_module.Amortized, "start_epoch", start)
+    monkeypatch.setattr(latents, "labelled_elbo", labelled)
+    monkeypatch.setattr(latents, "compute_elbo", summed)
+    monkeypatch.setattr(Amortized, "start_epoch", start)
     ds = synthetic_dataset(300, 100, 100)
     opts = dict(SMALL, latent="mixture", classes=3, mixture_fit_epoch=2,
                 mixture_hard_epochs=2)
@@ -237,7 +238,7 @@ def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
 
 
 # Where each inference method's training step computes its ELBO.
-STEP_MODULE = {"amortized": train_module, "vem": vem}
+STEP_MODULE = {"amortized": latents, "vem": vem}
 
 
 @pytest.mark.parametrize("inference", ["amortized", "vem"])
@@ -321,7 +322,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(
 ) -> None:
     ds = synthetic_dataset(300, 100, 100)
     calls = {"n": 0}
-    real = train_module.compute_elbo
+    real = latents.compute_elbo
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
@@ -330,7 +331,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(
             terms.elbo = terms.elbo * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "compute_elbo", poisoned)
+    monkeypatch.setattr(latents, "compute_elbo", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 3") as e:
         train(Config(epochs=5, **SMALL), tmp_path, dataset=ds,
               progress=False)
@@ -428,7 +429,7 @@ def test_patience_stops_keeps_the_best_and_resumes_exactly(
     ds = synthetic_dataset(300, 100, 100)
     # The validation ELBO stops improving after epoch 3 (made so here:
     # later epochs validate lower), so patience 2 stops after epoch 5.
-    real = train_module.Amortized.validate
+    real = Amortized.validate
     epochs_seen: list[int] = []
 
     def worse_after_3(self, images):
@@ -438,7 +439,7 @@ def test_patience_stops_keeps_the_best_and_resumes_exactly(
             out["elbo"] -= 1000.0 * len(epochs_seen)
         return out
 
-    monkeypatch.setattr(train_module.Amortized, "validate", worse_after_3)
+    monkeypatch.setattr(Amortized, "validate", worse_after_3)
     cfg = Config(epochs=20, patience=2, **SMALL)
     results = train(cfg, tmp_path / "a", dataset=ds, progress=False)
     metrics = read_metrics(tmp_path / "a")

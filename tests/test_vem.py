@@ -22,7 +22,6 @@ from vaelab.inference import (
     fit_posterior,
     grid_start,
     newton_posterior,
-    posterior,
     prior_matched,
     vem_test_steps,
 )
@@ -30,7 +29,12 @@ from vaelab.model import build_model
 from vaelab.objectives import compute_elbo
 from vaelab.runfolder import load_model, read_metrics
 from vaelab.train import train
-from vaelab.vem import LAMBDA_KEYS, heldout_elbo, load_lambdas
+from vaelab.vem import (
+    LAMBDA_KEYS,
+    VariationalEM,
+    heldout_elbo,
+    load_lambdas,
+)
 
 VEM = dict(inference="vem", hidden=32, e_steps=3, e_lr=0.1, device="cpu",
            seed=0)
@@ -89,7 +93,7 @@ def test_vem_checkpoint_holds_lambda_and_loads(vem_run, data) -> None:
     model, config = load_model(out)
     assert config.inference == "vem"
     assert model.sample(4).shape == (4, 784)
-    q = posterior(model, config, data.test.images[:10])
+    q = VariationalEM.posterior(model, data.test.images[:10])
     assert isinstance(q, DiagGaussian) and q.mean.shape == (10, 2)
 
 

@@ -28,16 +28,27 @@ Preprocess = Literal["auto", "scale", "dequantize", "binarize",
                      "dynamic-binarize"]
 Optimizer = Literal["adam", "adagrad"]
 Prior = Literal["gaussian", "laplace"]
-Latent = Literal["gaussian", "categorical", "mixture"]
 Activation = Literal["relu", "tanh"]
 Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
-Inference = Literal["amortized", "vem"]
 EMethod = Literal["adam", "newton"]
 LrSchedule = Literal["exponential", "constant", "cosine", "linear"]
 DataInit = Literal["constant", "data"]
 WeightInit = Literal["normal", "glorot"]
 Objective = Literal["elbo", "iwae"]
 MixtureFit = Literal["kmeans", "spectral"]
+# The two axes along which vaelab grows, by name: where each kind of
+# latent and each inference method is implemented ("module:attribute",
+# resolved by ``vaelab.registry``). A new one is its module and one line
+# here, with its options below (docs/design.md, "Where things plug in").
+LATENT_KINDS = {
+    "gaussian": "vaelab.latents:CONTINUOUS",
+    "categorical": "vaelab.latents:CATEGORICAL",
+    "mixture": "vaelab.latents:MIXTURE",
+}
+INFERENCE_METHODS = {
+    "amortized": "vaelab.amortized:Amortized",
+    "vem": "vaelab.vem:VariationalEM",
+}
 # Peak rates (--lr-schedule decays them). Adam: 3e-3 with a cosine decay
 # beat 1e-3 on the spec's model, 10 epochs: validation ELBO 1180 vs 1157
 # (1166 for a constant 1e-3); docs/benchmarks.md, "Time to quality".
@@ -79,7 +90,7 @@ class Config:
     var_floor: float = DEQUANTIZATION_VARIANCE
     prior: Prior = "gaussian"
     tau: float = 1.0
-    latent: Latent = "gaussian"
+    latent: str = "gaussian"  # a name of LATENT_KINDS
     groups: int = 1
     classes: int = 10
     estimator: Estimator = "gumbel"
@@ -105,7 +116,7 @@ class Config:
     # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
     anneal_rate: float | None = None
     # training
-    inference: Inference = "amortized"
+    inference: str = "amortized"  # a name of INFERENCE_METHODS
     # What training ascends: the ELBO, or the importance-weighted bound
     # IWAE_k of Burda et al. (2016) with iwae_k draws per image.
     objective: Objective = "elbo"
@@ -369,7 +380,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     name: choices
     for name, hint in get_type_hints(Config).items()
     if (choices := _choices_of(hint)) is not None
-}
+} | {"latent": tuple(LATENT_KINDS), "inference": tuple(INFERENCE_METHODS)}
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -41,7 +41,7 @@ from vaelab.config import Config
 from vaelab.data import BINARY, Dataset, dequantize, load_data
 from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
 from vaelab.errors import VaelabError
-from vaelab.inference import FAMILIES, fit_posterior, posterior
+from vaelab.inference import FAMILIES, fit_posterior
 from vaelab.objectives import (
     MAX_POINTS,
     LatentVariableModel,
@@ -49,6 +49,7 @@ from vaelab.objectives import (
     exact_log_marginal,
 )
 from vaelab.quadrature import Quadrature, quadrature_log_px
+from vaelab.registry import method_for
 
 # Seeds of the evaluation's random numbers, one per use, so that changing
 # one estimator's settings leaves the others' draws alone.
@@ -743,9 +744,10 @@ def evaluate_model(
 
     t = time.perf_counter()
     g = torch.Generator(device=device).manual_seed(IWAE_SEED)
-    q = posterior(model, config, x, generator=g, progress=progress)
-    if config.inference == "vem":
-        timings["e_step"] = time.perf_counter() - t
+    method = method_for(config)
+    q = method.posterior(model, x, generator=g, progress=progress)
+    if method.posterior_timing is not None:
+        timings[method.posterior_timing] = time.perf_counter() - t
 
     t = time.perf_counter()
     elbo, iwae, iwae_values = estimate_bounds(model, x, q, k, g, progress)
@@ -875,9 +877,9 @@ def format_table(result: Evaluation) -> str:
             f"gaps on {gaps.n_images:,} images (log p(x): "
             f"{gaps.log_px_method}):"
         )
-        if result.inference == "vem":
-            lines.append("  (vEM: the 'encoder' is the test-time E-step "
-                         "from the prior)")
+        note = method_for(result.inference).gap_note
+        if note is not None:
+            lines.append(f"  {note}")
         for key, value in gaps.to_json().items():
             if key != "n_images":
                 lines.append(f"  {key:22s}{value:12.2f}")

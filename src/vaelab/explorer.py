@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind
-from vaelab.inference import posterior
+from vaelab.registry import kind_for, method_for
 from vaelab.runfolder import atomic_write_bytes
 
 EXPLORER = "explorer.html"
@@ -38,12 +38,11 @@ N_IMAGES = 1000
 
 def supports(model: torch.nn.Module) -> bool:
     """True for models the explorer can show: a 2-D continuous latent
-    decoded by the one-hidden-layer ReLU network."""
-    return (getattr(model, "latent_dim", 0) == 2
-            and hasattr(model, "decoder_hidden")
-            and len(getattr(model, "decoder_deep", ())) == 0
-            and getattr(model, "activation", None) is F.relu
-            and hasattr(model, "family"))
+    (its latent kind says so) decoded by the one-hidden-layer ReLU
+    network, which the page's JavaScript computes."""
+    return (kind_for(model.config).explorer and model.latent_dim == 2
+            and len(model.decoder_deep) == 0
+            and model.activation is F.relu)
 
 
 def _b64(array: Any, dtype: Any) -> str:
@@ -69,11 +68,9 @@ def payload(
     idx = np.sort(rng.choice(n, size=min(n_images, n), replace=False))
     x = test.images[torch.as_tensor(idx)]
     device = next(iter(model.parameters())).device
-    with torch.enable_grad():  # a vEM run's E-step needs gradients
-        q = posterior(model, config, x.to(device))
-    lik = model.likelihood
-    variance = (_np(lik.variance()) if hasattr(lik, "variance")
-                else np.zeros(0, np.float32))
+    # The run's q (a vEM run's from a fixed seed's E-step).
+    q = method_for(config).posterior(model, x.to(device))
+    variance = _np(model.likelihood.noise_variance())
     w1 = _np(model.decoder_hidden.weight)  # (H, 2)
     pixels = np.clip(np.rint(_np(x) * 255.0), 0, 255).astype(np.uint8)
     lo, hi = means.min(0), means.max(0)

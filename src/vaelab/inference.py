@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from vaelab.config import Config
 from vaelab.distributions import DiagGaussian, Laplace
@@ -256,49 +255,3 @@ def vem_test_steps(config: Config) -> int:
     least = (VEM_TEST_NEWTON_STEPS if config.e_method == "newton"
              else VEM_TEST_STEPS)
     return max(config.e_steps * config.epochs, least)
-
-
-def posterior(
-    model: LatentVariableModel,
-    config: Config,
-    x: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    steps: int | None = None,
-    batch_size: int = 1000,
-    progress: bool = False,
-) -> Any:
-    """q(z | x) for images x (N, D) as the run's inference procedure gives
-    it: the encoder for amortized runs; for vEM runs, the run's E-step
-    (``e_step``) from the prior with ``steps`` iterations (default
-    ``vem_test_steps``), in batches of ``batch_size`` images. Returns a
-    distribution over (N, P).
-
-    For plots of vEM runs (latent scatter, reconstructions) and for
-    evaluation.
-    """
-    if config.inference != "vem":
-        with torch.no_grad():
-            return model.posterior(x)
-    steps = vem_test_steps(config) if steps is None else steps
-    n = x.shape[0]
-    bar = tqdm(total=steps * n, unit="img-step", unit_scale=True,
-               leave=False, desc="E-step", disable=None if progress else True)
-    locs, spreads = [], []
-    family: type = DiagGaussian
-    for i in range(0, n, batch_size):
-        xb = x[i:i + batch_size]
-        q0 = prior_matched(model, xb.shape[0], x.device)
-        family = type(q0)
-        q = e_step(
-            model, config, xb, q0, steps=steps, generator=generator,
-            progress=lambda k, b=xb.shape[0]: bar.update(k * b),
-        )
-        loc, log_spread = split_params(q)
-        locs.append(loc)
-        spreads.append(log_spread)
-    bar.close()
-    if not locs:
-        q0 = prior_matched(model, 0, x.device)
-        return q0
-    return join_params(family, torch.cat(locs), torch.cat(spreads))

@@ -15,12 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import sparse
-from scipy.cluster.vq import kmeans2
-from scipy.sparse.linalg import eigsh
 from torch import Tensor, nn
 
 from vaelab.config import DEQUANTIZATION_VARIANCE, Config
@@ -33,7 +29,8 @@ from vaelab.distributions import (
     bernoulli_log_prob,
     class_posterior,
 )
-from vaelab.objectives import ElboTerms, compute_elbo
+from vaelab.objectives import ElboTerms, compute_elbo, make_estimator
+from vaelab.registry import kind_for
 
 IMAGE_SIZE = 28
 DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
@@ -43,17 +40,6 @@ DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
 # in the IWAE code, so always-black pixels get a finite bias.
 DATA_VAR_MARGIN = 1e-6
 MEAN_CLAMP = 1e-3
-# The mixture's spectral fit (``spectral_labels``): each point joined to
-# its SPECTRAL_NEIGHBOURS nearest, on the first SPECTRAL_POINTS training
-# means (the graph's cost grows with their square; 20,000 take ~10 s).
-SPECTRAL_NEIGHBOURS = 10
-SPECTRAL_POINTS = 20_000
-# Eigenvectors per class of the fit's embedding: with 2K, k-means split
-# seed 0's pretrained 10-D space at 88.8% training purity against 81.5%
-# with K (docs/benchmarks.md, "The spectral fit's embedding").
-SPECTRAL_VECTORS_PER_CLASS = 2
-
-
 class GaussianLikelihood(nn.Module):
     """p(x|z) = N(f(z, w), diag(Sigma)) with Sigma = floor + exp(rho).
 
@@ -83,9 +69,20 @@ class GaussianLikelihood(nn.Module):
         else:
             self.rho = nn.Parameter(rho)
 
+    @classmethod
+    def from_config(cls, dim: int, config: Config) -> GaussianLikelihood:
+        return cls(dim, config.variance, config.init_var, config.var_floor)
+
+    # What a draw from p(x | z) adds to f(z, w), in figure titles.
+    noise_caption = "draws x ~ p(x | z) incl. Sigma noise, clipped to [0, 1]"
+
     def variance(self) -> Tensor:
         """Sigma's diagonal, shape (D,) or (1,)."""
         return self.floor + self.rho.exp()
+
+    def noise_variance(self) -> Tensor:
+        """The variance of p(x | z)'s additive noise, (D,) or (1,)."""
+        return self.variance()
 
     def log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
         """log N(x; sigmoid(logits), Sigma), summed over pixels: (...,).
@@ -157,6 +154,16 @@ class BernoulliLikelihood(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
+
+    @classmethod
+    def from_config(cls, dim: int, config: Config) -> BernoulliLikelihood:
+        return cls(dim)
+
+    noise_caption = "binary draws x ~ p(x | z)"
+
+    def noise_variance(self) -> Tensor:
+        """Empty, (0,): a Bernoulli draw adds no noise to f(z, w)."""
+        return torch.zeros(0)
 
     def log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
         """log p(x|z) summed over pixels: (...,). x: (B, D)."""
@@ -281,13 +288,49 @@ class Networks(nn.Module):
             tangent = (tangent @ layer.weight.T) * self.slope(a, h)[:, None]
         return self.decoder_out(h), tangent @ self.decoder_out.weight.T
 
+    # -- p(x | z, Theta), the same for every latent ----------------------
+    def generate(self, z: Tensor) -> Tensor:
+        """Mean image f(z, w) = E[x | z] in (0, 1): latents (..., latent)
+        -> (..., D)."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z, Theta) in nats per image: x (B, D), z (S, B,
+        latent) -> (S, B)."""
+        return self.likelihood.log_prob(x, self.decode_logits(z))
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None,
+        noise: bool = False,
+    ) -> Tensor:
+        """n images from the model, (n, D): z ~ p(z), then f(z, w), or a
+        draw from p(x|z) including the likelihood's noise when
+        ``noise``."""
+        z = self.prior.sample(n, generator)  # (n, latent)
+        logits = self.decode_logits(z)
+        if noise:
+            return self.likelihood.sample(logits, generator)
+        return torch.sigmoid(logits)
+
+    # -- the objective -----------------------------------------------------
+    def compute_elbo(
+        self, x: Tensor, n_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> ElboTerms:
+        """Monte Carlo ELBO per image of the minibatch x (B, D); see
+        ``vaelab.objectives.compute_elbo``."""
+        return compute_elbo(self, x, n_samples, generator)
+
+
+# The likelihoods p(x | z), by ``config.likelihood``.
+LIKELIHOODS: dict[str, type[nn.Module]] = {
+    "gaussian": GaussianLikelihood,
+    "bernoulli": BernoulliLikelihood,
+}
+
 
 def _make_likelihood(config: Config) -> nn.Module:
-    if config.likelihood == "gaussian":
-        return GaussianLikelihood(
-            DATA_DIM, config.variance, config.init_var, config.var_floor
-        )
-    return BernoulliLikelihood(DATA_DIM)
+    return LIKELIHOODS[config.likelihood].from_config(DATA_DIM, config)
 
 
 class VAE(Networks):
@@ -349,115 +392,6 @@ class VAE(Networks):
         """q(z | x) over (B, P), of the prior's family."""
         return self.family(*self.infer(x))
 
-    # -- p(x | z, Theta) ---------------------------------------------------
-    # decode_logits (``Networks``): pre-sigmoid output, (..., P) -> (..., D)
-    def generate(self, z: Tensor) -> Tensor:
-        """Mean image f(z, w) = E[x | z] in (0, 1): (..., P) -> (..., D)."""
-        return torch.sigmoid(self.decode_logits(z))
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x | z, Theta) in nats per image: x (B, D), z (S, B, P)
-        -> (S, B)."""
-        return self.likelihood.log_prob(x, self.decode_logits(z))
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None,
-        noise: bool = False,
-    ) -> Tensor:
-        """n images from the model, (n, D): z ~ p(z), then f(z, w), or a
-        draw from p(x|z) including Sigma's noise when ``noise``."""
-        z = self.prior.sample(n, generator)  # (n, P)
-        logits = self.decode_logits(z)
-        if noise:
-            return self.likelihood.sample(logits, generator)
-        return torch.sigmoid(logits)
-
-    # -- the objective -----------------------------------------------------
-    def compute_elbo(
-        self, x: Tensor, n_samples: int = 1,
-        generator: torch.Generator | None = None,
-    ) -> ElboTerms:
-        """Monte Carlo ELBO per image of the minibatch x (B, D); see
-        ``vaelab.objectives.compute_elbo``."""
-        return compute_elbo(self, x, n_samples, generator)
-
-
-def kmeans_labels(
-    points: np.ndarray, k: int, seed: int, starts: int = 1
-) -> np.ndarray:
-    """Cluster labels (N,) of points (N, P) by k-means with ``starts``
-    k-means++ starts (seeds seed, seed + 1, ...), keeping the start of
-    lowest inertia; deterministic given seed (resume refits the same)."""
-    best_labels, best_inertia = None, np.inf
-    for start in range(starts):
-        centres, labels = kmeans2(points, k, minit="++", seed=seed + start)
-        inertia = float(np.square(points - centres[labels]).sum())
-        if inertia < best_inertia:
-            best_labels, best_inertia = labels, inertia
-    return best_labels
-
-
-def spectral_embedding(
-    points: np.ndarray, vectors: int,
-    neighbours: int = SPECTRAL_NEIGHBOURS,
-) -> np.ndarray:
-    """The spectral embedding (N, vectors) of points (N, P) (Ng, Jordan
-    and Weiss 2001): the symmetric graph joining each point to its
-    ``neighbours`` nearest, the ``vectors`` leading eigenvectors of its
-    normalized adjacency D^-1/2 A D^-1/2, each row scaled to length 1.
-    Deterministic (ARPACK from a fixed start vector)."""
-    z = torch.from_numpy(np.ascontiguousarray(points)).float()
-    n = len(z)
-    sq = (z * z).sum(1)
-    near = []
-    for i in range(0, n, 1000):
-        d = sq[i:i + 1000, None] - 2.0 * z[i:i + 1000] @ z.T + sq[None]
-        rows = torch.arange(len(d))
-        d[rows, rows + i] = math.inf  # not its own neighbour
-        near.append(torch.topk(d, neighbours, largest=False).indices)
-    cols = torch.cat(near).reshape(-1).numpy()
-    rows = np.repeat(np.arange(n), neighbours)
-    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, cols)),
-                              shape=(n, n)).tocsr()
-    graph = ((graph + graph.T) > 0).astype(np.float64)
-    scale = sparse.diags(1.0 / np.sqrt(np.asarray(graph.sum(1)).ravel()))
-    # A fixed start vector: ARPACK's default is random.
-    _, embedding = eigsh(scale @ graph @ scale, k=vectors, which="LA",
-                         v0=np.full(n, 1.0 / math.sqrt(n)))
-    return embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
-
-
-def spectral_labels(
-    points: np.ndarray, k: int, seed: int, starts: int = 1,
-    neighbours: int = SPECTRAL_NEIGHBOURS, vectors: int | None = None,
-) -> np.ndarray:
-    """Cluster labels (N,) of points (N, P) by spectral clustering:
-    ``kmeans_labels`` on the rows of their ``spectral_embedding`` with
-    ``vectors`` eigenvectors (default k). It follows the chains of
-    neighbours a digit's images form, where k-means cuts the space into
-    balls. Deterministic given seed."""
-    vectors = vectors or k
-    if len(points) <= max(vectors, neighbours):
-        return kmeans_labels(points, k, seed, starts)
-    return kmeans_labels(spectral_embedding(points, vectors, neighbours),
-                         k, seed, starts)
-
-
-def nearest_labels(points: Tensor, labels: Tensor, batch: int = 1000
-                   ) -> Tensor:
-    """Labels (N,) of ``points`` (N, P) whose first M carry ``labels``
-    (M,): each of the others takes the label of its nearest (Euclidean)
-    labelled point."""
-    m = len(labels)
-    labelled = points[:m]
-    sq = (labelled * labelled).sum(1)
-    out = [labels]
-    for i in range(m, len(points), batch):
-        # |a - b|^2 less |a|^2, which does not change the argmin over b.
-        d = sq[None] - 2.0 * points[i:i + batch] @ labelled.T
-        out.append(labels[d.argmin(1)])
-    return torch.cat(out)
-
 
 class MixtureVAE(VAE):
     """The spec's VAE with a class y that chooses the region of z
@@ -497,36 +431,18 @@ class MixtureVAE(VAE):
                                self.mixture_log_var.exp())
 
     @torch.no_grad()
-    def fit_components(
-        self, means: Tensor, seed: int, starts: int = 1,
-        method: str = "kmeans",
-    ) -> Tensor:
-        """Set mu_y and s_y^2 from a clustering of posterior means (N, P):
-        each class gets the centre and the per-coordinate variance of its
-        points (as VaDE starts its mixture). ``method``: "kmeans", with
-        ``starts`` k-means++ starts (seeds seed, seed + 1, ...) of which
-        the one of lowest inertia (sum of squared distances to the
-        centres) is kept, since one start can merge two digits' clusters;
-        or "spectral" (``spectral_labels`` with
-        SPECTRAL_VECTORS_PER_CLASS * K eigenvectors, on the first
-        SPECTRAL_POINTS means). A class left without points keeps its
-        centre, with variance 1. Returns the class of every mean, (N,)
-        int64 (beyond the spectral fit's points, that of the nearest
-        fitted point)."""
-        points = means.detach().double().cpu()
-        z = points.numpy()
-        k = self.classes
-        if method == "spectral":
-            z = z[:SPECTRAL_POINTS]
-            labels = spectral_labels(
-                z, k, seed, starts, vectors=SPECTRAL_VECTORS_PER_CLASS * k)
-        else:
-            labels = kmeans_labels(z, k, seed, starts)
-        every = nearest_labels(points, torch.from_numpy(labels).long())
+    def fit_components(self, points: Tensor, labels: Tensor) -> None:
+        """Set mu_y and s_y^2 from a clustering of posterior means: each
+        class gets the centre and the per-coordinate variance of its
+        points (N, P) by ``labels`` (N,) (as VaDE starts its mixture;
+        ``clusters.cluster_labels`` gives them). A class without points
+        keeps its centre, with variance 1."""
+        points = points.detach().double().cpu()
+        labels = labels.cpu()
         loc = self.mixture_loc.detach().double().cpu().clone()
         var = torch.ones_like(loc)
-        for y in range(k):
-            members = torch.from_numpy(z[labels == y])
+        for y in range(self.classes):
+            members = points[labels == y]
             if len(members) == 0:
                 continue
             loc[y] = members.mean(0)
@@ -535,7 +451,6 @@ class MixtureVAE(VAE):
                 var[y] = members.var(0).clamp(min=1e-2)
         self.mixture_loc.copy_(loc)
         self.mixture_log_var.copy_(var.log())
-        return every
 
     def classify(self, x: Tensor) -> Tensor:
         """q(y | x), (B, K): the class posterior of images x (B, D) given
@@ -570,14 +485,15 @@ class CategoricalVAE(Networks):
         m, k = config.groups, config.classes
         self.groups, self.classes = m, k
         self.latent_dim = m * k  # the decoder's input size
-        self.estimator = config.estimator
-        self.temperature = config.temperature
+        # How the ELBO's gradient is estimated, chosen once (the latent
+        # kind's schedule anneals a relaxation's temperature).
+        self.estimator = make_estimator(config)
         self._build_networks(config, head=m * k, decoder_in=m * k)
         self.likelihood = _make_likelihood(config)
         # The uniform prior's logits, a buffer as in ``VAE``.
         self.register_buffer("prior_logits", torch.zeros(m, k),
                              persistent=False)
-        if self.estimator == "reinforce":
+        if self.estimator.needs_baseline:
             # Control variate b(x) = running mean + w^T x + c. The running
             # mean follows the scale of log p(x|z) (hundreds of nats) at
             # once; the zero-initialized linear part, trained to minimize
@@ -593,23 +509,6 @@ class CategoricalVAE(Networks):
         """p(z) = prod_m Cat(z_m; 1/K), event (M, K), on the model's
         device and dtype."""
         return Categorical(self.prior_logits)
-
-    def start_epoch(self, epoch: int, n_epochs: int,
-                    steps_before: int = 0) -> None:
-        """Set the relaxation's temperature for ``epoch`` (called by the
-        training loop; ``steps_before``: training steps of the earlier
-        epochs). Without ``config.anneal_rate``: exponentially from
-        ``config.temperature`` (epoch 1) to ``config.min_temperature``
-        (epoch ``n_epochs``); with a rate r: max(min_temperature,
-        temperature * exp(-r * steps_before)), as in Jang et al. (2017).
-        """
-        t0, t1 = self.config.temperature, self.config.min_temperature
-        rate = self.config.anneal_rate
-        if rate is not None:
-            self.temperature = max(t1, t0 * math.exp(-rate * steps_before))
-            return
-        frac = (epoch - 1) / max(n_epochs - 1, 1)
-        self.temperature = t0 * (t1 / t0) ** min(max(frac, 0.0), 1.0)
 
     # -- q(z; g(x, phi)) ---------------------------------------------------
     def infer(self, x: Tensor) -> Tensor:
@@ -645,34 +544,6 @@ class CategoricalVAE(Networks):
     def decode_logits(self, z: Tensor) -> Tensor:
         """Pre-sigmoid decoder output, codes (..., M, K) -> (..., D)."""
         return super().decode_logits(z.flatten(-2))
-
-    def generate(self, z: Tensor) -> Tensor:
-        """Mean image f(z, w): codes (..., M, K) -> (..., D) in (0, 1)."""
-        return torch.sigmoid(self.decode_logits(z))
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x | z, Theta) in nats per image: x (B, D), z (S, B, M, K)
-        -> (S, B)."""
-        return self.likelihood.log_prob(x, self.decode_logits(z))
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None,
-        noise: bool = False,
-    ) -> Tensor:
-        """n images from the model, (n, D): uniform codes, then f(z, w)."""
-        z = self.prior.sample(n, generator)  # (n, M, K)
-        logits = self.decode_logits(z)
-        if noise:
-            return self.likelihood.sample(logits, generator)
-        return torch.sigmoid(logits)
-
-    def compute_elbo(
-        self, x: Tensor, n_samples: int = 1,
-        generator: torch.Generator | None = None,
-    ) -> ElboTerms:
-        """ELBO per image of the minibatch x (B, D); see
-        ``vaelab.objectives.compute_elbo``."""
-        return compute_elbo(self, x, n_samples, generator)
 
 
 def data_moments(
@@ -723,11 +594,6 @@ def init_from_data(
 
 
 def build_model(config: Config) -> nn.Module:
-    """The model a (validated) config describes, freshly initialized:
-    ``VAE`` (gaussian or laplace prior), ``CategoricalVAE`` or
-    ``MixtureVAE``."""
-    if config.latent == "categorical":
-        return CategoricalVAE(config)
-    if config.latent == "mixture":
-        return MixtureVAE(config)
-    return VAE(config)
+    """The model a (validated) config describes, freshly initialized: its
+    latent kind's class (``VAE``, ``CategoricalVAE``, ``MixtureVAE``)."""
+    return kind_for(config).model(config)

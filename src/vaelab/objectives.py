@@ -11,7 +11,7 @@ two terms; ``dataset_elbo`` applies the N/B scaling. Autodiff of these
 estimates gives the gradients of Problems 1b (Theta) and 1d (phi).
 
 Discrete latents (Problem 4b) cannot be reparameterized; for them
-``compute_elbo`` dispatches on the model's ``estimator`` (Gumbel-softmax,
+``compute_elbo`` uses the model's gradient ``Estimator`` (Gumbel-softmax,
 straight-through, REINFORCE with a baseline, or exact enumeration) and
 ``exact_log_marginal`` gives log p(x) by summing over all codes.
 
@@ -227,46 +227,93 @@ def categorical_elbo(
     ``elbo`` is ALWAYS a proper, unrelaxed estimate in nats per image:
     E_q[log p(x|z)] is estimated with hard one-hot draws z ~ q (or computed
     exactly by enumeration), and KL(q || uniform) is exact (eq. (4b.2)).
-    The gradient follows ``model.estimator`` (docs/derivations.md, 4b):
-
-    - "gumbel": ``surrogate`` = log p(x | relaxed z) - KL with the
-      Gumbel-softmax relaxation at ``model.temperature`` (eq. (4b.5));
-      biased, low variance.
-    - "straight-through": hard z in the forward pass, the relaxed
-      gradient in the backward pass (eq. (4b.6)); ``elbo`` is ascended.
-    - "reinforce": score-function estimator with the control variate
-      ``model.baseline(x)`` (eq. (4b.3)); ``surrogate`` also carries the
-      baseline's squared-error loss. Unbiased.
-    - "enumerate": the exact expectation over all K^M codes (eq. (4b.7));
-      no estimator variance, ``n_samples`` is ignored.
-
-    The value of ``surrogate`` is meaningless; only its gradient is used.
-    Without autograd (evaluation) every sampling estimator reduces to the
-    plain hard-sample estimate.
+    The gradient is the model's ``estimator``'s (``ESTIMATORS``). Without
+    autograd (evaluation) every sampling estimator reduces to the plain
+    hard-sample estimate.
     """
-    estimator = getattr(model, "estimator", "gumbel")
     kl = kl_divergence(q, model.prior)
-    if estimator == "enumerate":
-        log_lik = enumerated_log_lik(model, x, q)
-        return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
-    if not torch.is_grad_enabled():
+    estimator = model.estimator
+    if not (estimator.exact or torch.is_grad_enabled()):
         z = q.sample(n_samples, generator)
         log_lik = model.log_likelihood(x, z).mean(0)
         return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
-    temperature = getattr(model, "temperature", 1.0)
-    hard, relaxed = q.gumbel(n_samples, temperature, generator)
-    if estimator == "straight-through":
-        # Forward value is exactly ``hard``; the gradient is relaxed's.
-        z = hard + relaxed - relaxed.detach()
-        log_lik = model.log_likelihood(x, z).mean(0)
+    return estimator.terms(model, q, x, kl, n_samples, generator)
+
+
+class Estimator:
+    """How a categorical ELBO's gradient is estimated (docs/derivations.md,
+    4b): ``terms`` gives the ELBO terms with, where the ELBO's own
+    autodiff gradient is not the estimator, a ``surrogate`` whose gradient
+    is (its value is meaningless). Chosen once from ``config.estimator``
+    (``make_estimator``)."""
+
+    exact = False  # no draws: the same in evaluation as in training
+    needs_baseline = False  # the model must carry a control variate
+    temperature = 1.0  # of a relaxation; the latent kind anneals it
+
+    def terms(self, model: Any, q: Categorical, x: Tensor, kl: Tensor,
+              n_samples: int, generator: torch.Generator | None
+              ) -> ElboTerms:
+        raise NotImplementedError
+
+
+class Enumerate(Estimator):
+    """The exact expectation over all K^M codes (eq. (4b.7)); no
+    estimator variance, ``n_samples`` is ignored."""
+
+    exact = True
+
+    def terms(self, model: Any, q: Categorical, x: Tensor, kl: Tensor,
+              n_samples: int, generator: torch.Generator | None
+              ) -> ElboTerms:
+        log_lik = enumerated_log_lik(model, x, q)
         return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
-    if estimator == "gumbel":
+
+
+class GumbelSoftmax(Estimator):
+    """``surrogate`` = log p(x | relaxed z) - KL with the Gumbel-softmax
+    relaxation at ``temperature`` (eq. (4b.5)); biased, low variance."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+
+    def terms(self, model: Any, q: Categorical, x: Tensor, kl: Tensor,
+              n_samples: int, generator: torch.Generator | None
+              ) -> ElboTerms:
+        hard, relaxed = q.gumbel(n_samples, self.temperature, generator)
         with torch.no_grad():  # the reported, unrelaxed estimate
             log_lik = model.log_likelihood(x, hard).mean(0)
         relaxed_lik = model.log_likelihood(x, relaxed).mean(0)
         return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl,
                          surrogate=relaxed_lik - kl)
-    if estimator == "reinforce":
+
+
+class StraightThrough(GumbelSoftmax):
+    """Hard z in the forward pass, the relaxed gradient in the backward
+    pass (eq. (4b.6)); ``elbo`` is ascended."""
+
+    def terms(self, model: Any, q: Categorical, x: Tensor, kl: Tensor,
+              n_samples: int, generator: torch.Generator | None
+              ) -> ElboTerms:
+        hard, relaxed = q.gumbel(n_samples, self.temperature, generator)
+        # Forward value is exactly ``hard``; the gradient is relaxed's.
+        z = hard + relaxed - relaxed.detach()
+        log_lik = model.log_likelihood(x, z).mean(0)
+        return ElboTerms(elbo=log_lik - kl, log_lik=log_lik, kl=kl)
+
+
+class Reinforce(Estimator):
+    """The score-function estimator with the control variate
+    ``model.baseline(x)`` (eq. (4b.3)); ``surrogate`` also carries the
+    baseline's squared-error loss. Unbiased."""
+
+    needs_baseline = True
+
+    def terms(self, model: Any, q: Categorical, x: Tensor, kl: Tensor,
+              n_samples: int, generator: torch.Generator | None
+              ) -> ElboTerms:
+        # The same draws as the relaxations' (their hard half).
+        hard, _ = q.gumbel(n_samples, self.temperature, generator)
         ll = model.log_likelihood(x, hard)  # (S, B); gradient to Theta
         signal = ll.detach()
         b = model.baseline(x, signal.mean(0))  # (B,)
@@ -279,7 +326,21 @@ def categorical_elbo(
         elbo = log_lik - kl
         return ElboTerms(elbo=elbo.detach(), log_lik=log_lik.detach(),
                          kl=kl, surrogate=elbo + score + fit)
-    raise ValueError(f"unknown estimator {estimator!r}")
+
+
+# The estimators, by ``config.estimator``.
+ESTIMATORS: dict[str, Callable[[float], Estimator]] = {
+    "gumbel": GumbelSoftmax,
+    "straight-through": StraightThrough,
+    "reinforce": lambda temperature: Reinforce(),
+    "enumerate": lambda temperature: Enumerate(),
+}
+
+
+def make_estimator(config: Any) -> Estimator:
+    """The gradient estimator ``config.estimator`` names, at the config's
+    initial temperature."""
+    return ESTIMATORS[config.estimator](config.temperature)
 
 
 def code_log_lik(

@@ -14,9 +14,9 @@ Tile grids are drawn pixel-exact: the figure is laid out in whole screen
 pixels and each image pixel covers ``scale x scale`` of them, so digits
 show no gaps or resampling artefacts.
 
-Figures depend on the kind of latent variable: ``make_figures`` looks up
-``FIGURE_MAKERS[config.latent]`` (continuous latents here; other kinds add
-their own maker to that table).
+Figures depend on the kind of latent variable: ``make_figures`` asks the
+run's latent kind (``vaelab.latents``) for them: ``continuous_figures``
+here, the discrete kinds' in ``vaelab.discrete_figures``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from vaelab.clusters import class_probabilities, cluster_stats, count_matrix
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
 from vaelab.explorer import EXPLORER, supports, write_explorer
-from vaelab.inference import posterior
+from vaelab.registry import kind_for, method_for
 from vaelab.runfolder import load_model, read_metrics
 
 SIDE = 28  # image side in pixels
@@ -101,7 +100,7 @@ SCATTER_STATS = "latent_scatter.json"
 # ------------------------------------------------------------ arrays
 
 
-def _numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
@@ -113,7 +112,7 @@ def tile_grid(images: Any, rows: int, cols: int) -> np.ndarray:
     images: (n, 784) with n <= rows * cols (missing tiles stay black);
     returns float32 (rows * 28, cols * 28) with pixels clipped to [0, 1].
     """
-    x = _numpy(images).astype(np.float32).reshape(-1, SIDE * SIDE)
+    x = as_numpy(images).astype(np.float32).reshape(-1, SIDE * SIDE)
     n = x.shape[0]
     if n > rows * cols:
         raise ValueError(f"{n} images do not fit a {rows}x{cols} grid")
@@ -129,7 +128,7 @@ def pick(n_total: int, n: int = 100, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n_total, size=min(n, n_total), replace=False))
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
     return next(iter(model.parameters())).device
 
 
@@ -137,36 +136,27 @@ def _device(model: torch.nn.Module) -> torch.device:
 def encode_means(
     model: torch.nn.Module, images: Any, batch_size: int = 2000
 ) -> np.ndarray:
-    """Posterior means E_q[z | x] of the recognition network: (N, P).
-
-    images: (N, 784) in [0, 1]. Batched, so 10,000 images need little
-    memory.
-    """
-    x = torch.as_tensor(_numpy(images), dtype=torch.float32)
-    device = _device(model)
-    out = [
-        _posterior_mean(model, x[i:i + batch_size].to(device)).cpu()
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    """Posterior means E_q[z | x] of images (N, 784) in [0, 1]: (N, P),
+    q as the run's inference method gives it (``Method.posterior``, in
+    batches of ``batch_size``; for a vEM run a fixed seed's E-step)."""
+    q = posterior_of(model, images, batch_size)
+    return q.mean.cpu().numpy()
 
 
-def _posterior_mean(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # A vEM run has no trained encoder: its q comes from the test-time
-    # E-step, as in evaluation.
-    config = getattr(model, "config", None)
-    if config is not None and config.inference == "vem":
-        with torch.enable_grad():
-            return posterior(model, config, x).mean.detach()
-    return model.infer(x)[0]
+def posterior_of(
+    model: torch.nn.Module, images: Any, batch_size: int | None = None
+) -> Any:
+    """q(z | x) of images (N, 784), on the model's device: the run's
+    inference method's, its draws from a fixed seed."""
+    x = torch.as_tensor(as_numpy(images), dtype=torch.float32)
+    return method_for(model.config).posterior(
+        model, x.to(device_of(model)), batch_size=batch_size)
 
 
 @torch.no_grad()
 def reconstruct(model: torch.nn.Module, images: Any) -> np.ndarray:
     """f(mu(x), w): the mean image decoded at the posterior mean, (N, 784)."""
-    x = torch.as_tensor(_numpy(images), dtype=torch.float32)
-    mean = _posterior_mean(model, x.to(_device(model)))
-    return model.generate(mean).cpu().numpy()
+    return model.generate(posterior_of(model, images).mean).cpu().numpy()
 
 
 @torch.no_grad()
@@ -180,7 +170,7 @@ def sample_images(
     (for a Gaussian likelihood: f(z, w) plus N(0, Sigma) noise, which can
     leave [0, 1]; for a Bernoulli one: binary pixels).
     """
-    g = torch.Generator(device=_device(model))
+    g = torch.Generator(device=device_of(model))
     g.manual_seed(seed)
     return model.sample(n, g, noise=noise).cpu().numpy()
 
@@ -200,7 +190,7 @@ def prior_quantile_axis(prior: Any, n: int = 20, dim: int = 0
     the midpoints avoid the infinite 0 and 1 quantiles.
     """
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    return _numpy(prior.icdf(u[:, None])[:, dim]).astype(np.float64)
+    return as_numpy(prior.icdf(u[:, None])[:, dim]).astype(np.float64)
 
 
 @torch.no_grad()
@@ -223,7 +213,7 @@ def decode_grid(
     z[:, 0] = torch.from_numpy(zz1.ravel())
     if p > 1:
         z[:, 1] = torch.from_numpy(zz2.ravel())
-    images = model.generate(z.to(_device(model))).cpu().numpy()
+    images = model.generate(z.to(device_of(model))).cpu().numpy()
     return tile_grid(images, z2.size, z1.size)
 
 
@@ -261,8 +251,8 @@ def knn_confusion(
     to the smaller label) is their own: a k-NN classifier on the
     posterior means, leave-one-out.
     """
-    z = torch.as_tensor(_numpy(means), dtype=torch.float64)
-    y = torch.as_tensor(_numpy(labels), dtype=torch.long)
+    z = torch.as_tensor(as_numpy(means), dtype=torch.float64)
+    y = torch.as_tensor(as_numpy(labels), dtype=torch.long)
     n = z.shape[0]
     k = min(k, n - 1)
     conf = np.zeros((n_classes, n_classes))
@@ -307,7 +297,7 @@ def scatter_stats(
     the class names and the three most overlapping pairs."""
     conf, acc = knn_confusion(means, labels, k, len(names))
     return {
-        "k": k, "n_images": int(len(_numpy(labels))),
+        "k": k, "n_images": int(len(as_numpy(labels))),
         "knn_accuracy": acc, "class_names": list(names),
         "confusion": conf.round(4).tolist(),
         "overlaps": [
@@ -368,7 +358,7 @@ def _show(ax: Any, image: np.ndarray, **kwargs: Any) -> None:
     )
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG: greyscale when every pixel is grey (tile
     figures, a quarter of the RGBA size), else RGB; losslessly either way.
     """
@@ -402,7 +392,7 @@ def plot_tiles(
         ax.set_yticks([])
         if subtitles:
             ax.set_title(subtitles[i], fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_manifold(
@@ -433,7 +423,7 @@ def plot_manifold(
                            fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scatter(
@@ -468,7 +458,7 @@ def plot_scatter(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(
@@ -508,7 +498,7 @@ def plot_training_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: training curves", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------ one run
@@ -541,26 +531,14 @@ class FigureContext:
 def describe(config: Config) -> str:
     """A short model name from a config, e.g. 'gaussian VAE, P=2, adam',
     or 'gaussian model, P=2, variational EM, Newton E-step, adam'."""
-    latent = f"P={config.latent_dim}"
-    if config.latent == "categorical":
-        latent = (f"M={config.groups} x K={config.classes} categorical, "
-                  f"{config.estimator}")
-    elif config.latent == "mixture":
-        latent += f", mixture prior of {config.classes} classes"
-    # Variational EM has no encoder: the model is no autoencoder.
-    vem = config.inference == "vem"
-    parts = [f"{config.likelihood} {'model' if vem else 'VAE'}", latent]
+    noun, method_words = method_for(config).describe(config)
+    parts = [f"{config.likelihood} {noun}", kind_for(config).describe(config)]
     if config.prior != "gaussian":
         parts.append(f"{config.prior} prior")
-    if vem:
-        parts.append("variational EM" + (", Newton E-step"
-                                         if config.e_method == "newton"
-                                         else ""))
-    parts.append(config.optimizer)
-    return ", ".join(parts)
+    return ", ".join([*parts, *method_words, config.optimizer])
 
 
-def _dims_note(p: int) -> str:
+def dims_note(p: int) -> str:
     return "" if p == 2 else f" (first 2 of {p} latent dims, rest at 0)"
 
 
@@ -577,12 +555,9 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
     ))
     if ctx.noise:
         noisy = sample_images(model, 100, ctx.seed, noise=True)
-        what = ("draws x ~ p(x | z) incl. Sigma noise, clipped to [0, 1]"
-                if ctx.config.likelihood == "gaussian"
-                else "binary draws x ~ p(x | z)")
         out.append(plot_tiles(
             [tile_grid(noisy, 10, 10)], ctx.path("samples_noise"),
-            f"{title}\n100 samples: {what}",
+            f"{title}\n100 samples: {model.likelihood.noise_caption}",
         ))
     out.append(plot_tiles(
         [tile_grid(chosen, 10, 10),
@@ -594,9 +569,9 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
     if p < 2:
         ctx.log(f"{title}: latent_dim {p} < 2: no scatter or manifold")
         return out
-    note = _dims_note(p)
+    note = dims_note(p)
     means = encode_means(model, test.images)
-    labels = _numpy(test.labels)
+    labels = as_numpy(test.labels)
     names = class_names(ctx.dataset.name)
     out.append(plot_scatter(
         means, labels, ctx.path("latent_scatter"),
@@ -620,8 +595,7 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
     if ctx.manifold in ("quantiles", "both"):
         q1 = prior_quantile_axis(model.prior, dim=0)
         q2 = prior_quantile_axis(model.prior, dim=1)
-        prior = ("mixture" if ctx.config.latent == "mixture"
-                 else ctx.config.prior)
+        prior = kind_for(ctx.config).prior_name(ctx.config)
         out.append(plot_manifold(
             decode_grid(model, q1, q2), q1, q2,
             ctx.path("manifold_quantiles"),
@@ -630,285 +604,6 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
             xlabel="$z_1$ (prior quantile)", ylabel="$z_2$ (prior quantile)",
         ))
     return out
-
-
-# ------------------------------------------------ categorical latents
-# Problem 4b's model: M groups of K classes, codes z one-hot (M, K). No
-# scatter or manifold: the latent space is a finite set of codes.
-
-
-@torch.no_grad()
-def encode_codes(
-    model: torch.nn.Module, images: Any, batch_size: int = 2000
-) -> np.ndarray:
-    """The most probable class of each group under q(z | x): (N, M) ints."""
-    x = torch.as_tensor(_numpy(images), dtype=torch.float32)
-    device = _device(model)
-    out = [
-        model.infer(x[i:i + batch_size].to(device)).argmax(-1).cpu()
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    if not out:
-        return np.zeros((0, model.groups), np.int64)
-    return torch.cat(out).numpy()
-
-
-@torch.no_grad()
-def decode_codes(model: torch.nn.Module, classes: Any) -> np.ndarray:
-    """Mean images f(z, w) of codes given as class indices (n, M):
-    (n, 784)."""
-    idx = torch.as_tensor(_numpy(classes), dtype=torch.long)
-    z = torch.nn.functional.one_hot(idx, model.classes).float()
-    return model.generate(z.to(_device(model))).cpu().numpy()
-
-
-def code_grid(
-    model: torch.nn.Module, reference: Sequence[int] | None = None
-) -> np.ndarray:
-    """Every class decoded, as one mosaic.
-
-    M = 1: the K classes in rows of 10. M = 2: a K x K grid, group 0's
-    class down the rows and group 1's across the columns. M > 2: one row
-    per group g, one column per class c: the code ``reference`` (class
-    indices (M,), default all 0; best an image's code) with group g set
-    to class c, so a row shows what that group alone changes.
-    """
-    m, k = model.groups, model.classes
-    if m == 1:
-        images = decode_codes(model, np.arange(k)[:, None])
-        cols = min(k, 10)
-        return tile_grid(images, -(-k // cols), cols)
-    ref = np.zeros(m, np.int64) if reference is None else np.asarray(
-        reference, np.int64)
-    if m > 2:
-        codes = np.tile(ref, (m * k, 1))
-        rows = np.arange(m * k)
-        codes[rows, rows // k] = rows % k
-        return tile_grid(decode_codes(model, codes), m, k)
-    codes = np.tile(ref, (k * k, 1))
-    codes[:, 0] = np.repeat(np.arange(k), k)
-    codes[:, 1] = np.tile(np.arange(k), k)
-    return tile_grid(decode_codes(model, codes), k, k)
-
-
-def code_confusion(
-    classes: np.ndarray, labels: np.ndarray, n_classes: int,
-    n_labels: int = 10,
-) -> np.ndarray:
-    """Counts (n_labels, n_classes): images of each digit label (rows)
-    assigned each class (columns) of one group."""
-    return count_matrix(np.asarray(classes), np.asarray(labels), n_classes,
-                        n_labels).T
-
-
-def plot_confusion(
-    matrices: Sequence[np.ndarray], path: Path, title: str,
-    subtitles: Sequence[str], names: Sequence[str] | None = None,
-    kind: str = "digit", xlabel: str = "class of q(z | x)",
-) -> Path:
-    """Heatmaps of label-by-class counts, each row as fractions of its
-    label (rows named ``names``, default their numbers); columns ordered
-    by the label they hold most, so a code that tracks the digit shows as
-    a diagonal."""
-    n = len(matrices)
-    k = matrices[0].shape[1]
-    fig = Figure(figsize=(1.5 + n * max(4.0, 0.45 * k), 4.8), dpi=DPI,
-                 layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, n))
-    for ax, counts, sub in zip(axes, matrices, subtitles, strict=True):
-        rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-        order = np.lexsort((-counts.max(0), counts.argmax(0)))
-        im = ax.imshow(rows[:, order], cmap="viridis", vmin=0.0, vmax=1.0,
-                       aspect="auto", interpolation="nearest")
-        ax.set_xticks(range(k), [str(c) for c in order], fontsize=7)
-        rows_n = counts.shape[0]
-        ax.set_yticks(range(rows_n), list(names or range(rows_n))[:rows_n])
-        ax.set_xlabel(f"{xlabel} (ordered by majority {kind})")
-        ax.set_ylabel(f"{kind} label")
-        ax.set_title(sub, fontsize=10)
-        if k <= 20:
-            for i, j in np.ndindex(rows.shape):
-                v = rows[i, order[j]]
-                if v >= 0.05:
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center",
-                            va="center", fontsize=6,
-                            color="black" if v > 0.6 else "white")
-    fig.colorbar(im, ax=list(axes), shrink=0.8,
-                 label=f"fraction of the {kind}'s test images")
-    fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
-
-
-def categorical_figures(ctx: FigureContext) -> list[Path]:
-    """Samples, reconstructions, the decoded classes (codes.png) and the
-    label-by-class confusion (confusion.png) of a categorical-latent
-    model."""
-    model, title, out = ctx.model, ctx.title, []
-    test = ctx.dataset.test
-    m, k = model.groups, model.classes
-    out.append(plot_tiles(
-        [tile_grid(sample_images(model, 100, ctx.seed), 10, 10)],
-        ctx.path("samples"),
-        f"{title}\n100 samples: mean image f(z, w), z ~ uniform codes",
-    ))
-    if ctx.noise:
-        out.append(plot_tiles(
-            [tile_grid(sample_images(model, 100, ctx.seed, noise=True),
-                       10, 10)],
-            ctx.path("samples_noise"),
-            f"{title}\n100 samples: draws x ~ p(x | z), z ~ uniform codes",
-        ))
-    codes = encode_codes(model, test.images)  # (N, M)
-    chosen = torch.as_tensor(ctx.pick)
-    out.append(plot_tiles(
-        [tile_grid(test.images[chosen], 10, 10),
-         tile_grid(decode_codes(model, codes[ctx.pick]), 10, 10)],
-        ctx.path("reconstructions"), f"{title}\nreconstructions",
-        subtitles=["test digits x", "f(most probable code, w)"],
-    ))
-    # Many groups: the code of the first reconstructed test image, one
-    # group changed at a time.
-    reference = codes[ctx.pick[0]]
-    what = (f"the {k} classes" if m == 1 else
-            "group 1's class (rows) x group 2's (columns)" if m == 2 else
-            "the first reconstructed test digit's code with group g (row) "
-            "set to class c (column)")
-    out.append(plot_tiles(
-        [code_grid(model, reference)], ctx.path("codes"),
-        f"{title}\nf(z, w) of {what}", scale=2 if m > 1 else 3,
-    ))
-    labels = _numpy(test.labels)
-    shown = range(min(m, 2))
-    mats = [code_confusion(codes[:, g], labels, k) for g in shown]
-    subs = [f"group {g + 1}: purity "
-            f"{cluster_stats(codes[:, g], labels, k).purity:.1%}"
-            for g in shown]
-    out.append(plot_confusion(
-        mats, ctx.path("confusion"),
-        f"{title}\n{label_kind(ctx.dataset.name)} label vs most probable "
-        f"class ({len(labels):,} test images)", subs,
-        names=class_names(ctx.dataset.name),
-        kind=label_kind(ctx.dataset.name),
-    ))
-    return out
-
-
-# ------------------------------------------------ the mixture model
-# Problem 4b's clustering model: the continuous figures, plus what the
-# class y does (samples by class, the scatter by class, classes vs digits).
-
-
-@torch.no_grad()
-def infer_classes(model: torch.nn.Module, images: Any) -> np.ndarray:
-    """The most probable class of q(y | x) per image, (N,) ints."""
-    x = torch.as_tensor(_numpy(images), dtype=torch.float32)
-    return class_probabilities(model, x)[:, 0].argmax(-1).numpy()
-
-
-@torch.no_grad()
-def class_sample_grid(model: torch.nn.Module, n: int = 10,
-                      seed: int = 0) -> np.ndarray:
-    """n mean images f(z, w) per class, z ~ p(z | y): one row per class,
-    (K * 28, n * 28)."""
-    g = torch.Generator(device=_device(model)).manual_seed(seed)
-    images = model.sample_by_class(n, g)  # (K, n, D)
-    k = images.shape[0]
-    return tile_grid(images.reshape(k * n, -1).cpu().numpy(), k, n)
-
-
-def plot_class_scatter(
-    means: np.ndarray, labels: np.ndarray, classes: np.ndarray,
-    centres: np.ndarray, spreads: np.ndarray, path: Path, title: str,
-    names: Sequence[str], kind: str = "digit",
-) -> Path:
-    """Two scatters of the posterior means (N, 2), coloured by label and
-    by class, the classes' centres mu_y (K, 2) and 2-sd ellipses (sds
-    ``spreads`` (K, 2)) drawn on both."""
-    from matplotlib.patches import Ellipse
-
-    fig = Figure(figsize=(15.0, 6.5), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
-    k = centres.shape[0]
-    cmap_k = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
-    order = np.random.default_rng(0).permutation(len(labels))
-    panels = ((labels, matplotlib.colormaps["tab10"], 10, kind, names),
-              (classes, cmap_k, k, "class y",
-               [str(c) for c in range(k)]))
-    for ax, (colour, cmap, n, legend, legend_names) in zip(axes, panels,
-                                                          strict=True):
-        ax.scatter(means[order, 0], means[order, 1], c=colour[order],
-                   cmap=cmap, vmin=-0.5, vmax=n - 0.5, s=3, alpha=0.6,
-                   linewidths=0, rasterized=True)
-        for y in range(k):
-            ax.add_patch(Ellipse(
-                tuple(centres[y]), 4 * spreads[y, 0], 4 * spreads[y, 1],
-                fill=False, lw=1.2, color="black", alpha=0.7))
-            ax.annotate(str(y), tuple(centres[y]), fontsize=11,
-                        ha="center", va="center", weight="bold",
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white",
-                              "alpha": 0.8, "lw": 0})
-        handles = [
-            Line2D([], [], ls="", marker="o", ms=9, color=cmap(c),
-                   label=legend_names[c])
-            for c in range(n) if np.any(colour == c)
-        ]
-        ax.legend(handles=handles, title=legend, loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=11,
-                  title_fontsize=11)
-        ax.set_xlabel("$z_1$ (posterior mean)")
-        ax.set_ylabel("$z_2$ (posterior mean)")
-        ax.set_title(f"coloured by {legend}", fontsize=11)
-    fig.suptitle(title, fontsize=12)
-    return _save(fig, path)
-
-
-def mixture_figures(ctx: FigureContext) -> list[Path]:
-    """The continuous figures, samples by class (class_samples.png), the
-    scatter by digit and by class (class_scatter.png) and the
-    digit-by-class confusion (confusion.png) of a mixture model."""
-    model, title = ctx.model, ctx.title
-    out = continuous_figures(ctx)
-    k = model.classes
-    out.append(plot_tiles(
-        [class_sample_grid(model, 10, ctx.seed)], ctx.path("class_samples"),
-        f"{title}\n10 samples per class: mean image f(z, w), "
-        "z ~ p(z | y); row y = class y",
-    ))
-    test = ctx.dataset.test
-    classes = infer_classes(model, test.images)
-    labels = _numpy(test.labels)
-    stats = cluster_stats(classes, labels, k, max(int(labels.max()) + 1,
-                                                  10))
-    summary = (f"purity {stats.purity:.1%}, accuracy {stats.accuracy:.1%}, "
-               f"{stats.classes_used} of {k} classes used")
-    kind = label_kind(ctx.dataset.name)
-    if model.latent_dim >= 2:
-        components = model.prior.components
-        means = encode_means(model, test.images)
-        out.append(plot_class_scatter(
-            means[:, :2], labels, classes,
-            _numpy(components.loc)[:, :2], _numpy(components.stddev)[:, :2],
-            ctx.path("class_scatter"),
-            f"{title}\n{len(labels):,} test images at their posterior "
-            f"means; classes: {summary}{_dims_note(model.latent_dim)}",
-            names=class_names(ctx.dataset.name), kind=kind,
-        ))
-    out.append(plot_confusion(
-        [code_confusion(classes, labels, k)], ctx.path("confusion"),
-        f"{title}\n{kind} label vs most probable class of q(y | x) "
-        f"({len(labels):,} test images)", [summary],
-        names=class_names(ctx.dataset.name), kind=kind,
-        xlabel="class y of q(y | x)",
-    ))
-    return out
-
-
-# Figure makers by ``config.latent``; other latent kinds register theirs.
-FIGURE_MAKERS: dict[str, Callable[[FigureContext], list[Path]]] = {
-    "gaussian": continuous_figures,
-    "categorical": categorical_figures,
-    "mixture": mixture_figures,
-}
 
 
 def real_digits_figure(
@@ -950,9 +645,7 @@ def make_figures(
         )
     run_dir = Path(run_dir)
     model, config = load_model(run_dir, device)
-    maker = FIGURE_MAKERS.get(config.latent)
-    if maker is None:
-        raise VaelabError(f"no figures for latent={config.latent!r} models")
+    kind = kind_for(config)
     if dataset is None:
         dataset = load_data(config, data_dir)
     title = title or describe(config)
@@ -965,11 +658,10 @@ def make_figures(
     )
     paths = [real_digits_figure(dataset, ctx.path("real_digits"),
                                 title, seed)]
-    paths += maker(ctx)
+    paths += kind.figures(ctx)
     if ctx.metrics:
-        fit, hard = config.mixture_fit_epoch, config.mixture_hard_epochs
         paths.append(plot_training_curves(
             ctx.metrics, ctx.path("training_curves"), title,
-            hard=range(fit, fit + hard) if hard else None,
+            hard=kind.shaded_epochs(config),
         ))
     return paths

@@ -32,6 +32,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
 from vaelab.explorer import EXPLORER
 from vaelab.plots import CAPTIONS, SCATTER_STATS
+from vaelab.registry import method_for
 
 SPLITS = ("train", "val", "test")
 DATA_NAMES = {
@@ -129,7 +130,7 @@ def comparison(records: Sequence[dict[str, Any]]) -> list[str]:
     amortization = [
         (ev.gaps.amortization_gap, r) for r in records
         if (ev := r["evaluation"]) is not None and ev.gaps is not None
-        and ev.inference == "amortized"
+        and method_for(ev.inference).has_encoder
     ]
     if amortization:
         v, r = max(amortization, key=lambda t: t[0])
@@ -245,21 +246,6 @@ def _results_table(r: dict[str, Any]) -> str:
     return _table(["split", "ELBO", "E_q[log p(x|z)]", "KL(q || p)"], rows)
 
 
-GAP_LABELS = {
-    "encoder_elbo": "ELBO with the encoder's q(z | x)",
-    "optimized_elbo": "ELBO with q optimized per image",
-    "log_px": "log p(x)",
-    "amortization_gap": "amortization gap",
-    "approximation_gap": "approximation gap",
-}
-# A vEM run's q comes from a test-time E-step, not an encoder.
-VEM_GAP_LABELS = {
-    **GAP_LABELS,
-    "encoder_elbo": "ELBO with the test-time E-step's q",
-    "amortization_gap": "inference gap (E-step vs optimized q)",
-}
-
-
 def _evaluation_html(ev: Evaluation | None) -> str:
     """evaluation.json (``vaelab.evaluate.Evaluation``) as tables."""
     if ev is None:
@@ -283,7 +269,7 @@ def _evaluation_html(ev: Evaluation | None) -> str:
         + _table(["estimate", "nats per image", "bits per dim"], rows)
     ]
     if ev.gaps is not None:
-        labels = VEM_GAP_LABELS if ev.inference == "vem" else GAP_LABELS
+        labels = method_for(ev.inference).gap_labels
         parts.append(
             f"<p>Inference gaps on {_fmt(ev.gaps.n_images)} images (log "
             f"p(x) by {_e(ev.gaps.log_px_method)}):</p>"

@@ -37,6 +37,7 @@ from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run
 from vaelab.model import build_model
 from vaelab.plots import make_figures, real_digits_figure
+from vaelab.registry import method_for
 from vaelab.report import write_pdf, write_report
 from vaelab.train import epoch_line, time_epoch, train
 
@@ -193,11 +194,6 @@ def _finished(run_dir: Path, config: Config) -> bool:
             or bool(runfolder.read_json(results).get("converged")))
 
 
-# A variational-EM epoch costs about this many VAE epochs, by E-step
-# (docs/benchmarks.md, "VAE versus variational EM": 5 Adam iterations
-# per minibatch, and 1 Newton step): the run's ETA uses it until the
-# model's own first epoch is timed.
-VEM_EPOCH_COST = {"adam": 2.5, "newton": 1.7}
 # Images of the cost unit's timed epoch under --quick (scaled to the
 # whole training set): a full epoch would be a tenth of a quick run.
 QUICK_UNIT_IMAGES = 10_000
@@ -224,8 +220,9 @@ def epoch_cost(config: Config) -> float:
     Config, batch 100), for the run's ETA before it is timed."""
     cost = (PRODUCT_SHARE * _weights(config) / _spec_weights()
             + (1.0 - PRODUCT_SHARE) * 100 / config.batch_size)
-    return cost * (VEM_EPOCH_COST[config.e_method]
-                   if config.inference == "vem" else 1.0)
+    # An inference method's epoch costs more than amortized training's
+    # (vEM's E-step): the ETA uses its factor until the model is timed.
+    return cost * method_for(config).epoch_cost(config)
 
 
 # Figures and evaluation of one model cost about this many VAE epochs of

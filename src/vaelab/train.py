@@ -5,12 +5,11 @@ loop, for every kind of inference.
 resume), epochs, the permutation, dequantization noise, the optimizer
 step, the progress bar, the NaN guard, checkpoints and metrics.jsonl.
 What differs between kinds of inference lives in a
-``vaelab.method.InferenceMethod``: its training step (the ELBO terms of a
-minibatch, which the loop ascends), its held-out ELBO, its extra state to
-checkpoint and its final results. ``Amortized`` (an encoder, for
-continuous and discrete latents) and ``vaelab.vem.VariationalEM``
-(per-image parameters) are the two; a new one subclasses
-``vaelab.method.Method`` and is added to ``METHODS``.
+``vaelab.method.Method`` (``registry.method_for(config)``): its training
+step (the ELBO terms of a minibatch, which the loop ascends), its
+held-out ELBO, its extra state to checkpoint and its final results;
+what differs between kinds of latent (the Gumbel anneal, the mixture's
+fit) is the latent kind's schedule, which the method runs.
 
 The whole training set is one tensor on the device; each epoch draws a
 permutation and takes minibatches as slices of it, so no per-image Python
@@ -35,125 +34,14 @@ from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import (
     Dataset,
-    binarize,
     first_training_images,
     load_data,
     training_batch,
 )
 from vaelab.errors import ConfigError, TrainingDiverged
-from vaelab.method import InferenceMethod, Method
+from vaelab.method import Method
 from vaelab.model import build_model, init_from_data
-from vaelab.objectives import (
-    ElboTerms,
-    average_elbo,
-    compute_elbo,
-    compute_iwae,
-    labelled_elbo,
-)
-from vaelab.vem import VariationalEM
-
-
-class Amortized(Method):
-    """Amortized inference: the encoder q(z; g(x, phi)) is trained with the
-    decoder by one gradient step per minibatch on the ELBO (the VAE) or,
-    with ``--objective iwae``, on the IWAE_k bound (the IWAE).
-
-    Either way, training, validation and results report the ELBO in
-    nats per image (so runs of both objectives compare); under
-    ``--objective iwae`` validation and results also give "iwae", the
-    IWAE_k bound of the same draws (metrics.jsonl: ``val_iwae``).
-    """
-
-    def __init__(self, model: Any, config: Config, dataset: Dataset
-                 ) -> None:
-        super().__init__(model, config, dataset)
-        self.steps_per_epoch = -(-len(dataset.train) // config.batch_size)
-        self.train_images = dataset.train.images
-        # --mixture-hard-epochs: each training image's class from the
-        # fit, (N,), checkpointed (resume cannot recompute it: the model
-        # has moved on since the fit); None when unused.
-        self.labels: Tensor | None = None
-        self.hard = False
-
-    def start_epoch(self, epoch: int) -> None:
-        # A relaxation's temperature (categorical latents) is annealed.
-        anneal = getattr(self.model, "start_epoch", None)
-        if anneal is not None:
-            anneal(epoch, self.config.epochs,
-                   (epoch - 1) * self.steps_per_epoch)
-        fit_epoch = self.config.mixture_fit_epoch
-        if self.config.mixture_pretrain:
-            # Epochs before the fit train a plain VAE (VaDE), so the fit
-            # sees a shaped latent space, not one bent to random centres.
-            self.model.pretraining = epoch < fit_epoch
-        if epoch == fit_epoch:
-            # A function of the model after epoch - 1 alone, and no draw
-            # from the run's generator: a resumed run fits the same.
-            labels = self.model.fit_components(
-                self._train_means(), self.config.seed,
-                self.config.mixture_fit_starts, self.config.mixture_fit)
-            if self.config.mixture_hard_epochs:
-                self.labels = labels.to(self.train_images.device)
-        hard = self.config.mixture_hard_epochs
-        self.hard = bool(hard) and fit_epoch <= epoch < fit_epoch + hard
-        if self.hard and self.labels is None:
-            raise RuntimeError("the fit's labels are missing from the "
-                               "checkpoint")
-
-    @torch.no_grad()
-    def _train_means(self, batch: int = 2000) -> Tensor:
-        """Posterior means of the training images, (N, P)."""
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        means = [self.model.posterior(self.train_images[i:i + batch]
-                                      .to(device)).mean
-                 for i in range(0, len(self.train_images), batch)]
-        self.model.train(was_training)
-        return torch.cat(means)
-
-    def train_step(
-        self, x: Tensor, rows: Tensor, generator: torch.Generator
-    ) -> ElboTerms:
-        if self.config.objective == "iwae":
-            return compute_iwae(self.model, x, self.config.iwae_k, generator)
-        if self.hard:
-            return labelled_elbo(self.model, x, self.labels[rows],
-                                 self.config.n_samples, generator)
-        return compute_elbo(self.model, x, self.config.n_samples, generator)
-
-    def state(self) -> dict[str, Tensor]:
-        return {} if self.labels is None else {"mixture_labels": self.labels}
-
-    def load_state(self, tensors: dict[str, Tensor]) -> None:
-        labels = tensors.get("mixture_labels")
-        if labels is not None:
-            self.labels = labels.to(self.train_images.device)
-
-    def validate(self, images: Tensor) -> dict[str, float]:
-        k = self.config.iwae_k if self.config.objective == "iwae" else None
-        return average_elbo(self.model, images, dequantized=self.dequantized,
-                            iwae_k=k)
-
-    def results(self, dataset: Dataset) -> dict[str, Any]:
-        device = next(self.model.parameters()).device
-        out = {}
-        for name in ("train", "val", "test"):
-            images = getattr(dataset, name).images.to(device)
-            if name == "train" and dataset.preprocess == "dynamic-binarize":
-                # One fixed draw: grey pixels have no Bernoulli likelihood.
-                g = torch.Generator(device=device).manual_seed(self.config.seed)
-                images = binarize(images, g)
-            if len(images):
-                out[name] = self.validate(images)
-        return out
-
-
-# The inference methods, by ``config.inference``.
-METHODS: dict[str, Callable[..., InferenceMethod]] = {
-    "amortized": Amortized,
-    "vem": VariationalEM,
-}
+from vaelab.registry import kind_for, method_for
 
 
 def make_optimizer(
@@ -327,7 +215,7 @@ def train(
 
 
 def _train_epoch(
-    method: InferenceMethod, optimizer: torch.optim.Optimizer,
+    method: Method, optimizer: torch.optim.Optimizer,
     x_train: Tensor, generator: torch.Generator, config: Config,
     epoch: int, *, preprocess: str, progress: bool,
 ) -> tuple[Tensor, float]:
@@ -369,7 +257,7 @@ def _train_epoch(
 
 def _fresh(
     config: Config, dataset: Dataset, device: torch.device
-) -> tuple[Any, torch.optim.Optimizer, torch.Generator, InferenceMethod]:
+) -> tuple[Any, torch.optim.Optimizer, torch.Generator, Method]:
     """A new run's model (started from the data), optimizer, generator and
     inference method, on ``device``."""
     # Initialize on the CPU from the seed, so CPU and CUDA runs start equal,
@@ -383,7 +271,7 @@ def _fresh(
     optimizer = make_optimizer(model.parameters(), config)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     return (model, optimizer, generator,
-            METHODS[config.inference](model, config, dataset))
+            method_for(config)(model, config, dataset))
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -444,10 +332,9 @@ def _fit(
     # The stopping rule reads metrics.jsonl alone, so a resumed run stops
     # where an uninterrupted one does (and a stopped one stays stopped).
     history = runfolder.read_metrics(run_dir)
-    # A mixture's prior changes at its fit epoch (random centres, or N(0,
-    # I) while pretraining, before it): earlier ELBOs are of another
-    # model, never the one to keep.
-    first = config.mixture_fit_epoch or 1
+    # Epochs before it trained another model (a mixture's prior before
+    # its fit), never the one to keep.
+    first = kind_for(config).first_epoch(config)
     stop = stop_reason(history, config.patience, first)
     if (config.patience is not None and start_epoch > 0
             and _best_epoch(history, first) == start_epoch):

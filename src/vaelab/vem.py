@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config
@@ -39,12 +40,11 @@ from vaelab.data import Dataset
 from vaelab.inference import (
     e_step,
     join_params,
-    posterior,
     prior_matched,
     split_params,
     vem_test_steps,
 )
-from vaelab.method import Method
+from vaelab.method import GAP_LABELS, Method, seeded
 from vaelab.objectives import (
     ElboTerms,
     LatentVariableModel,
@@ -83,8 +83,71 @@ class VariationalEM(Method):
     E-step on the minibatch's lambda inside each training step, lambda as
     extra checkpoint state."""
 
+    name = "vem"
     label = "vEM epoch"
     divergence_hint = "try a smaller --lr or --e-lr"
+    has_encoder = False
+    # q of held-out images comes from a test-time E-step, not an encoder.
+    gap_labels = {
+        **GAP_LABELS,
+        "encoder_elbo": "ELBO with the test-time E-step's q",
+        "amortization_gap": "inference gap (E-step vs optimized q)",
+    }
+    gap_note = "(vEM: the 'encoder' is the test-time E-step from the prior)"
+    posterior_timing = "e_step"
+    posterior_batch = 1000
+    # An epoch's cost in VAE epochs, by E-step (docs/benchmarks.md, "VAE
+    # versus variational EM": 5 Adam iterations per minibatch, and 1
+    # Newton step): the run's ETA uses it until the model is timed.
+    EPOCH_COST = {"adam": 2.5, "newton": 1.7}
+
+    @classmethod
+    def describe(cls, config: Config) -> tuple[str, list[str]]:
+        # No encoder: the model is no autoencoder.
+        return "model", ["variational EM" + (
+            ", Newton E-step" if config.e_method == "newton" else "")]
+
+    @classmethod
+    def epoch_cost(cls, config: Config) -> float:
+        return cls.EPOCH_COST[config.e_method]
+
+    @classmethod
+    def posterior(
+        cls, model: LatentVariableModel, x: Tensor, *,
+        generator: torch.Generator | None = None,
+        steps: int | None = None, batch_size: int | None = None,
+        progress: bool = False, config: Config | None = None,
+    ) -> Any:
+        """q(z | x) of images x (N, D), over (N, P): the E-step of
+        ``config`` (default the model's; ``inference.e_step``) from the
+        prior with ``steps`` iterations (default ``vem_test_steps``), in
+        batches of ``batch_size``. Its draws come from ``generator``,
+        default a fixed seed's, so figures and the explorer show the same
+        q at every call."""
+        config = config or model.config
+        steps = vem_test_steps(config) if steps is None else steps
+        generator = seeded(generator, x.device)
+        # At most posterior_batch images per pass: the E-step's memory.
+        batch = min(batch_size or cls.posterior_batch, cls.posterior_batch)
+        n = x.shape[0]
+        bar = tqdm(total=steps * n, unit="img-step", unit_scale=True,
+                   leave=False, desc="E-step",
+                   disable=None if progress else True)
+        parts = []
+        for i in range(0, n, batch):
+            xb = x[i:i + batch]
+            b = xb.shape[0]
+            parts.append(e_step(
+                model, config, xb, prior_matched(model, b, x.device),
+                steps=steps, generator=generator,
+                progress=lambda k, b=b: bar.update(k * b)))
+        bar.close()
+        if not parts:
+            return prior_matched(model, 0, x.device)
+        # Joined as lambda is stored: location and log spread.
+        locs, spreads = zip(*(split_params(q) for q in parts), strict=True)
+        return join_params(type(parts[0]), torch.cat(locs),
+                           torch.cat(spreads))
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
@@ -120,15 +183,20 @@ class VariationalEM(Method):
         return average_elbo(self.model, images, dequantized=self.dequantized,
                             posterior=advance)
 
-    def state(self) -> dict[str, Tensor]:
-        """lambda of both splits, by LAMBDA_KEYS."""
+    def _lambdas(self) -> dict[str, Tensor]:
         return dict(zip(LAMBDA_KEYS, (
             self.train_lam.loc, self.train_lam.log_spread,
             self.val_lam.loc, self.val_lam.log_spread,
         ), strict=True))
 
+    def state(self) -> dict[str, Tensor]:
+        """lambda of both splits, by LAMBDA_KEYS (and the latent kind's
+        schedule's state)."""
+        return {**super().state(), **self._lambdas()}
+
     def load_state(self, tensors: dict[str, Tensor]) -> None:
-        for key, t in self.state().items():
+        super().load_state(tensors)
+        for key, t in self._lambdas().items():
             t.copy_(tensors[key])
 
     def results(self, dataset: Dataset) -> dict[str, Any]:
@@ -171,6 +239,6 @@ def heldout_elbo(
     the ELBO of the q it found. Fixed seed, so repeated calls agree."""
     return average_elbo(
         model, images, dequantized=dequantized,
-        posterior=lambda rows, x, g: posterior(model, config, x,
-                                               generator=g, steps=steps),
+        posterior=lambda rows, x, g: VariationalEM.posterior(
+            model, x, generator=g, steps=steps, config=config),
     )
