@@ -261,3 +261,24 @@ def test_newton_e_step_needs_the_gaussian_prior(data, tmp_path) -> None:
         train(Config(prior="laplace", e_method="newton", **VEM), tmp_path,
               dataset=data, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_figures_of_an_adam_vem_run_repeat(vem_run, data, tmp_path) -> None:
+    """The figures' q of a vEM run (Adam E-step, whose draws are random)
+    comes from a fixed seed, not torch's global generator: two
+    ``make_figures`` with the global generator moved in between write
+    the same latent_scatter.json and explorer page."""
+    from vaelab.explorer import EXPLORER
+    from vaelab.plots import SCATTER_STATS, make_figures
+
+    out, _ = vem_run
+    pages = []
+    for i, folder in enumerate((tmp_path / "a", tmp_path / "b")):
+        torch.manual_seed(100 + i)
+        make_figures(out, folder, data, log=lambda _: None)
+        pages.append(((folder / SCATTER_STATS).read_bytes(),
+                      (folder / EXPLORER).read_bytes()))
+    assert pages[0] == pages[1]
+    # and the scatter is of fitted q, not of the prior it started at
+    means = VariationalEM.posterior(load_model(out)[0], data.test.images)
+    assert float(means.mean.abs().mean()) > 0.05

@@ -183,7 +183,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             default=None,
             metavar="|".join(choices) if choices else f.name.upper(),
             help=f"{FIELD_HELP.get(f.name, '')} "
-            f"(default: {getattr(defaults, f.name)})",
+            f"(default: {defaults.to_dict()[f.name]})",
         )
     parser.add_argument("--config", metavar="FILE.toml|PRESET",
                         help="read options from a TOML file or a preset "
@@ -198,14 +198,14 @@ def config_from_args(
     the budget (``config.apply_budget``)."""
     given: dict[str, Any] = {}
     source = "options"
-    if getattr(args, "config", None):
+    if vars(args).get("config"):
         path = find_config(args.config)
         given.update(load_toml(path))
         source = str(path)
+    flags = vars(args)
     for f in dataclasses.fields(Config):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            given[f.name] = v
+        if flags.get(f.name) is not None:
+            given[f.name] = flags[f.name]
     return Config.from_dict(apply_budget(given, base), source=source)
 
 
@@ -280,8 +280,7 @@ def _jobs(value: str, device: str | None) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    for name in ("n", "k"):
-        value = getattr(args, name)
+    for name, value in (("n", args.n), ("k", args.k)):
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
     if args.gap_n is not None and args.gap_n < 0:

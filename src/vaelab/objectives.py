@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from vaelab.config import ENUMERATE_LIMIT
+from vaelab.config import ENUMERATE_LIMIT, Config
 from vaelab.data import dequantize
 from vaelab.distributions import (
     Categorical,
@@ -52,14 +52,25 @@ PosteriorOf = Callable[[slice, Tensor, "torch.Generator"], Any]
 
 
 class LatentVariableModel(Protocol):
-    """What the ELBO, evaluation and the quadrature need from a model:
-    p(z), p(x|z) and q(z|x). ``VAE`` and ``CategoricalVAE`` are ones."""
+    """What code outside ``vaelab.model`` uses of every model: p(z),
+    p(x|z) and q(z|x), the decoder, the config it was built from.
+    ``VAE``, ``MixtureVAE`` and ``CategoricalVAE`` are ones. Members of
+    one kind alone are that kind's to use: ``estimator`` and
+    ``baseline`` (categorical, in ``categorical_elbo``), ``classes`` and
+    ``groups`` (the discrete figures), ``pretraining``,
+    ``fit_components`` and ``sample_by_class`` (the mixture's schedule
+    and figures), ``decode_jacobian`` (the Newton E-step) and the
+    decoder's layers (the explorer, which checks the kind first)."""
+
+    config: Config  # the options it was built from
+    latent_dim: int  # the decoder's input size
 
     @property
     def prior(self) -> Distribution:
         """p(z), over one image's latent."""
 
-    # p(x | z)'s family: log_prob(x, logits), sample, pairwise_log_prob.
+    # p(x | z)'s family: log_prob(x, logits), sample, pairwise_log_prob,
+    # logit_curvature, noise_caption, noise_variance.
     likelihood: Any
 
     def posterior(self, x: Tensor) -> Any:
@@ -68,8 +79,15 @@ class LatentVariableModel(Protocol):
     def decode_logits(self, z: Tensor) -> Tensor:
         """The decoder's output for latents z (..., P): (..., D)."""
 
+    def generate(self, z: Tensor) -> Tensor:
+        """Mean images f(z, w) in (0, 1): (..., P) -> (..., D)."""
+
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) in nats: x (B, D), z (S, B, ...) -> (S, B)."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               noise: bool = False) -> Tensor:
+        """n images from the model, (n, D)."""
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Theta and phi (torch.nn.Module's)."""

@@ -205,11 +205,11 @@ class VariationalEM(Method):
         E-step from the prior."""
         device = self.train_lam.loc.device
         out: dict[str, Any] = {
-            "inference": "vem",
+            "inference": self.name,
             "test_e_steps": vem_test_steps(self.config),
         }
-        for name, lam in (("train", self.train_lam), ("val", self.val_lam)):
-            split = getattr(dataset, name)
+        for name, split, lam in (("train", dataset.train, self.train_lam),
+                                 ("val", dataset.val, self.val_lam)):
             if len(split):
                 out[name] = average_elbo(
                     self.model, split.images.to(device),
