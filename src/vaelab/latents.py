@@ -24,6 +24,7 @@ from vaelab.distributions import class_posterior
 from vaelab.method import Method
 from vaelab.model import VAE, CategoricalVAE, MixtureVAE
 from vaelab.objectives import ElboTerms, compute_elbo, labelled_elbo
+from vaelab.registry import resolve
 
 if TYPE_CHECKING:
     from vaelab.plots import FigureContext
@@ -173,11 +174,13 @@ class LatentKind:
         latent without classes."""
         return None
 
+    # Its figure maker ("module:function", imported when first drawn:
+    # figures need matplotlib, training does not).
+    figure_maker = "vaelab.plots:continuous_figures"
+
     def figures(self, ctx: FigureContext) -> list[Path]:
         """Every figure of a model of this kind."""
-        from vaelab.plots import continuous_figures
-
-        return continuous_figures(ctx)
+        return resolve(self.figure_maker)(ctx)
 
 
 class CategoricalKind(LatentKind):
@@ -186,6 +189,7 @@ class CategoricalKind(LatentKind):
 
     model = CategoricalVAE
     schedule = Anneal
+    figure_maker = "vaelab.discrete_figures:categorical_figures"
     explorer = False
     has_classes = True
 
@@ -196,11 +200,6 @@ class CategoricalKind(LatentKind):
     def class_probabilities(self, model: Any, q: Any) -> Tensor:
         return q.probs
 
-    def figures(self, ctx: FigureContext) -> list[Path]:
-        from vaelab.discrete_figures import categorical_figures
-
-        return categorical_figures(ctx)
-
 
 class MixtureKind(LatentKind):
     """A continuous z whose prior is a mixture: a class y chooses its
@@ -208,6 +207,7 @@ class MixtureKind(LatentKind):
 
     model = MixtureVAE
     schedule = MixtureFit
+    figure_maker = "vaelab.discrete_figures:mixture_figures"
     has_classes = True
 
     def describe(self, config: Config) -> str:
@@ -228,11 +228,6 @@ class MixtureKind(LatentKind):
 
     def class_probabilities(self, model: Any, q: Any) -> Tensor:
         return class_posterior(q, model.prior).unsqueeze(1)
-
-    def figures(self, ctx: FigureContext) -> list[Path]:
-        from vaelab.discrete_figures import mixture_figures
-
-        return mixture_figures(ctx)
 
 
 CONTINUOUS = LatentKind()

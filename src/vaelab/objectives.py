@@ -164,10 +164,7 @@ def compute_elbo(
 
 
 def labelled_elbo(
-    model: Any,
-    x: Tensor,
-    labels: Tensor,
-    n_samples: int = 1,
+    model: Any, x: Tensor, labels: Tensor, n_samples: int = 1,
     generator: torch.Generator | None = None,
 ) -> ElboTerms:
     """ELBO of each image of ``x`` (B, D) under the mixture model (4b.9)

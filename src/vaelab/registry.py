@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 @functools.cache
-def _resolve(path: str) -> Any:
+def resolve(path: str) -> Any:
+    """The object a "module:attribute" path names (imported once)."""
     module, _, attribute = path.partition(":")
     return getattr(importlib.import_module(module), attribute)
 
@@ -29,10 +30,10 @@ def _resolve(path: str) -> Any:
 def method_for(config: Config | str) -> type[Method]:
     """The inference method class of a config (or of its name)."""
     name = config if isinstance(config, str) else config.inference
-    return _resolve(INFERENCE_METHODS[name])
+    return resolve(INFERENCE_METHODS[name])
 
 
 def kind_for(config: Config | str) -> LatentKind:
     """The latent kind of a config (or of its name)."""
     name = config if isinstance(config, str) else config.latent
-    return _resolve(LATENT_KINDS[name])
+    return resolve(LATENT_KINDS[name])
