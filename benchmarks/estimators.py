@@ -125,7 +125,7 @@ def as_estimator(
 
     model = build_model(config_for(config, estimator))
     model.load_state_dict(base.state_dict(), strict=False)
-    model.temperature = config.temperature
+    model.estimator.temperature = config.temperature
     return model
 
 

@@ -5,7 +5,7 @@ accuracy and classes in use of its classes (argmax q(y | x) on all test
 images, ``vaelab.clusters``), and three measures of its latent space on
 the test posterior means: the purity of k-means with k = classes (best
 of ``--starts`` k-means++ starts), that of spectral clustering of their
-10-nearest-neighbour graph (``vaelab.model.spectral_labels`` with K
+10-nearest-neighbour graph (``vaelab.clusters.spectral_labels`` with K
 eigenvectors, as the columns of docs/benchmarks.md were measured; the
 fit ``--mixture-fit spectral`` uses 2K, ``benchmarks/spectral_fit.py``)
 and the accuracy of a 5-nearest-neighbour vote against the first
@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from vaelab.clusters import cluster_stats, evaluate_clusters
+from vaelab.clusters import cluster_stats, evaluate_clusters, spectral_labels
 from vaelab.data import load_data
-from vaelab.model import spectral_labels
 from vaelab.runfolder import load_model
 
 

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from vaelab.clusters import cluster_stats
+from vaelab.clusters import SPECTRAL_POINTS, cluster_stats, spectral_embedding
 from vaelab.data import load_data
-from vaelab.model import SPECTRAL_POINTS, spectral_embedding
 from vaelab.runfolder import load_model
 
 
