@@ -287,6 +287,24 @@ def test_report_reads_by_question_with_real_digits_once(tmp_path):
     assert "http://" not in text and "https://" not in text
 
 
+def test_the_cost_note_words_the_runs_cost():
+    from vaelab.clock import RunCost
+
+    side_by_side = RunCost("spec", 600.0, 4.0, True, None, jobs=2,
+                           timed_images=10_000, n_train=60_000)
+    assert report.cost_note(side_by_side) == (
+        "This run took 10.0 min; 150 epoch-times of spec (4.0 s per "
+        "epoch, timed alone on 10,000 of its 60,000 images; 2 models at "
+        "a time).")
+    reused = RunCost("spec", 30.0, None, False, {
+        "created": "c", "seconds": 600.0, "epoch_seconds": 4.0,
+        "epoch_times": 150.0})
+    assert report.cost_note(reused) == (
+        "This run took 0.5 min, training nothing (every model was trained "
+        "before); the run of c that trained them took 10.0 min, 150 "
+        "epoch-times of spec (4.0 s per epoch).")
+
+
 def test_report_names_fashion_classes(tmp_path):
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
