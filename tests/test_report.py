@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -285,6 +286,13 @@ def test_report_reads_by_question_with_real_digits_once(tmp_path):
     assert summary["models"][1]["explorer"] is None
     # No network: every src is a data URI.
     assert "http://" not in text and "https://" not in text
+
+
+def test_generated_prose_holds_no_benchmark_figures():
+    # Measured figures live in docs/benchmarks.md: a report states only
+    # what its own run measured, whatever the zoo trained.
+    for _, _, question, _ in report.SECTIONS:
+        assert not re.search(r"\d%|\d\.\d|\bminutes\b", question), question
 
 
 def test_the_cost_note_words_the_runs_cost():

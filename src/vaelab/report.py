@@ -350,12 +350,11 @@ SECTIONS = (
      "The 20 x 10 categorical model decodes uniform codes; the mixture "
      "model samples z from each class's region. The confusion tables "
      "read each test image's most probable class against its label, "
-     "which no model saw. In two dimensions the digits overlap (a "
-     "5-nearest-neighbour vote on the test means reads 61-66% of "
-     "them), which bounds the mixture's purity here; with 10 "
-     "dimensions, the preset of \"vaelab train --config "
-     "mixture-spectral\" (about 6 minutes) clusters the digits at "
-     "86.9% mean test purity over 3 seeds (docs/benchmarks.md).",
+     "which no model saw. In two dimensions the digits overlap, which "
+     "bounds the mixture's purity here; with 10 dimensions, the preset "
+     "of \"vaelab train --config mixture-spectral\" clusters them far "
+     "better (docs/benchmarks.md, \"The mixture model\", has the "
+     "measurements).",
      ["class_samples", "codes", "class_scatter", "confusion"]),
     ("training", "Training curves", "", ["training_curves"]),
 )
