@@ -29,9 +29,9 @@ import torch
 from vaelab.config import Config
 from vaelab.data import load_data
 from vaelab.errors import TrainingDiverged
-from vaelab.run import load_zoo
 from vaelab.runfolder import read_metrics
 from vaelab.train import train
+from vaelab.zoo import load_zoo
 
 # The options of each model (the zoo's, src/vaelab/zoo.toml).
 MODELS: dict[str, dict[str, Any]] = {

@@ -204,7 +204,7 @@ def test_bad_budget_is_a_one_line_error(budget) -> None:
 
 
 def test_a_zoo_entrys_budget_scales_it_too() -> None:
-    from vaelab.run import Zoo, ZooModel, model_config
+    from vaelab.zoo import Zoo, ZooModel, model_config
 
     entry = ZooModel("m", "m", {"epochs": 30, "budget": 0.1}, {})
     c = model_config(entry, Zoo(models=[entry], source="zoo.toml"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -285,6 +286,31 @@ def test_report_reads_by_question_with_real_digits_once(tmp_path):
     assert summary["models"][1]["explorer"] is None
     # No network: every src is a data URI.
     assert "http://" not in text and "https://" not in text
+
+
+def test_generated_prose_holds_no_benchmark_figures():
+    # Measured figures live in docs/benchmarks.md: a report states only
+    # what its own run measured, whatever the zoo trained.
+    for _, _, question, _ in report.SECTIONS:
+        assert not re.search(r"\d%|\d\.\d|\bminutes\b", question), question
+
+
+def test_the_cost_note_words_the_runs_cost():
+    from vaelab.clock import RunCost
+
+    side_by_side = RunCost("spec", 600.0, 4.0, True, None, jobs=2,
+                           timed_images=10_000, n_train=60_000)
+    assert report.cost_note(side_by_side) == (
+        "This run took 10.0 min; 150 epoch-times of spec (4.0 s per "
+        "epoch, timed alone on 10,000 of its 60,000 images; 2 models at "
+        "a time).")
+    reused = RunCost("spec", 30.0, None, False, {
+        "created": "c", "seconds": 600.0, "epoch_seconds": 4.0,
+        "epoch_times": 150.0})
+    assert report.cost_note(reused) == (
+        "This run took 0.5 min, training nothing (every model was trained "
+        "before); the run of c that trained them took 10.0 min, 150 "
+        "epoch-times of spec (4.0 s per epoch).")
 
 
 def test_report_names_fashion_classes(tmp_path):

@@ -1,5 +1,6 @@
-"""Tests for vaelab.run (the zoo and the one-command run) on a tiny zoo
-of synthetic data, and ``vaelab run`` / ``vaelab plot`` on real MNIST."""
+"""Tests for vaelab.run (the one-command run), vaelab.zoo (the zoo file)
+and vaelab.clock (its ETA and cost) on a tiny zoo of synthetic data, and
+``vaelab run`` / ``vaelab plot`` on real MNIST."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ from helpers import synthetic_dataset
 
 from vaelab import run, runfolder
 from vaelab.cli import main
+from vaelab.clock import (
+    PRODUCT_SHARE,
+    STAGE_EPOCHS,
+    RunClock,
+    epoch_cost,
+    previous_training_run,
+    spec_epoch_seconds,
+)
 from vaelab.config import Config
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import Estimate, Evaluation, Gaps, IwaeEstimate, Timings
+from vaelab.zoo import load_zoo, model_config, run_finished
 
 CONTINUOUS = ["real_digits.png", "samples.png", "samples_noise.png",
               "reconstructions.png", "latent_scatter.png", "manifold.png",
@@ -85,26 +95,29 @@ class Loader:
                                  preprocess=config.preprocess)
 
 
-def quiet(**kw):
-    return {"progress": False, "log": lambda s: None, "command": "test",
-            **kw}
+def run_zoo(out, zoo, *, load=None, log=lambda s: None, **options):
+    """``run.run_zoo`` with ``RunOptions`` of the keywords, quiet unless
+    they say otherwise."""
+    options = {"progress": False, "command": "test", **options}
+    return run.run_zoo(out, zoo, run.RunOptions(**options), load=load,
+                       log=log)
 
 
 def test_builtin_zoo_is_valid():
-    zoo = run.load_zoo()
+    zoo = load_zoo()
     names = [m.name for m in zoo.models]
     assert names[:3] == ["gaussian-adam", "gaussian-adagrad",
                          "bernoulli-adam"]
     for m in zoo.models:
-        full = run.model_config(m, zoo)
-        quick = run.model_config(m, zoo, quick=True)
+        full = model_config(m, zoo)
+        quick = model_config(m, zoo, quick=True)
         assert full.epochs > quick.epochs
         assert quick.extra["quick"] is True
-    spec = run.model_config(zoo.models[0], zoo)
+    spec = model_config(zoo.models[0], zoo)
     assert (spec.latent_dim, spec.hidden, spec.likelihood) == (
         2, 512, "gaussian")
-    assert run.model_config(zoo.models[1], zoo).optimizer == "adagrad"
-    bern = run.model_config(zoo.models[2], zoo)
+    assert model_config(zoo.models[1], zoo).optimizer == "adagrad"
+    bern = model_config(zoo.models[2], zoo)
     assert bern.preprocess == "binarize"
 
 
@@ -113,7 +126,20 @@ def test_builtin_zoo_is_valid():
     ('[[model]]\nname = "a"\n[[model]]\nname = "a"\n', "used twice"),
     ('[[model]]\ntitle = "no name"\n', "needs a name"),
     ('[[model]]\nname = "../up"\n', "needs a name"),
-    ('[[model]]\nname = "a"\nlikelihood = "poisson"\n', "likelihood"),
+    ('[[model]]\nname = "a"\nlikelihood = "poisson"\n',
+     "model 'a': likelihood"),
+    ('[quick.config]\nepochs = 0\n[[model]]\nname = "a"\n',
+     "model 'a' \\(--quick\\): epochs"),
+    ('[[model]]\nname = 3\n', "model 1: name must be a string"),
+    ('[[model]]\nname = "a"\nquick = 3\n',
+     "model 1: \\[model.quick\\] must be a table"),
+    ('model = [1]\n', "\\[\\[model\\]\\] must be an array of tables"),
+    ('[quick]\nconfig = 3\n[[model]]\nname = "a"\n',
+     "\\[quick.config\\] must be a table"),
+    ('[evaluate]\nbogus = 1\n[[model]]\nname = "a"\n',
+     "unknown \\[evaluate\\] key\\(s\\) bogus; known: images"),
+    ('[evaluate]\nk = true\n[[model]]\nname = "a"\n',
+     "\\[evaluate\\] k must be an integer >= 1, got True"),
     ('[quick]\nepochs = 1\n[[model]]\nname = "a"\n', "unknown \\[quick\\]"),
     ('[models]\n', "unknown top-level"),
     ('[evaluate]\nk = 0\n[[model]]\nname = "a"\n',
@@ -128,7 +154,21 @@ def test_bad_zoo_files_are_named_errors(tmp_path, text, message):
     path = tmp_path / "z.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        run.load_zoo(path)
+        load_zoo(path)
+
+
+def test_zoo_keys_may_use_dashes(tmp_path):
+    path = tmp_path / "z.toml"
+    path.write_text('[evaluate]\ngap-images = 4\n[quick]\neval-k = 7\n'
+                    '[quick.config]\ntrain-images = 10\n[[model]]\n'
+                    'name = "a"\nlatent-dim = 3\n[model.quick]\n'
+                    'batch-size = 7\n')
+    zoo = load_zoo(path)
+    assert (zoo.eval_gap_images, zoo.quick_eval_k) == (4, 7)
+    assert zoo.quick_config == {"train_images": 10}
+    assert zoo.models[0].options == {"latent_dim": 3}
+    assert zoo.models[0].quick == {"batch_size": 7}
+    assert zoo.models[0].title == "a"
 
 
 def test_run_makes_every_file_and_reuses_trained_models(
@@ -136,7 +176,7 @@ def test_run_makes_every_file_and_reuses_trained_models(
 ):
     out = tmp_path / "out"
     load = Loader()
-    summary = run.run_zoo(out, zoo=zoo_file, load=load, **quiet())
+    summary = run_zoo(out, zoo_file, load=load)
     # One load per preprocessing, shared by the two Gaussian models.
     assert sorted(load.calls) == ["binarize", "dequantize"]
     html = (out / "report.html").read_text()
@@ -170,7 +210,7 @@ def test_run_makes_every_file_and_reuses_trained_models(
 
     monkeypatch.setattr(run, "train", no_training)
     (out / "report.html").unlink()
-    run.run_zoo(out, zoo=zoo_file, load=Loader(), **quiet())
+    run_zoo(out, zoo_file, load=Loader())
     assert (out / "report.html").is_file()
     assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
     assert {p: p.stat().st_mtime_ns for p in figs} == figs
@@ -181,11 +221,9 @@ def test_models_side_by_side_train_as_one_at_a_time(tmp_path, zoo_file):
     # report as one at a time, every model's epochs logged, the cost unit
     # timed alone.
     lines: list[str] = []
-    one = run.run_zoo(tmp_path / "one", zoo=zoo_file, load=Loader(),
-                      **quiet())
-    two = run.run_zoo(tmp_path / "two", zoo=zoo_file, load=Loader(),
-                      progress=True, log=lines.append, command="test",
-                      jobs=2)
+    one = run_zoo(tmp_path / "one", zoo_file, load=Loader())
+    two = run_zoo(tmp_path / "two", zoo_file, load=Loader(),
+                  progress=True, log=lines.append, jobs=2)
     for name in ("g-adam", "g-adagrad", "bern"):
         a, b = (json.loads((tmp_path / d / name / "results.json")
                            .read_text()) for d in ("one", "two"))
@@ -204,8 +242,7 @@ def test_models_side_by_side_train_as_one_at_a_time(tmp_path, zoo_file):
 
 def test_bad_jobs_are_named_errors(tmp_path, zoo_file, capsys):
     with pytest.raises(ConfigError, match="--jobs must be >= 1"):
-        run.run_zoo(tmp_path / "o", zoo=zoo_file, load=Loader(), jobs=0,
-                    **quiet())
+        run_zoo(tmp_path / "o", zoo_file, load=Loader(), jobs=0)
     code = main(["run", "--out", str(tmp_path / "o"), "--zoo",
                  str(zoo_file), "--jobs", "two"])
     assert code == 2
@@ -215,8 +252,7 @@ def test_bad_jobs_are_named_errors(tmp_path, zoo_file, capsys):
 
 def test_interrupted_model_is_resumed(tmp_path, zoo_file, monkeypatch):
     out = tmp_path / "out"
-    run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
-                **quiet())
+    run_zoo(out, zoo_file, load=Loader(), only=["g-adam"])
     # As if killed after epoch 1 of 2: results.json not yet written.
     (out / "g-adam" / "results.json").unlink()
     calls = []
@@ -227,8 +263,7 @@ def test_interrupted_model_is_resumed(tmp_path, zoo_file, monkeypatch):
         return real_train(config, out_dir, **kw)
 
     monkeypatch.setattr(run, "train", spy)
-    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(),
-                          only=["g-adam", "bern"], **quiet())
+    summary = run_zoo(out, zoo_file, load=Loader(), only=["g-adam", "bern"])
     assert calls == [("g-adam", True), ("bern", False)]
     assert [m["name"] for m in summary["models"]] == ["g-adam", "bern"]
     metrics = (out / "g-adam" / "metrics.jsonl").read_text().splitlines()
@@ -237,16 +272,15 @@ def test_interrupted_model_is_resumed(tmp_path, zoo_file, monkeypatch):
 
 def test_quick_uses_a_subset_and_cannot_mix_with_full(tmp_path, zoo_file):
     out = tmp_path / "out"
-    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
-                          only=["g-adam"], **quiet())
+    summary = run_zoo(out, zoo_file, load=Loader(), quick=True,
+                      only=["g-adam"])
     model = summary["models"][0]
     assert model["epochs"] == 1
     assert model["config"]["train_images"] == 100
     assert "--quick" in " ".join(summary["notes"])
     assert "first 100 training images" in (out / "report.html").read_text()
     with pytest.raises(VaelabError, match="other options.*extra"):
-        run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
-                    **quiet())
+        run_zoo(out, zoo_file, load=Loader(), only=["g-adam"])
 
 
 def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
@@ -269,8 +303,7 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
 
     monkeypatch.setattr(run, "evaluate_run", evaluate_run)
     out = tmp_path / "out"
-    run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
-                only=["bern"], **quiet())
+    run_zoo(out, zoo_file, load=Loader(), quick=True, only=["bern"])
     assert calls == [("bern", {"device": "cpu", "progress": False,
                                "n": 10, "k": 3, "quick": True,
                                "gap_n": None})]
@@ -278,19 +311,17 @@ def test_evaluation_hook(tmp_path, zoo_file, monkeypatch):
     assert "amortization gap" in html and "2.50" in html
     assert "on the first 10 test images, k = 3" in html
     # Evaluated already: not again.
-    run.run_zoo(out, zoo=zoo_file, load=Loader(), quick=True,
-                only=["bern"], **quiet())
+    run_zoo(out, zoo_file, load=Loader(), quick=True, only=["bern"])
     assert len(calls) == 1
     # A full run evaluates with the zoo's [evaluate] settings.
-    run.run_zoo(tmp_path / "full", zoo=zoo_file, load=Loader(),
-                only=["bern"], **quiet())
+    run_zoo(tmp_path / "full", zoo_file, load=Loader(), only=["bern"])
     assert calls[1][1] == {"device": "cpu", "progress": False, "n": 20,
                            "k": 5, "gap_n": 4}
 
 
 def test_only_and_pdf_errors(tmp_path, zoo_file, monkeypatch, capsys):
     with pytest.raises(ConfigError, match="no model named nope"):
-        run.run_zoo(tmp_path, zoo=zoo_file, only=["nope"], **quiet())
+        run_zoo(tmp_path, zoo_file, only=["nope"])
     monkeypatch.setattr(run, "chromium", lambda: None)
     code = main(["run", "--out", str(tmp_path / "o"), "--zoo",
                  str(zoo_file), "--pdf"])
@@ -363,22 +394,22 @@ def test_a_converged_model_counts_as_finished(tmp_path):
     cfg = Config(epochs=1, hidden=8, patience=3, device="cpu").resolved()
     run.train(cfg, tmp_path, dataset=ds, progress=False)
     longer = Config(epochs=5, hidden=8, patience=3, device="cpu").resolved()
-    assert run._finished(tmp_path, cfg)
-    assert not run._finished(tmp_path, longer)  # the cap was reached
+    assert run_finished(tmp_path, cfg)
+    assert not run_finished(tmp_path, longer)  # the cap was reached
     results = runfolder.read_json(tmp_path / runfolder.RESULTS)
     results["converged"] = True
     runfolder.write_json(tmp_path / runfolder.RESULTS, results)
-    assert run._finished(tmp_path, longer)
+    assert run_finished(tmp_path, longer)
 
 
 def test_run_clock_counts_what_is_left() -> None:
-    clock = run.RunClock({"a": (3, 1000, 1.0), "b": (2, 1000, 2.5)})
+    clock = RunClock({"a": (3, 1000, 1.0), "b": (2, 1000, 2.5)})
     assert clock.seconds_left() is None and clock.eta() == ""
     clock.epoch_done("a", {"seconds": 2.0, "images": 1000})
     # a: 2 epochs at 2 s; b: 2 epochs at 2.5 x a's rate per image; two
     # models' figures and evaluation at STAGE_EPOCHS epochs of 2 s.
     assert clock.seconds_left() == pytest.approx(
-        2 * 2.0 + 2 * 5.0 + 2 * run.STAGE_EPOCHS * 2.0)
+        2 * 2.0 + 2 * 5.0 + 2 * STAGE_EPOCHS * 2.0)
     clock.training_done("a")
     clock.stages_done("a", 3.0)  # a's figures and evaluation
     assert clock.seconds_left() == pytest.approx(2 * 5.0 + 3.0)
@@ -388,8 +419,7 @@ def test_run_clock_counts_what_is_left() -> None:
 
 
 def test_run_clock_shares_what_is_left_among_jobs() -> None:
-    clock = run.RunClock({"a": (3, 1000, 1.0), "b": (1, 1000, 1.0)},
-                         jobs=2)
+    clock = RunClock({"a": (3, 1000, 1.0), "b": (1, 1000, 1.0)}, jobs=2)
     clock.epoch_done("a", {"seconds": 2.0, "images": 1000})
     clock.stages_done("a", 1.0)
     clock.stages_done("b", 1.0)
@@ -402,10 +432,9 @@ def test_run_clock_shares_what_is_left_among_jobs() -> None:
 
 def test_run_reports_its_cost_in_epoch_times(tmp_path, zoo_file):
     lines: list[str] = []
-    summary = run.run_zoo(tmp_path / "out", zoo=zoo_file, load=Loader(),
-                          only=["g-adam"], progress=True,
-                          log=lines.append, command="test")
-    per_epoch = run.spec_epoch_seconds(tmp_path / "out" / "g-adam", 200)
+    summary = run_zoo(tmp_path / "out", zoo_file, load=Loader(),
+                      only=["g-adam"], progress=True, log=lines.append)
+    per_epoch = spec_epoch_seconds(tmp_path / "out" / "g-adam", 200)
     assert summary["epoch_seconds"] == pytest.approx(per_epoch)
     assert summary["epoch_times"] == pytest.approx(
         summary["seconds"] / per_epoch)
@@ -416,10 +445,8 @@ def test_run_reports_its_cost_in_epoch_times(tmp_path, zoo_file):
 
 def test_a_run_that_trains_nothing_claims_no_cost(tmp_path, zoo_file):
     out = tmp_path / "out"
-    first = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
-                        **quiet())
-    summary = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
-                          **quiet())
+    first = run_zoo(out, zoo_file, load=Loader(), only=["g-adam"])
+    summary = run_zoo(out, zoo_file, load=Loader(), only=["g-adam"])
     assert summary["epoch_times"] is None
     assert any("training nothing" in note for note in summary["notes"])
     # The cost of the run that trained survives the rewritten report, in
@@ -430,37 +457,36 @@ def test_a_run_that_trains_nothing_claims_no_cost(tmp_path, zoo_file):
         first["epoch_times"])
     assert any(f"{first['epoch_times']:.0f} epoch-times" in note
                and "that trained them" in note for note in summary["notes"])
-    third = run.run_zoo(out, zoo=zoo_file, load=Loader(), only=["g-adam"],
-                        **quiet())
+    third = run_zoo(out, zoo_file, load=Loader(), only=["g-adam"])
     assert third["trained_by"] == first["trained_by"]
 
 
 def test_previous_training_run_reads_old_and_broken_summaries(tmp_path):
-    assert run.previous_training_run(tmp_path) is None
+    assert previous_training_run(tmp_path) is None
     summary = tmp_path / "summary.json"
     summary.write_text("{not json")
-    assert run.previous_training_run(tmp_path) is None
+    assert previous_training_run(tmp_path) is None
     # A summary from before ``trained_by`` holds its own run's cost.
     summary.write_text(json.dumps({
         "created": "c", "seconds": 60.0, "epoch_seconds": 2.0,
         "epoch_times": 30.0}))
-    assert run.previous_training_run(tmp_path) == {
+    assert previous_training_run(tmp_path) == {
         "created": "c", "seconds": 60.0, "epoch_seconds": 2.0,
         "epoch_times": 30.0}
     summary.write_text(json.dumps({"epoch_times": None}))
-    assert run.previous_training_run(tmp_path) is None
+    assert previous_training_run(tmp_path) is None
 
 
 def test_epoch_cost_counts_weights_steps_and_vem() -> None:
-    assert run.epoch_cost(Config()) == pytest.approx(1.0)
+    assert epoch_cost(Config()) == pytest.approx(1.0)
     # Twice the steps per epoch cost their share again; deeper networks
     # and variational EM cost more, smaller ones less.
     half = Config(batch_size=50)
-    assert run.epoch_cost(half) == pytest.approx(
-        1.0 + (1.0 - run.PRODUCT_SHARE))
+    assert epoch_cost(half) == pytest.approx(
+        1.0 + (1.0 - PRODUCT_SHARE))
     deep = Config(hidden=(512, 256), latent="categorical", groups=20,
                   classes=10, likelihood="bernoulli", estimator="gumbel")
-    assert run.epoch_cost(deep) > 1.0
-    assert run.epoch_cost(Config(hidden=(64,))) < 1.0
-    assert run.epoch_cost(Config(inference="vem")) > run.epoch_cost(
+    assert epoch_cost(deep) > 1.0
+    assert epoch_cost(Config(hidden=(64,))) < 1.0
+    assert epoch_cost(Config(inference="vem")) > epoch_cost(
         Config(inference="vem", e_method="newton")) > 1.0

@@ -29,7 +29,7 @@ from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run, format_table
 from vaelab.plots import make_figures
-from vaelab.run import default_jobs, run_zoo
+from vaelab.run import RunOptions, default_jobs, run_zoo
 from vaelab.train import train
 
 FIELD_HELP = {
@@ -257,12 +257,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     only = [n.strip() for n in args.only.split(",") if n.strip()] \
         if args.only else None
-    run_zoo(
-        args.out, quick=args.quick, device=args.device,
-        data_dir=args.data_dir, zoo=args.zoo, only=only, pdf=args.pdf,
-        replot=args.replot, progress=not args.quiet,
-        jobs=_jobs(args.jobs, args.device),
-    )
+    run_zoo(args.out, args.zoo, RunOptions(
+        quick=args.quick, device=args.device, data_dir=args.data_dir,
+        only=only, pdf=args.pdf, replot=args.replot,
+        progress=not args.quiet, jobs=_jobs(args.jobs, args.device),
+    ))
     return 0
 
 

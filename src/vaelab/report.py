@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from markupsafe import Markup
@@ -33,6 +33,9 @@ from vaelab.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
 from vaelab.explorer import EXPLORER
 from vaelab.plots import CAPTIONS, SCATTER_STATS
 from vaelab.registry import method_for
+
+if TYPE_CHECKING:
+    from vaelab.clock import RunCost
 
 SPLITS = ("train", "val", "test")
 DATA_NAMES = {
@@ -333,12 +336,11 @@ SECTIONS = (
      "The 20 x 10 categorical model decodes uniform codes; the mixture "
      "model samples z from each class's region. The confusion tables "
      "read each test image's most probable class against its label, "
-     "which no model saw. In two dimensions the digits overlap (a "
-     "5-nearest-neighbour vote on the test means reads 61-66% of "
-     "them), which bounds the mixture's purity here; with 10 "
-     "dimensions, the preset of \"vaelab train --config "
-     "mixture-spectral\" (about 6 minutes) clusters the digits at "
-     "86.9% mean test purity over 3 seeds (docs/benchmarks.md).",
+     "which no model saw. In two dimensions the digits overlap, which "
+     "bounds the mixture's purity here; with 10 dimensions, the preset "
+     "of \"vaelab train --config mixture-spectral\" clusters them far "
+     "better (docs/benchmarks.md, \"The mixture model\", has the "
+     "measurements).",
      ["class_samples", "codes", "class_scatter", "confusion"]),
     ("training", "Training curves", "", ["training_curves"]),
 )
@@ -558,6 +560,47 @@ def render_html(
         sections=report_sections(out_dir, records, real_digits),
         models=models, versions=Markup(versions),
     )
+
+
+def evaluation_note(n: int | None, k: int, gap_n: int | None) -> str:
+    """The run's evaluation: n test images (None: all), k samples, gap_n."""
+    return ("Evaluation (IWAE, log p(x), gaps) on "
+            + (f"the first {n:,}" if n else "all")
+            + f" test images, k = {k} importance samples"
+            + (f" (the gaps on the first {gap_n:,})" if gap_n else "")
+            + "; the test, validation and training ELBO columns use "
+            "every image of their split.")
+
+
+def quick_note(train_images: int | None) -> str:
+    """--quick's warning; ``train_images``: its training subset."""
+    return ("--quick smoke test: few epochs"
+            + (f" on the first {train_images:,} training images"
+               if train_images else "")
+            + "; the numbers are not converged.")
+
+
+def cost_text(cost: RunCost) -> str:
+    """What follows the run's minutes in its note and log: epoch-times of
+    the spec's model, or the last training run's when it trained none."""
+    by, epoch = cost.trained_by, cost.epoch_seconds
+    if not cost.trained:
+        return ", training nothing (every model was trained before)" + (
+            f"; the run of {by['created']} that trained them took "
+            f"{by['seconds'] / 60:.1f} min, {by['epoch_times']:.0f} "
+            f"epoch-times of {cost.spec} ({by['epoch_seconds']:.1f} s per "
+            "epoch)" if by is not None else "")
+    n, timed = cost.n_train, cost.timed_images
+    part = f" on {timed:,} of its {n:,} images" if timed and timed < n else ""
+    how = (f", timed alone{part}; {cost.jobs} models at a time"
+           if cost.jobs > 1 else "")
+    return (f"; {cost.seconds / epoch:.0f} epoch-times of {cost.spec} "
+            f"({epoch:.1f} s per epoch{how})" if epoch else "")
+
+
+def cost_note(cost: RunCost) -> str:
+    """The run's last note: its minutes and ``cost_text``."""
+    return f"This run took {cost.seconds / 60:.1f} min{cost_text(cost)}."
 
 
 def write_report(
