@@ -41,11 +41,11 @@ from vaelab.data import (
     training_batch,
 )
 from vaelab.errors import ConfigError, TrainingDiverged
+from vaelab.estimators import average_elbo
 from vaelab.method import InferenceMethod, Method
 from vaelab.model import build_model, init_from_data
 from vaelab.objectives import (
     ElboTerms,
-    average_elbo,
     compute_elbo,
     compute_iwae,
     labelled_elbo,

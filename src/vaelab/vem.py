@@ -36,6 +36,7 @@ from torch import Tensor
 from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset
+from vaelab.estimators import average_elbo
 from vaelab.inference import (
     e_step,
     join_params,
@@ -48,7 +49,6 @@ from vaelab.method import Method
 from vaelab.objectives import (
     ElboTerms,
     LatentVariableModel,
-    average_elbo,
     compute_elbo,
 )
 
