@@ -47,8 +47,9 @@ import torch
 from vaelab.clusters import evaluate_clusters
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, load_data
+from vaelab.estimators import average_elbo
 from vaelab.model import build_model, init_from_data
-from vaelab.objectives import average_elbo, code_log_lik, compute_elbo
+from vaelab.objectives import code_log_lik, compute_elbo
 from vaelab.train import learning_rate, make_optimizer
 
 # The zoo's categorical model (src/vaelab/zoo.toml) before this study.

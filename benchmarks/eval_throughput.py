@@ -3,7 +3,7 @@
 For each model (a freshly initialised spec-architecture VAE, 784-512-P:
 the Bernoulli likelihood with a 50-D latent as in the IWAE paper's rows,
 and the default Gaussian 2-D model), times the IWAE_k evaluation of
-``vaelab evaluate`` (the encoder's q, then ``evaluate.estimate_bounds``)
+``vaelab evaluate`` (the encoder's q, then ``estimators.estimate_bounds``)
 on the first N test images, and in the same process the decoder's two
 matrix products alone (torch.addmm of the same shapes, in the same
 passes, same threads) for the same N * k decoded points: the bound no
@@ -25,7 +25,8 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data import load_data
-from vaelab.evaluate import EVAL_POINTS, IWAE_SEED, _prepare, estimate_bounds
+from vaelab.estimators import EVAL_POINTS, SEEDS, estimate_bounds
+from vaelab.evaluate import _prepare
 from vaelab.model import build_model
 
 MODELS: dict[str, dict[str, object]] = {
@@ -47,7 +48,7 @@ def cpu_name() -> str:
 
 
 def passes(n: int, k: int, max_points: int = EVAL_POINTS) -> list[int]:
-    """Decoded points of each pass of ``evaluate.iwae_dataset`` over n
+    """Decoded points of each pass of ``estimators.chunked_terms`` over n
     images with k draws each (its batches and passes)."""
     batch = max(1, max_points // k)
     out = []
@@ -119,7 +120,7 @@ def main() -> None:
                      torch.device("cpu"))
 
         def evaluate(model=model, x=x) -> None:
-            g = torch.Generator().manual_seed(IWAE_SEED)
+            g = torch.Generator().manual_seed(SEEDS.draws)
             with torch.no_grad():
                 q = model.posterior(x)
             estimate_bounds(model, x, q, args.k, g,

@@ -19,17 +19,17 @@ from torch import nn
 
 from vaelab import cli, runfolder
 from vaelab.config import Config
-from vaelab.distributions import DiagGaussian, GaussianMixture
+from vaelab.distributions import DiagGaussian, GaussianMixture, kl_divergence
 from vaelab.errors import VaelabError
-from vaelab.evaluate import (
-    Evaluation,
-    evaluate_model,
-    format_table,
+from vaelab.estimators import (
+    SEEDS,
+    chunked_terms,
+    dequantize_held_out,
     inference_gaps,
-    iwae_bound,
-    iwae_dataset,
-    to_bpd,
+    slice_q,
 )
+from vaelab.evaluate import Evaluation, evaluate_model, format_table, to_bpd
+from vaelab.objectives import compute_elbo, compute_iwae
 from vaelab.quadrature import quadrature_log_px
 from vaelab.train import train
 
@@ -179,7 +179,7 @@ def test_iwae_matches_closed_form_within_its_se(ppca) -> None:
     with torch.no_grad():
         q = model.posterior(x)
     g = torch.Generator().manual_seed(0)
-    terms = iwae_dataset(model, x, q, k=1000, generator=g)
+    terms = chunked_terms(model, x, q, 1000, g)
     diff = terms.iwae - exact  # independent across images
     se = float(diff.std() / math.sqrt(diff.numel()))
     # E[IWAE_k] <= log p(x): the mean difference is at most a little
@@ -193,69 +193,125 @@ def test_iwae_matches_closed_form_within_its_se(ppca) -> None:
 
 
 def _direct_terms(model, x, q, z):
-    """IWAE, ELBO and 1/ESS - 1/k from all draws z (k, B, P) at once,
-    by logsumexp: what the streamed accumulator must reproduce."""
+    """IWAE, E_q[log p(x|z)], the Monte Carlo KL and 1/ESS - 1/k from all
+    draws z (k, B, P) at once, by logsumexp: what the chunked accumulator
+    must reproduce."""
     k = z.shape[0]
     with torch.no_grad():
         ll = model.log_likelihood(x, z).double()
-        lw = ll + model.prior.log_prob(z).double() - q.log_prob(z).double()
+        log_ratio = q.log_prob(z).double() - model.prior.log_prob(z).double()
+    lw = ll - log_ratio
     lse = torch.logsumexp(lw, 0)
     ess = torch.exp(2.0 * lse - torch.logsumexp(2.0 * lw, 0))
-    return lse - math.log(k), ll.mean(0), (1.0 / ess - 1.0 / k)
+    return lse - math.log(k), ll.mean(0), log_ratio.mean(0), (1.0 / ess
+                                                               - 1.0 / k)
 
 
-def test_streamed_iwae_equals_logsumexp_of_the_same_draws(ppca) -> None:
-    model, x, _ = ppca
-    x = x[:20]
-    with torch.no_grad():
-        q = model.posterior(x)
-    k, max_points = 250, 20 * 37  # 37 draws a pass, the last one short
-    terms = iwae_bound(model, x, q, k, torch.Generator().manual_seed(3),
-                       max_points=max_points)
-    # The same generator seed, drawn in the same passes, kept whole.
-    g = torch.Generator().manual_seed(3)
-    z = torch.cat([q.rsample(min(37, k - s), g) for s in range(0, k, 37)])
-    iwae, ll, var = _direct_terms(model, x, q, z)
+def _assert_direct(terms, model, x, q, z) -> None:
+    """``terms`` are the direct one-pass terms of draws z, to float64
+    rounding; KL closed form where the families have one."""
+    iwae, ll, mc_kl, var = _direct_terms(model, x, q, z)
     torch.testing.assert_close(terms.iwae, iwae, rtol=0, atol=1e-10)
     torch.testing.assert_close(terms.log_lik, ll, rtol=0, atol=1e-10)
+    kl = kl_divergence(q, model.prior)
+    kl = mc_kl if kl is None else kl.double()
+    torch.testing.assert_close(terms.kl, kl, rtol=0, atol=1e-10)
+    torch.testing.assert_close(terms.elbo, ll - kl, rtol=0, atol=1e-10)
     torch.testing.assert_close(terms.var, var.clamp(min=0), rtol=0,
                                atol=1e-12)
 
 
-class ReplayedDraws(DiagGaussian):
-    """q whose ``rsample`` hands out fixed draws (k, B, P) in order, so
-    that the draws are the same whatever the pass size."""
+@pytest.mark.parametrize("mixture", [False, True], ids=["ppca", "mixture"])
+@pytest.mark.parametrize("k, max_points", [
+    (250, 37),  # one image a batch, 37 draws a pass, the last one short
+    (10, 37),  # 3 images a batch, all 10 draws in one pass
+])
+def test_chunked_terms_equal_one_pass_of_the_same_draws(
+        ppca, mixture, k, max_points) -> None:
+    model, x, _ = ppca
+    if mixture:  # no closed-form KL: the ELBO's KL from the same draws
+        model = LinearGaussianMixture()
+    x = x[:8]
+    with torch.no_grad():
+        q = model.posterior(x)
+    terms = chunked_terms(model, x, q, k, torch.Generator().manual_seed(3),
+                          max_points=max_points)
+    # The same generator seed, drawn as documented: batch by batch of
+    # max_points // k images, pass by pass of max_points // batch draws.
+    g = torch.Generator().manual_seed(3)
+    batch = max(1, max_points // k)
+    per_pass = max(1, max_points // batch)
+    z = torch.cat([
+        torch.cat([slice_q(q, slice(i, i + batch)).rsample(
+            min(per_pass, k - s), g) for s in range(0, k, per_pass)])
+        for i in range(0, x.shape[0], batch)
+    ], dim=1)
+    assert z.shape == (k, 8, 2)
+    _assert_direct(terms, model, x, q, z)
 
-    def __init__(self, q: DiagGaussian, z: torch.Tensor) -> None:
-        super().__init__(q.loc, q.variance)
+
+def test_chunked_terms_are_the_training_estimators_values(ppca) -> None:
+    # One batch, one pass: the accumulator's draws are compute_elbo's and
+    # compute_iwae's for the same seed, and so are their values.
+    model, x, _ = ppca
+    x, k = x[:10], 50
+    with torch.no_grad():
+        q = model.posterior(x)
+        elbo = compute_elbo(model, x, k, torch.Generator().manual_seed(6),
+                            q=q)
+        iwae = compute_iwae(model, x, k, torch.Generator().manual_seed(6),
+                            q=q)
+    terms = chunked_terms(model, x, q, k, torch.Generator().manual_seed(6),
+                          max_points=k * x.shape[0])
+    for got, want in ((terms.elbo, elbo.elbo), (terms.log_lik, elbo.log_lik),
+                      (terms.kl, elbo.kl), (terms.iwae, iwae.objective())):
+        torch.testing.assert_close(got, want.double(), rtol=0, atol=1e-10)
+
+
+class ReplayedDraws(DiagGaussian):
+    """q whose ``rsample`` hands out fixed draws, image by image: ``z``
+    (B, k, P) is a parameter, so that ``slice_q`` slices it with the
+    images, and each slice hands out its images' draws in order, so that
+    the draws are the same whatever the batch and pass sizes."""
+
+    def __init__(self, loc, variance, z) -> None:
+        super().__init__(loc, variance)
         self.z, self.used = z, 0
 
+    @property
+    def params(self):
+        return self.loc, self.variance, self.z
+
     def rsample(self, n_samples=1, generator=None):
-        out = self.z[self.used:self.used + n_samples]
+        out = self.z[:, self.used:self.used + n_samples].transpose(0, 1)
         self.used += n_samples
         return out
 
 
-def test_streamed_iwae_does_not_depend_on_the_pass_size(ppca) -> None:
+def test_chunked_terms_do_not_depend_on_the_chunk_size(ppca) -> None:
     model, x, _ = ppca
     x = x[:16]
     with torch.no_grad():
         q = model.posterior(x)
     k = 300
-    z = q.rsample(k, torch.Generator().manual_seed(4))
-    iwae, ll, var = _direct_terms(model, x, q, z)
-    for draws_per_pass in (1, 7, 64, k):
-        terms = iwae_bound(model, x, ReplayedDraws(q, z), k,
-                           max_points=16 * draws_per_pass)
-        torch.testing.assert_close(terms.iwae, iwae, rtol=0, atol=1e-10)
-        torch.testing.assert_close(terms.elbo, ll - terms.kl, rtol=0,
-                                   atol=1e-10)
-        torch.testing.assert_close(terms.var, var.clamp(min=0), rtol=0,
-                                   atol=1e-12)
+    z = q.rsample(k, torch.Generator().manual_seed(4))  # (k, B, P)
+    whole = chunked_terms(model, x, ReplayedDraws(q.loc, q.variance,
+                                                  z.transpose(0, 1)), k,
+                          max_points=16 * k)
+    _assert_direct(whole, model, x, q, z)
+    # One image and a draw a pass, up to several images a pass.
+    for max_points in (1, 7, 64, 300, 1200):
+        terms = chunked_terms(model, x, ReplayedDraws(
+            q.loc, q.variance, z.transpose(0, 1)), k,
+            max_points=max_points)
+        for f in ("iwae", "elbo", "log_lik", "kl"):
+            torch.testing.assert_close(getattr(terms, f), getattr(whole, f),
+                                       rtol=0, atol=1e-10)
+        torch.testing.assert_close(terms.var, whole.var, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("k, max_points", [(40, 200), (300, 100)])
-def test_iwae_progress_counts_each_image_once(ppca, k, max_points) -> None:
+def test_progress_counts_each_image_once(ppca, k, max_points) -> None:
     # The bar of `vaelab evaluate` (images, with an ETA) is fed by this
     # callback: several images a batch, or one image over many passes.
     model, x, _ = ppca
@@ -263,8 +319,8 @@ def test_iwae_progress_counts_each_image_once(ppca, k, max_points) -> None:
     with torch.no_grad():
         q = model.posterior(x)
     counts: list[int] = []
-    iwae_dataset(model, x, q, k, torch.Generator().manual_seed(0),
-                 max_points=max_points, progress=counts.append)
+    chunked_terms(model, x, q, k, torch.Generator().manual_seed(0),
+                  max_points=max_points, progress=counts.append)
     assert sum(counts) == 23
     assert len(counts) == -(-23 // max(1, max_points // k))
 
@@ -291,8 +347,7 @@ def test_elbo_below_iwae_below_log_px(trained) -> None:
     x = x[:100]
     with torch.no_grad():
         q = model.posterior(x)
-    terms = iwae_dataset(model, x, q, k=200,
-                         generator=torch.Generator().manual_seed(1))
+    terms = chunked_terms(model, x, q, 200, torch.Generator().manual_seed(1))
     quad = quadrature_log_px(model, x, q.mean, q.variance.sqrt())
     assert bool(quad.covered.all())
 
@@ -316,8 +371,7 @@ def test_iwae_rises_with_k(trained) -> None:
     means = []
     prev = None
     for k in (1, 10, 100):
-        t = iwae_dataset(model, x, q, k=k,
-                         generator=torch.Generator().manual_seed(k))
+        t = chunked_terms(model, x, q, k, torch.Generator().manual_seed(k))
         if prev is not None:
             d = t.iwae - prev
             se = float(d.std() / math.sqrt(d.numel()))
@@ -392,6 +446,90 @@ def test_evaluate_model_keys_and_file(trained) -> None:
     assert again.iwae.value == result.iwae.value
     assert again.log_px.value == result.log_px.value
     assert "IWAE (k = 50)" in format_table(result)
+
+
+def test_results_and_evaluation_see_the_same_images_and_draws(
+        trained) -> None:
+    """results.json's test ELBO (1 draw an image) and evaluation.json's
+    ELBO (k draws) are one estimator: the same dequantized images, the
+    same q, the same generator; at k = 1 the very same draws."""
+    model, config, _, ds, out = trained
+    results = runfolder.read_json(out / runfolder.RESULTS)
+    one = evaluate_model(model, config, ds.test.images, ds.preprocess, k=1,
+                         progress=False, gap_n=0)
+    assert one.n_images == len(ds.test)
+    assert one.elbo.value == pytest.approx(results["test"]["elbo"], rel=0,
+                                           abs=1e-9)
+    k = 50
+    many = evaluate_model(model, config, ds.test.images, ds.preprocess, k=k,
+                          progress=False, gap_n=0)
+    # Their per-image values, from the estimators as both call them.
+    x = dequantize_held_out(ds.test.images)
+    with torch.no_grad():
+        q = model.posterior(x)
+
+    def elbos(k: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(SEEDS.draws)
+        return chunked_terms(model, x, q, k, g).elbo
+
+    e1, ek = elbos(1), elbos(k)
+    assert float(e1.mean()) == pytest.approx(results["test"]["elbo"],
+                                             rel=0, abs=1e-9)
+    assert float(ek.mean()) == pytest.approx(many.elbo.value, rel=0,
+                                             abs=1e-9)
+    # Both are unbiased for each image's ELBO: the difference is Monte
+    # Carlo noise, independent across images, within a few of its se.
+    d = e1 - ek
+    se = float(d.std() / math.sqrt(d.numel()))
+    assert 0.0 < se < 1.0
+    assert abs(results["test"]["elbo"] - many.elbo.value) <= 4.0 * se
+
+
+def test_held_out_dequantization_is_one_fixed_draw() -> None:
+    pixels = torch.randint(0, 256, (30, 784),
+                           generator=torch.Generator().manual_seed(0))
+    images = pixels / 256.0
+    x = dequantize_held_out(images)
+    assert torch.equal(x, dequantize_held_out(images))
+    # Each value in its pixel's bin, [pixel, pixel + 1) / 256, spread
+    # over it: the noise's mean is 1/2 of a bin, to its standard error.
+    assert torch.equal(torch.floor(x * 256.0), pixels.float())
+    u = (x - images).double() * 256.0
+    assert abs(float(u.mean()) - 0.5) <= 4.0 * math.sqrt(
+        1.0 / 12.0 / u.numel())
+    # evaluate's test images are the split's, dequantized the same way.
+    from vaelab.evaluate import _prepare
+
+    assert torch.equal(_prepare(images, "dequantize", 7, torch.device("cpu")),
+                       x[:7])
+
+
+def test_seeds_are_defined_only_in_the_seed_table() -> None:
+    import dataclasses
+    import inspect
+    import re
+    from pathlib import Path
+
+    import vaelab
+    from vaelab.estimators import Seeds, average_elbo
+
+    # No seed as a literal, no seed constant, anywhere in the package:
+    # every held-out random number is seeded from SEEDS, and training
+    # from config.seed.
+    literal = re.compile(r"manual_seed\(\s*\d|\b\w*SEED\w*\s*=\s*\d")
+    offenders = [
+        f"{path.name}:{i}: {line.strip()}"
+        for path in sorted(Path(vaelab.__file__).parent.glob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert offenders == []
+    values = dataclasses.astuple(SEEDS)
+    assert len(set(values)) == len(dataclasses.fields(Seeds))
+    assert inspect.signature(average_elbo).parameters["seed"].default \
+        == SEEDS.draws
+    assert inspect.signature(inference_gaps).parameters["seed"].default \
+        == SEEDS.gaps
 
 
 def test_evaluation_round_trips_through_its_file(trained, tmp_path) -> None:

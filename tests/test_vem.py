@@ -159,6 +159,19 @@ def test_vem_rejects_a_categorical_latent(data, tmp_path) -> None:
               progress=False)
 
 
+def test_vem_results_and_evaluation_share_e_steps_and_draws(
+        vem_run, data) -> None:
+    """results.json's test ELBO and evaluation.json's ELBO at k = 1: the
+    same dequantized images, E-steps and draws, so the same number."""
+    out, results = vem_run
+    model, config = load_model(out)
+    r = evaluate_model(model, config, data.test.images, data.preprocess,
+                       k=1, progress=False, gap_n=0)
+    assert r.n_images == len(data.test)
+    assert r.elbo.value == pytest.approx(results["test"]["elbo"], rel=0,
+                                         abs=1e-6)
+
+
 def test_evaluate_a_vem_model(vem_run, data) -> None:
     out, _ = vem_run
     model, config = load_model(out)

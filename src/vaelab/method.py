@@ -20,12 +20,9 @@ from torch import Tensor
 
 from vaelab.config import Config
 from vaelab.data import Dataset
+from vaelab.estimators import SEEDS
 from vaelab.objectives import ElboTerms, LatentVariableModel
 from vaelab.registry import kind_for
-
-# Seed of the draws behind q of new images when the caller gives no
-# generator (figures, the explorer): the same q at every call.
-POSTERIOR_SEED = 7
 
 # The gaps' names in reports (``vaelab.evaluate.Gaps``).
 GAP_LABELS = {
@@ -131,7 +128,7 @@ class Method:
 
 def seeded(generator: torch.Generator | None, device: torch.device
            ) -> torch.Generator:
-    """``generator``, or a fresh one seeded with POSTERIOR_SEED."""
+    """``generator``, or a fresh one seeded with ``SEEDS.posterior``."""
     if generator is not None:
         return generator
-    return torch.Generator(device=device).manual_seed(POSTERIOR_SEED)
+    return torch.Generator(device=device).manual_seed(SEEDS.posterior)

@@ -18,6 +18,10 @@ straight-through, REINFORCE with a baseline, or exact enumeration) and
 ``compute_iwae`` is the importance-weighted bound of Burda, Grosse and
 Salakhutdinov (2016), log 1/K sum_k p(x, z_k) / q(z_k | x), for training
 with ``--objective iwae`` (docs/derivations.md, eqs. (iw.1)-(iw.4)).
+
+These are the training objectives, with autograd; the held-out ELBO and
+IWAE (validation, results.json, ``vaelab evaluate``) are
+``vaelab.estimators``'.
 """
 
 from __future__ import annotations
@@ -31,24 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.config import ENUMERATE_LIMIT, Config
-from vaelab.data import dequantize
 from vaelab.distributions import (
     Categorical,
     DiagGaussian,
     Distribution,
     kl_divergence,
 )
-
-# Seed of the held-out ELBO's noise (dequantization, draws of z): every
-# epoch's validation ELBO sees the same noise, and training's stream is
-# never touched.
-EVAL_SEED = 12345
-# Points (z values times images) decoded in one pass by the importance-
-# weighted bounds: about MAX_POINTS * (D + H) * 4 bytes, ~170 MB for the
-# spec's model.
-MAX_POINTS = 32_768
-# q for rows of a batch: (rows, x, generator) -> posterior over (B, ...).
-PosteriorOf = Callable[[slice, Tensor, "torch.Generator"], Any]
 
 
 class LatentVariableModel(Protocol):
@@ -117,7 +109,7 @@ class ElboTerms:
 
     def sums(self) -> Tensor:
         """(sum of elbo, sum of log_lik, sum of kl) over the batch, (3,),
-        detached: what epoch and held-out averages accumulate."""
+        detached: what the epoch's averages accumulate."""
         return torch.stack([self.elbo.sum(), self.log_lik.sum(),
                             self.kl.sum()]).detach()
 
@@ -405,52 +397,3 @@ def dataset_elbo(terms: ElboTerms, n_data: int) -> Tensor:
     nats (docs/derivations.md, eq. (1a.2)), from the per-image terms of a
     minibatch drawn uniformly without replacement from N images."""
     return terms.elbo.sum() * (n_data / terms.elbo.shape[0])
-
-
-def average_elbo(
-    model: LatentVariableModel,
-    images: Tensor,
-    *,
-    dequantized: bool = False,
-    n_samples: int = 1,
-    batch_size: int = 1000,
-    seed: int = EVAL_SEED,
-    posterior: PosteriorOf | None = None,
-    iwae_k: int | None = None,
-) -> dict[str, float]:
-    """Mean ELBO, log-likelihood and KL over ``images`` (N, D), in nats per
-    image: the held-out ELBO of every kind of inference. A fixed-seed
-    generator makes repeated calls agree.
-
-    ``dequantized``: add fresh U(0, 1/256) noise to each pixel first, as for
-    training on dequantized data. ``posterior(rows, x, generator)``: q for
-    the images ``rows`` (a slice of ``images``), given them as ``x`` after
-    dequantization; default the encoder's q(z | x). Variational EM passes
-    its stored or freshly fitted per-image q here. ``iwae_k``: estimate
-    the ELBO from ``compute_iwae``'s k draws per image instead of
-    ``n_samples``, and add "iwae", the mean IWAE_k bound.
-    """
-    keys = ["elbo", "log_lik", "kl"] + ([] if iwae_k is None else ["iwae"])
-    n = images.shape[0]
-    if n == 0:
-        return dict.fromkeys(keys, float("nan"))
-    if iwae_k is not None:
-        batch_size = min(batch_size, max(1, MAX_POINTS // iwae_k))
-    g = torch.Generator(device=images.device)
-    g.manual_seed(seed)
-    total = torch.zeros(len(keys), dtype=torch.float64, device=images.device)
-    for i in range(0, n, batch_size):
-        rows = slice(i, i + batch_size)
-        x = images[rows]
-        if dequantized:
-            x = dequantize(x, g)
-        q = None if posterior is None else posterior(rows, x, g)
-        with torch.no_grad():
-            if iwae_k is None:
-                terms = compute_elbo(model, x, n_samples, g, q=q)
-                total += terms.sums().double()
-            else:
-                terms = compute_iwae(model, x, iwae_k, g, q=q)
-                total += torch.cat([terms.sums(),
-                                    terms.objective().sum()[None]]).double()
-    return dict(zip(keys, (total / n).tolist(), strict=True))

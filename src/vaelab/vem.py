@@ -37,6 +37,7 @@ from tqdm import tqdm
 from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset
+from vaelab.estimators import average_elbo
 from vaelab.inference import (
     e_step,
     join_params,
@@ -48,7 +49,6 @@ from vaelab.method import GAP_LABELS, Method, seeded
 from vaelab.objectives import (
     ElboTerms,
     LatentVariableModel,
-    average_elbo,
     compute_elbo,
 )
 
