@@ -160,6 +160,11 @@ def test_report_renders_evaluation_gaps_when_present(tmp_path):
     assert saved["models"][0]["evaluation"] == evaluation
     assert any("A has the largest amortization gap: 1.50" in s
                for s in summary["comparison"])
+    # One test-ELBO column: the comparison table's header names it once.
+    table = text[text.index('<table class="comparison">'):]
+    header = table[:table.index("</tr>")]
+    assert header.count("ELBO</th>") == 3  # test, val, train
+    assert "ELBO*" not in header and header.count("test ELBO") == 1
 
 
 def test_a_vem_run_has_no_amortization_gap(tmp_path):
