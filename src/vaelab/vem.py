@@ -22,7 +22,7 @@ least ``vaelab.inference.VEM_TEST_STEPS`` (``vem_test_steps``), so that
 their ELBO is that of a fitted q. The checkpoint holds the lambda
 tensors beside the model (``VariationalEM.state``), so
 ``vaelab.runfolder.load_model`` gives the trained decoder (its encoder is
-the untrained initial one: use ``vaelab.inference.posterior`` for q).
+the untrained initial one: ``VariationalEM.posterior`` gives q).
 """
 
 from __future__ import annotations
