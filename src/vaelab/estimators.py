@@ -189,8 +189,7 @@ class LogMeanExp:
 def _enumerates(model: LatentVariableModel, q: Any) -> bool:
     """Whether the ELBO's E_q[log p(x|z)] is summed over all codes, as
     training's does for ``--estimator enumerate``: exact, no draws."""
-    return (isinstance(q, Categorical)
-            and getattr(model, "estimator", None) == "enumerate")
+    return isinstance(q, Categorical) and model.estimator.exact
 
 
 def _exact_log_lik(model: LatentVariableModel, x: Tensor, q: Any,
