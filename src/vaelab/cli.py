@@ -295,7 +295,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
+    """``hooks``: ``sweep.run_sweep``'s load and on_run (tests)."""
     if args.seed is not None:
         raise ConfigError("vaelab sweep takes --seeds, not --seed")
     hints = typing.get_type_hints(Config)
@@ -317,7 +318,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             argparse.Namespace(**{**vars(args), **values})).resolved()
 
     settings, runs = sweep.plan(args.out, seeds, grid, make_config)
-    sweep.run_sweep(args.out, settings, runs, backend)
+    sweep.run_sweep(args.out, settings, runs, backend, **hooks)
     return 0
 
 
@@ -422,11 +423,12 @@ def add_sweep_parser(sub: Any) -> None:
                    "settings are the product)")
     p.add_argument("--backend", choices=sweep.BACKENDS, default="local",
                    help="local processes, or Ray tasks (vaelab[ray])")
-    p.add_argument("--jobs", default="1", metavar="N|auto",
-                   help="runs at a time (local), CPUs of a local Ray "
-                   "instance / --cpus-per-run (default 1)")
+    p.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="runs at a time, each in its own process (a "
+                   "local Ray instance: jobs x --cpus-per-run CPUs; "
+                   "default auto: one per CPU thread, 1 on a GPU)")
     p.add_argument("--cpus-per-run", type=float, default=1.0,
-                   help="ray: CPUs (torch threads) of each run")
+                   help="torch threads (Ray: CPUs) of each run")
     p.add_argument("--gpus-per-run", type=float, default=0.0,
                    help="ray: GPUs of each run (with --device cuda)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",

@@ -63,10 +63,10 @@ class Evaluate:
 class SweepOptions:
     """``run_sweep``'s options, the flags of ``vaelab sweep``.
 
-    ``jobs``: runs at a time (local backend; the size of a local Ray
-    instance in CPUs is jobs * cpus_per_run); ``cpus_per_run``,
-    ``gpus_per_run``: each Ray task's resources (its torch threads:
-    cpus_per_run); ``ray_address``: a cluster to join (None: start a
+    ``jobs``: runs at a time (a local Ray instance has jobs *
+    cpus_per_run CPUs); ``cpus_per_run``: each run's torch threads
+    (and Ray CPUs); ``gpus_per_run``: each Ray task's GPUs;
+    ``ray_address``: a cluster to join (None: start a
     local instance); ``retries``: Ray's ``max_retries`` of a run whose
     worker died; ``command``: the command line the HTML names.
     """
@@ -250,12 +250,15 @@ def _local(runs: Sequence[SweepRun], options: SweepOptions,
     """(run, outcome) as each run finishes: here, one at a time, or in
     ``jobs`` spawned processes with torch's threads shared among them."""
     ev = options.evaluate
+    threads = _threads(options)
     if options.jobs == 1:
-        data = _Data(load)
-        for run in runs:
-            yield run, run_one(run, ev, data(run.config))
+        data, before = _Data(load), torch.get_num_threads()
+        try:
+            for run in runs:
+                yield run, run_one(run, ev, data(run.config), threads)
+        finally:
+            torch.set_num_threads(before)
         return
-    threads = max(1, torch.get_num_threads() // options.jobs)
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(options.jobs, initializer=_pool_init,
                     initargs=(load, threads))
@@ -273,6 +276,13 @@ def _local(runs: Sequence[SweepRun], options: SweepOptions,
 def _star_pool_run(args: tuple[SweepRun, Evaluate]
                    ) -> tuple[SweepRun, dict]:
     return _pool_run(*args)
+
+
+def _threads(options: SweepOptions) -> int:
+    # Each run has cpus_per_run threads on either backend: a product's
+    # sums depend on the threads that split it, so the two backends
+    # compute the same numbers only with the same threads.
+    return max(1, int(options.cpus_per_run))
 
 
 def _import_ray() -> Any:
@@ -315,7 +325,7 @@ def _ray(runs: Sequence[SweepRun], options: SweepOptions,
         data = _Data(load)
         refs: dict[tuple[Any, ...], Any] = {}
         by_ref = {}
-        threads = max(1, int(options.cpus_per_run))
+        threads = _threads(options)
         for run in runs:
             key = data_key(run.config)
             if key not in refs:

@@ -1,0 +1,147 @@
+"""Tests for vaelab.sweep and ``vaelab sweep``: a 2 x 2 sweep (two
+hidden sizes, two seeds, one epoch) on synthetic data, locally and on a
+local Ray instance, killed and resumed; the grid's one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import synthetic_dataset
+
+from vaelab import aggregate, runfolder, sweep
+from vaelab.cli import build_parser, cmd_sweep, main
+from vaelab.config import Config
+from vaelab.errors import ConfigError
+
+FLAGS = ["--seeds", "0-1", "--jobs", "1", "--grid", "hidden=8,12",
+         "--epochs", "1", "--eval-n", "20", "--eval-k", "5", "--quiet"]
+# What a rerun cannot reproduce: the seconds it took.
+TIMES = ("train_seconds",)
+
+
+def load(config: Config):
+    """The synthetic data in place of MNIST (picklable: module-level)."""
+    return synthetic_dataset(n_train=300, n_val=50, n_test=50,
+                             preprocess=config.preprocess)
+
+
+def run(out: Path, *extra: str, **hooks) -> dict:
+    args = build_parser().parse_args(
+        ["sweep", "--out", str(out), *FLAGS, *extra])
+    assert cmd_sweep(args, load=load, **hooks) == 0
+    return runfolder.read_json(out / aggregate.SWEEP_JSON)
+
+
+def numbers(result: dict) -> list:
+    """The aggregate without run times: per-run metrics in plan order."""
+    return [{k: v for k, v in r.items() if k not in TIMES}
+            for r in result["runs"]]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> dict:
+    """An uninterrupted 2 x 2 sweep on the local backend."""
+    return run(tmp_path_factory.mktemp("local"))
+
+
+def test_parse_seeds() -> None:
+    assert sweep.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert sweep.parse_seeds("0-1,7") == [0, 1, 7]
+    for bad in ("", "3-1", "a", "1,1", "-2"):
+        with pytest.raises(ConfigError):
+            sweep.parse_seeds(bad)
+
+
+def test_parse_grid_uses_the_flag_types() -> None:
+    types = {"lr": float, "hidden": int, "likelihood": str}
+    grid = sweep.parse_grid(["lr=1e-3,3e-3", "hidden=16"], types)
+    assert grid == {"lr": [0.001, 0.003], "hidden": [16]}
+    assert sweep.setting_name({"lr": 0.001, "latent_dim": 2}) == (
+        "lr=0.001,latent-dim=2")
+
+
+def test_local_sweep(local, tmp_path) -> None:
+    assert [s["setting"] for s in local["settings"]] == [
+        "hidden=8", "hidden=12"]
+    assert [(r["setting"], r["seed"]) for r in local["runs"]] == [
+        ("hidden=8", 0), ("hidden=8", 1), ("hidden=12", 0),
+        ("hidden=12", 1)]
+    for r in local["runs"]:
+        assert r["test_elbo"] is not None and r["iwae"] is not None
+        assert r["log_px"] is not None  # 2-D latent: quadrature
+    assert local["settings"][0]["metrics"]["test_elbo"]["n"] == 2
+    (pair,) = local["paired"]
+    assert (pair["a"], pair["b"], pair["seeds"]) == (
+        "hidden=8", "hidden=12", [0, 1])
+
+
+def test_rerun_reuses_and_writes_outputs(local, tmp_path, capsys) -> None:
+    out = tmp_path / "again"
+    first = run(out)
+    # The same sweep again reuses every run and rewrites the aggregate;
+    # a line per finished run.
+    args = build_parser().parse_args(
+        ["sweep", "--out", str(out), *FLAGS[:-1]])  # not --quiet
+    capsys.readouterr()
+    assert cmd_sweep(args, load=load) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1].split(",")[0] for line in lines[:4]] == [
+        " reused"] * 4
+    assert lines[0].startswith("[1/4] hidden=8 seed 0: reused, test ELBO")
+    again = runfolder.read_json(out / aggregate.SWEEP_JSON)
+    assert numbers(again) == numbers(first) == numbers(local)
+    html = (out / aggregate.SWEEP_HTML).read_text()
+    assert "data:image/png;base64," in html and "http" not in html
+    csv = (out / aggregate.SWEEP_CSV).read_text().splitlines()
+    assert csv[0].startswith("kind,setting,seed,metric")
+    # Settings x metrics, paired x metrics with values, runs x metrics.
+    assert len(csv) == 1 + 2 * 6 + 4 + 4 * 6
+
+
+def test_killed_sweep_resumes(local, tmp_path) -> None:
+    done: list[str] = []
+
+    def die_after_first(run: sweep.SweepRun, outcome: dict) -> None:
+        done.append(run.setting)
+        raise KeyboardInterrupt  # as Ctrl-C after the first run
+
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, on_run=die_after_first)
+    assert done == ["hidden=8"]
+    assert not (out / aggregate.SWEEP_JSON).exists()
+    assert not (out / "hidden=12" / "seed-1" / runfolder.RESULTS).exists()
+    assert numbers(run(out)) == numbers(local)
+
+
+def test_bad_grid_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    for grid, words in (("hiden=16,32", "unknown option 'hiden'"),
+                        ("lr=-1", "lr must be"),
+                        ("likelihood=foo", "likelihood must be one of"),
+                        ("hidden=a", "bad value 'a'"),
+                        ("seed=1,2", "--seeds")):
+        out = tmp_path / "bad"
+        assert main(["sweep", "--out", str(out), "--grid", grid]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vaelab: error: ") and words in err
+        assert err.count("\n") == 1
+        assert not out.exists()  # nothing ran
+
+
+def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    out = tmp_path / "ray"
+    assert main(["sweep", "--out", str(out), "--backend", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'vaelab[ray]'" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="ray is not installed (pip install vaelab[ray])")
+def test_ray_matches_local(local, tmp_path) -> None:
+    result = run(tmp_path / "ray", "--backend", "ray", "--jobs", "2")
+    assert numbers(result) == numbers(local)
