@@ -75,11 +75,12 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
     if n < 2:
         return {"n": n, "mean": mean, "sd": None, "lo": None, "hi": None}
     sd = float(x.std(ddof=1))
+    if sd == 0:  # scipy's bounds would be nan; the interval is the point
+        return {"n": n, "mean": mean, "sd": sd, "lo": mean, "hi": mean}
     lo, hi = stats.t.interval(LEVEL, n - 1, loc=mean,
                               scale=sd / math.sqrt(n))
-    # sd 0 gives nan bounds from scipy; the interval is the point then.
-    lo, hi = (mean, mean) if sd == 0 else (float(lo), float(hi))
-    return {"n": n, "mean": mean, "sd": sd, "lo": lo, "hi": hi}
+    return {"n": n, "mean": mean, "sd": sd, "lo": float(lo),
+            "hi": float(hi)}
 
 
 def aggregate(
