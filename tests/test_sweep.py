@@ -145,3 +145,10 @@ def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch) -> None:
 def test_ray_matches_local(local, tmp_path) -> None:
     result = run(tmp_path / "ray", "--backend", "ray", "--jobs", "2")
     assert numbers(result) == numbers(local)
+
+
+def test_process_pool_matches_local(local, tmp_path) -> None:
+    # Two spawned worker processes, runs finishing in any order: the
+    # aggregate is in plan order and the numbers are the same.
+    result = run(tmp_path / "pool", "--jobs", "2")
+    assert numbers(result) == numbers(local)
