@@ -131,13 +131,16 @@ def test_bad_grid_is_one_line_and_exit_2(tmp_path, capsys) -> None:
         assert not out.exists()  # nothing ran
 
 
-def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
-    out = tmp_path / "ray"
-    assert main(["sweep", "--out", str(out), "--backend", "ray"]) == 2
+@pytest.mark.parametrize("module,flag", [("ray", "--backend=ray"),
+                                         ("mlflow", "--mlflow")])
+def test_missing_extra_is_one_line(module, flag, tmp_path, capsys,
+                                   monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # its import fails
+    out = tmp_path / "out"
+    assert main(["sweep", "--out", str(out), flag]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'vaelab[ray]'" in err and err.count("\n") == 1
-    assert not out.exists()
+    assert f"pip install 'vaelab[{module}]'" in err
+    assert err.count("\n") == 1 and not out.exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -152,3 +155,24 @@ def test_process_pool_matches_local(local, tmp_path) -> None:
     # aggregate is in plan order and the numbers are the same.
     result = run(tmp_path / "pool", "--jobs", "2")
     assert numbers(result) == numbers(local)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
+                    reason="mlflow is not installed (vaelab[mlflow])")
+def test_mlflow_logs_each_run_once(local, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "tracked"
+    run(out, "--mlflow")
+    run(out, "--mlflow")  # a rerun logs nothing twice
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments()
+              if e.name.startswith("vaelab sweep")]
+    logged = client.search_runs([exp.experiment_id])
+    assert len(logged) == 4
+    r = next(x for x in logged if x.info.run_name == "hidden=12 seed 1")
+    assert r.data.params["hidden"] == "12" and r.data.params["seed"] == "1"
+    row = next(x for x in local["runs"] if x["setting"] == "hidden=12"
+               and x["seed"] == 1)
+    assert r.data.metrics["eval_iwae"] == row["iwae"]
+    assert len(client.get_metric_history(r.info.run_id, "val_elbo")) == 1

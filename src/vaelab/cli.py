@@ -308,6 +308,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
         backend=args.backend, jobs=_jobs(args.jobs, args.device),
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         ray_address=args.ray_address, progress=not args.quiet,
+        mlflow=args.mlflow,
         evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
         command=" ".join(["vaelab", *sys.argv[1:]]))
     sweep.check_options(backend)  # Ray missing: before any config
@@ -441,6 +442,10 @@ def add_sweep_parser(sub: Any) -> None:
                    help="importance samples per image (default 100)")
     p.add_argument("--eval-gap-n", type=int, default=0, metavar="N",
                    help="images for the inference gaps (default 0: none)")
+    p.add_argument("--mlflow", nargs="?", const="", default=None,
+                   metavar="URI", help="log each run's config, epochs "
+                   "and evaluation to MLflow (vaelab[mlflow]; default "
+                   "URI: a local store, DIR/mlflow.db)")
     p.add_argument("--quiet", action="store_true",
                    help="no line per finished run")
     add_config_flags(p)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from vaelab import aggregate, runfolder
+from vaelab import aggregate, runfolder, tracking
 from vaelab.config import Config
 from vaelab.data import Dataset, load_data
 from vaelab.errors import ConfigError, TrainingDiverged, VaelabError
@@ -80,6 +80,7 @@ class SweepOptions:
     evaluate: Evaluate = Evaluate()
     progress: bool = True
     command: str = ""
+    mlflow: str | None = None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -358,6 +359,8 @@ def check_options(options: SweepOptions) -> None:
                           f", got {options.backend!r}")
     if options.backend == "ray":
         _import_ray()
+    if options.mlflow is not None:
+        tracking.import_mlflow()
     if options.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {options.jobs}")
     if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
@@ -417,6 +420,8 @@ def run_sweep(
     started = time.perf_counter()
     outcomes: dict[tuple[str, int], dict[str, Any]] = {}
     with runfolder.lock(out):
+        tracker = (None if options.mlflow is None else tracking.Tracker(
+            options.mlflow or tracking.default_uri(out), out))
         fresh = 0
         for i, (run, outcome) in enumerate(
                 backend(runs, options, load), 1):
@@ -425,6 +430,8 @@ def run_sweep(
             if options.progress:
                 log(_line(i, len(runs), run, outcome)
                     + _eta(started, fresh, len(runs) - i))
+            if tracker is not None and outcome["status"] != "diverged":
+                tracker.log(run.run_dir, f"{run.setting} seed {run.seed}")
             if on_run is not None:
                 on_run(run, outcome)
         rows = []
