@@ -428,9 +428,9 @@ def add_sweep_parser(sub: Any) -> None:
                    help="runs at a time, each in its own process (a "
                    "local Ray instance: jobs x --cpus-per-run CPUs; "
                    "default auto: one per CPU thread, 1 on a GPU)")
-    p.add_argument("--cpus-per-run", type=float, default=1.0,
+    p.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
                    help="torch threads (Ray: CPUs) of each run")
-    p.add_argument("--gpus-per-run", type=float, default=0.0,
+    p.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N",
                    help="ray: GPUs of each run (with --device cuda)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="ray: join this cluster (default: start a local "
