@@ -176,3 +176,13 @@ def test_mlflow_logs_each_run_once(local, tmp_path) -> None:
                and x["seed"] == 1)
     assert r.data.metrics["eval_iwae"] == row["iwae"]
     assert len(client.get_metric_history(r.info.run_id, "val_elbo")) == 1
+
+
+def test_a_folder_of_other_options_stops_before_anything_runs(
+        local, tmp_path, capsys) -> None:
+    out = tmp_path / "other"
+    run(out)
+    args = build_parser().parse_args(
+        ["sweep", "--out", str(out), *FLAGS, "--lr", "1e-2"])
+    with pytest.raises(ConfigError, match="other options: lr"):
+        cmd_sweep(args, load=load)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -310,7 +311,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
         ray_address=args.ray_address, progress=not args.quiet,
         mlflow=args.mlflow,
         evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
-        command=" ".join(["vaelab", *sys.argv[1:]]))
+        command=shlex.join(["vaelab", *sys.argv[1:]]))
     sweep.check_options(backend)  # Ray missing: before any config
 
     def make_config(values: dict[str, Any]) -> Config:

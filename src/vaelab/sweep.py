@@ -16,6 +16,7 @@ resumes from its checkpoint). Running the same sweep again resumes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
@@ -419,12 +420,17 @@ def run_sweep(
     backend = _ray if options.backend == "ray" else _local
     started = time.perf_counter()
     outcomes: dict[tuple[str, int], dict[str, Any]] = {}
-    with runfolder.lock(out):
+    for run in runs:
+        # A folder of another config stops the sweep before it starts,
+        # not when a worker reaches it.
+        runfolder.trained_epoch(run.run_dir, run.config, "delete that "
+                                "folder or choose another --out")
+    with runfolder.lock(out), contextlib.closing(
+            backend(runs, options, load)) as finished:
         tracker = (None if options.mlflow is None else tracking.Tracker(
             options.mlflow or tracking.default_uri(out), out))
         fresh = 0
-        for i, (run, outcome) in enumerate(
-                backend(runs, options, load), 1):
+        for i, (run, outcome) in enumerate(finished, 1):
             outcomes[run.setting, run.seed] = outcome
             fresh += outcome["status"] != "reused"
             if options.progress:
