@@ -4,17 +4,20 @@ local Ray instance, killed and resumed; the grid's one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import synthetic_dataset
 
 from vaelab import aggregate, runfolder, sweep
-from vaelab.cli import build_parser, cmd_sweep, main
+from vaelab.cli import build_parser, cmd_sweep, config_from_args, main
 from vaelab.config import Config
 from vaelab.errors import ConfigError
+from vaelab.train import train
 
 FLAGS = ["--seeds", "0-1", "--jobs", "1", "--grid", "hidden=8,12",
          "--epochs", "1", "--eval-n", "20", "--eval-k", "5", "--quiet"]
@@ -186,3 +189,33 @@ def test_a_folder_of_other_options_stops_before_anything_runs(
         ["sweep", "--out", str(out), *FLAGS, "--lr", "1e-2"])
     with pytest.raises(ConfigError, match="other options: lr"):
         cmd_sweep(args, load=load)
+
+
+def test_a_run_killed_mid_training_resumes_bit_for_bit(tmp_path) -> None:
+    # Two epochs each; one run stopped after its first epoch (its
+    # checkpoint, no results.json), as a kill mid-run leaves it.
+    whole = run(tmp_path / "whole", "--epochs", "2")
+    out = tmp_path / "killed"
+    args = build_parser().parse_args(
+        ["sweep", "--out", str(out), *FLAGS, "--epochs", "1"])
+    _, runs = sweep.plan(out, [0], {"hidden": [12]},
+                         lambda v: _config_of(args, v))
+    (first,) = runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sweep's runs (--cpus-per-run 1)
+    try:
+        train(first.config, first.run_dir, dataset=load(first.config),
+              progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (first.run_dir / runfolder.RESULTS).unlink()
+    outcomes: dict = {}
+    result = run(out, "--epochs", "2",
+                 on_run=lambda r, o: outcomes.update({r.run_dir: o}))
+    assert outcomes[first.run_dir]["status"] == "resumed"
+    assert numbers(result) == numbers(whole)
+
+
+def _config_of(args, values: dict) -> Config:
+    return config_from_args(
+        argparse.Namespace(**{**vars(args), **values})).resolved()
