@@ -21,7 +21,8 @@ ELBOS = {("lr=0.001", 0): -100.0, ("lr=0.001", 1): -98.0,
 def rows() -> list[dict]:
     return [{"setting": s, "seed": seed, "run_dir": f"{s}/seed-{seed}",
              "test_elbo": v, "iwae": v + 1.0, "log_px": None,
-             "purity": None, "accuracy": None, "train_seconds": 2.0}
+             "purity": None, "accuracy": None, "train_seconds": 2.0,
+             "eval_images": 100, "eval_k": 5}
             for (s, seed), v in ELBOS.items()]
 
 
@@ -75,5 +76,6 @@ def test_write_aggregate(tmp_path) -> None:
     assert runfolder.read_json(tmp_path / aggregate.SWEEP_JSON) == result
     html = (tmp_path / aggregate.SWEEP_HTML).read_text()
     assert "lr=0.003 &minus; lr=0.001" in html
+    assert "over the first 100 with\nk = 5" in html
     assert "data:image/png;base64," in html
     assert (tmp_path / aggregate.SWEEP_PNG).exists()

@@ -48,7 +48,8 @@ PLOTTED = ("test_elbo", "iwae", "log_px")
 
 def run_row(run_dir: Path) -> dict[str, float | None]:
     """One finished run's metrics (``METRICS``' keys; None where the run
-    has no such number) from its results.json and evaluation.json."""
+    has no such number) from its results.json and evaluation.json, and
+    its evaluation's images and k (``eval_images``, ``eval_k``)."""
     results = runfolder.read_json(run_dir / runfolder.RESULTS)
     ev_path = run_dir / runfolder.EVALUATION
     ev = runfolder.read_json(ev_path) if ev_path.exists() else {}
@@ -61,6 +62,9 @@ def run_row(run_dir: Path) -> dict[str, float | None]:
         "purity": clusters.get("purity"),
         "accuracy": clusters.get("accuracy"),
         "train_seconds": results.get("train_seconds"),
+        # What the evaluation's numbers are over: n test images, k draws.
+        "eval_images": ev.get("n_images"),
+        "eval_k": ev.get("k"),
     }
 
 
