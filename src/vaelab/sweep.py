@@ -20,6 +20,8 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from vaelab import aggregate, runfolder, tracking
 from vaelab.config import Config
@@ -238,11 +241,17 @@ _POOL: dict[str, Any] = {}
 
 
 def _pool_init(load: Load | None, threads: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles
+    # it (and ends the pool), as vaelab.workers does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a semaphore a terminated worker would leak.
+    tqdm.set_lock(threading.RLock())
     _POOL["data"] = _Data(load)
     _POOL["threads"] = threads
 
 
-def _pool_run(run: SweepRun, ev: Evaluate) -> tuple[SweepRun, dict]:
+def _pool_run(args: tuple[SweepRun, Evaluate]) -> tuple[SweepRun, dict]:
+    run, ev = args
     return run, run_one(run, ev, _POOL["data"](run.config),
                         _POOL["threads"])
 
@@ -250,7 +259,7 @@ def _pool_run(run: SweepRun, ev: Evaluate) -> tuple[SweepRun, dict]:
 def _local(runs: Sequence[SweepRun], options: SweepOptions,
            load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
     """(run, outcome) as each run finishes: here, one at a time, or in
-    ``jobs`` spawned processes with torch's threads shared among them."""
+    ``jobs`` spawned processes, each run with cpus_per_run threads."""
     ev = options.evaluate
     threads = _threads(options)
     if options.jobs == 1:
@@ -265,19 +274,13 @@ def _local(runs: Sequence[SweepRun], options: SweepOptions,
     pool = ctx.Pool(options.jobs, initializer=_pool_init,
                     initargs=(load, threads))
     try:
-        yield from pool.imap_unordered(_star_pool_run,
-                                       [(r, ev) for r in runs])
+        yield from pool.imap_unordered(_pool_run, [(r, ev) for r in runs])
         pool.close()
     except BaseException:
         pool.terminate()  # Ctrl-C or an error: finished epochs are saved
         raise
     finally:
         pool.join()
-
-
-def _star_pool_run(args: tuple[SweepRun, Evaluate]
-                   ) -> tuple[SweepRun, dict]:
-    return _pool_run(*args)
 
 
 def _threads(options: SweepOptions) -> int:
