@@ -305,14 +305,14 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
              for f in dataclasses.fields(Config) if f.name != "extra"}
     grid = sweep.parse_grid(args.grid or [], types)
     seeds = sweep.parse_seeds(args.seeds)
-    backend = sweep.SweepOptions(
+    options = sweep.SweepOptions(
         backend=args.backend, jobs=_jobs(args.jobs, args.device),
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         ray_address=args.ray_address, progress=not args.quiet,
         mlflow=args.mlflow,
         evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
         command=shlex.join(["vaelab", *sys.argv[1:]]))
-    sweep.check_options(backend)  # Ray missing: before any config
+    sweep.check_options(options)  # Ray missing: before any config
 
     def make_config(values: dict[str, Any]) -> Config:
         # The path of `vaelab train`: flags and --config, then the grid.
@@ -320,7 +320,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
             argparse.Namespace(**{**vars(args), **values})).resolved()
 
     settings, runs = sweep.plan(args.out, seeds, grid, make_config)
-    sweep.run_sweep(args.out, settings, runs, backend, **hooks)
+    sweep.run_sweep(args.out, settings, runs, options, **hooks)
     return 0
 
 
