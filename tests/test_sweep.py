@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +223,58 @@ def test_a_run_killed_mid_training_resumes_bit_for_bit(tmp_path) -> None:
 def _config_of(args, values: dict) -> Config:
     return config_from_args(
         argparse.Namespace(**{**vars(args), **values})).resolved()
+
+
+def _kill_ray_worker_after_checkpoint(run_dir: Path, killed: list) -> None:
+    """Watch for run_dir's first checkpoint, then SIGKILL the Ray worker
+    running the task (its process title is ray::_ray_task)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not killed:
+        if (run_dir / runfolder.CHECKPOINT).exists():
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    title = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if title.startswith(b"ray::_ray_task"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+                    return
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None
+                    or not Path("/proc/self/cmdline").exists(),
+                    reason="needs ray (vaelab[ray]) and Linux's /proc")
+def test_ray_retries_a_dead_worker_which_resumes(tmp_path) -> None:
+    flags = ["--seeds", "0", "--epochs", "6", "--jobs", "1",
+             "--hidden", "8", "--eval-n", "20", "--eval-k", "5",
+             "--quiet"]
+    whole = tmp_path / "whole"
+    args = build_parser().parse_args(["sweep", "--out", str(whole), *flags])
+    assert cmd_sweep(args, load=big_load) == 0
+    out = tmp_path / "ray"
+    killed: list[int] = []
+    watcher = threading.Thread(
+        target=_kill_ray_worker_after_checkpoint,
+        args=(out / "base" / "seed-0", killed))
+    watcher.start()
+    args = build_parser().parse_args(
+        ["sweep", "--out", str(out), *flags, "--backend", "ray"])
+    try:
+        assert cmd_sweep(args, load=big_load) == 0
+    finally:
+        killed.append(0)  # stops the watcher
+        watcher.join()
+    assert killed[0] > 0  # a worker was killed mid-run
+    sessions = runfolder.read_json(
+        out / "base" / "seed-0" / runfolder.ENVIRONMENT)["sessions"]
+    assert [s["start_epoch"] > 0 for s in sessions] == [False, True]
+    assert numbers(runfolder.read_json(out / aggregate.SWEEP_JSON)) == (
+        numbers(runfolder.read_json(whole / aggregate.SWEEP_JSON)))
+
+
+def big_load(config: Config):
+    """More synthetic images: epochs long enough to kill one mid-run."""
+    return synthetic_dataset(n_train=3000, n_val=50, n_test=50,
+                             preprocess=config.preprocess)
