@@ -166,6 +166,8 @@ def plan(
     run's config is built here, so a bad one stops the sweep before
     anything runs (a ConfigError naming the setting)."""
     settings, runs = [], []
+    # Absolute: a Ray worker's working directory is not the driver's.
+    out = Path(out).resolve()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
         name = setting_name(values)
@@ -176,7 +178,7 @@ def plan(
             except ConfigError as e:
                 raise ConfigError(f"setting {name}: {e}") from None
             runs.append(SweepRun(name, seed, config,
-                                 Path(out) / name / f"seed-{seed}"))
+                                 out / name / f"seed-{seed}"))
     return settings, runs
 
 
@@ -419,7 +421,7 @@ def run_sweep(
     """
     options = options or SweepOptions()
     check_options(options)
-    out = Path(out)
+    out = Path(out).resolve()
     backend = _ray if options.backend == "ray" else _local
     started = time.perf_counter()
     outcomes: dict[tuple[str, int], dict[str, Any]] = {}
