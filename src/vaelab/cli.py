@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from vaelab import __version__, runfolder
+from vaelab import __version__, runfolder, sweep
 from vaelab.config import (
     CHOICES,
     Config,
@@ -295,6 +296,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
+    """``hooks``: ``sweep.run_sweep``'s load and on_run (tests)."""
+    if args.seed is not None:
+        raise ConfigError("vaelab sweep takes --seeds, not --seed")
+    hints = typing.get_type_hints(Config)
+    types = {f.name: _flag_type(hints[f.name])
+             for f in dataclasses.fields(Config) if f.name != "extra"}
+    grid = sweep.parse_grid(args.grid or [], types)
+    seeds = sweep.parse_seeds(args.seeds)
+    options = sweep.SweepOptions(
+        backend=args.backend, jobs=_jobs(args.jobs, args.device),
+        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+        ray_address=args.ray_address, progress=not args.quiet,
+        mlflow=args.mlflow,
+        evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
+        command=shlex.join(["vaelab", *sys.argv[1:]]))
+    sweep.check_options(options)  # Ray missing: before any config
+
+    def make_config(values: dict[str, Any]) -> Config:
+        # The path of `vaelab train`: flags and --config, then the grid.
+        return config_from_args(
+            argparse.Namespace(**{**vars(args), **values})).resolved()
+
+    settings, runs = sweep.plan(args.out, seeds, grid, make_config)
+    sweep.run_sweep(args.out, settings, runs, options, **hooks)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vaelab",
@@ -378,7 +407,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MNIST folder (default: the run's, $VAELAB_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+    add_sweep_parser(sub)
     return parser
+
+
+def add_sweep_parser(sub: Any) -> None:
+    """``vaelab sweep``'s flags: the sweep's own, then every train flag."""
+    p = sub.add_parser("sweep", help="train and evaluate a grid of "
+                       "settings over seeds; writes DIR/sweep.html")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="sweep folder: DIR/<setting>/seed-<s>/ per run; "
+                   "finished runs are reused, interrupted ones resumed")
+    p.add_argument("--seeds", default="0", metavar="0-4|0,3,7",
+                   help="the seeds of every setting (default: 0)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="an option and its values (repeatable: the "
+                   "settings are the product)")
+    p.add_argument("--backend", choices=sweep.BACKENDS, default="local",
+                   help="local processes, or Ray tasks (vaelab[ray])")
+    p.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="runs at a time, each in its own process (a "
+                   "local Ray instance: jobs x --cpus-per-run CPUs; "
+                   "default auto: one per CPU thread, 1 on a GPU)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                   help="torch threads (Ray: CPUs) of each run")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N",
+                   help="ray: GPUs of each run (with --device cuda)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="ray: join this cluster (default: start a local "
+                   "instance)")
+    p.add_argument("--eval-n", type=int, default=1000, metavar="N",
+                   help="evaluate each run on the first N test images "
+                   "(default 1000)")
+    p.add_argument("--eval-k", type=int, default=100, metavar="K",
+                   help="importance samples per image (default 100)")
+    p.add_argument("--eval-gap-n", type=int, default=0, metavar="N",
+                   help="images for the inference gaps (default 0: none)")
+    p.add_argument("--mlflow", nargs="?", const="", default=None,
+                   metavar="URI", help="log each run's config, epochs "
+                   "and evaluation to MLflow (vaelab[mlflow]; default "
+                   "URI: a local store, DIR/mlflow.db)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no line per finished run")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:
