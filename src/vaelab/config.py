@@ -484,6 +484,10 @@ def apply_budget(
     included; of a resumed run only those ``given``: the stored ones are
     never scaled twice. A ConfigError unless 0 < F <= 1.
     """
+    if not isinstance(stored, dict):
+        # Not a mapping (a damaged config.json): read as a fresh run's;
+        # runfolder.load_config names the file when the run is read.
+        stored = None
     values = dict(stored or {})
     budget = given.get("budget", values.get("budget", 1.0))
     _check_budget(budget)
