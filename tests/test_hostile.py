@@ -270,6 +270,14 @@ def test_a_lock_that_is_a_folder_is_one_line(
     _one_line_exit_2(_resume(run), capsys, ".lock")
 
 
+def test_an_evaluation_json_folder_stops_evaluate_before_the_work(
+    run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (run / "evaluation.json").mkdir()
+    _one_line_exit_2(["evaluate", str(run), "--quiet"], capsys,
+                     "evaluation.json", "a folder")
+
+
 @pytest.mark.parametrize("error, words", [
     (OSError(errno.ENOSPC, "No space left on device", "/r/x.json"),
      ["/r/x.json", "No space left"]),

@@ -502,7 +502,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     model, config = runfolder.load_model(run_dir, device)
     # evaluation.json goes here: fail now, not after the estimates.
-    runfolder.check_writable(run_dir)
+    runfolder.check_writable(run_dir, [runfolder.EVALUATION])
     if dataset is None:
         dataset = load_data(config, data_dir)
     result = evaluate_model(

@@ -106,10 +106,15 @@ def make_folder(folder: Path) -> None:
             f"cannot create {folder}: {e.strerror or e}") from None
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, files: Iterable[str] = ()) -> None:
     """Raise one line unless ``folder`` is, or can be made, a folder this
-    process may write: checked before work starts, creating nothing."""
+    process may write, and none of ``files`` in it is a folder: checked
+    before work starts, creating nothing."""
     folder = Path(folder)
+    for name in files:
+        if (folder / name).is_dir():
+            raise VaelabError(f"{folder / name}: a folder where vaelab "
+                              "writes a file; remove or rename it")
     probe = folder
     while not probe.exists() and probe != probe.parent:
         if probe.is_symlink():  # a dangling link: mkdir would fail
