@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from vaelab import cli, runfolder
 from vaelab.cli import main
 from vaelab.config import Config
+from vaelab.errors import VaelabError
 from vaelab.explorer import render
 
 PRECIOUS = b"not yours to overwrite\n"
@@ -138,6 +139,15 @@ def test_written_files_get_the_umask_mode_checkpoint_included(
             "checkpoint.safetensors", "evaluation.json", "precious.txt"]
     finally:
         os.umask(mask)
+
+
+def test_a_folder_where_a_file_goes_is_one_error_and_no_tmp_left(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "report.html").mkdir()  # as vaelab run writes it
+    with pytest.raises(VaelabError, match="report.html: Is a directory"):
+        runfolder.atomic_write_bytes(tmp_path / "report.html", b"<html>")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
 
 # 2. a damaged metrics.jsonl ------------------------------------------------
