@@ -120,11 +120,11 @@ def check_writable(folder: Path, files: Iterable[str] = ()) -> None:
         if probe.is_symlink():  # a dangling link: mkdir would fail
             break
         probe = probe.parent
+    where = f"{folder}: " if probe != folder else ""
     if not probe.is_dir():
-        raise VaelabError(
-            f"{folder}: {probe} exists and is not a folder")
+        raise VaelabError(f"{where}{probe} exists and is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise VaelabError(f"{folder}: {probe} is not writable")
+        raise VaelabError(f"{where}{probe} is not writable")
 
 
 def config_differences(
