@@ -25,6 +25,7 @@ from vaelab.config import (
     find_config,
     load_toml,
     preset_names,
+    torch_device,
 )
 from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
@@ -245,6 +246,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    torch_device(args.device)  # one line, before the model is loaded
     paths = make_figures(
         args.run_dir, args.out, title=args.title, device=args.device,
         noise=args.noise, manifold=args.manifold, seed=args.seed,
@@ -286,6 +288,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.gap_n is not None and args.gap_n < 0:
         raise ConfigError(
             f"--gap-n must be >= 0 (0: no gaps), got {args.gap_n}")
+    torch_device(args.device)  # one line, before the model is loaded
     result = evaluate_run(
         args.run_dir, n=args.n, k=args.k, device=args.device,
         progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
@@ -460,6 +463,19 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VaelabError as e:
         print(f"vaelab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A read-only folder, a full disk, a folder where a file should
+        # be: the user's to fix, so one line with the path, as above.
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2)
+                            if f is not None)
+        print(f"vaelab: error: {where + ': ' if where else ''}"
+              f"{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"vaelab: error: out of memory{f' ({e})' if str(e) else ''};"
+              " try smaller sizes (--n, --k, --batch-size)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         again = ("run the same command again" if args.func is cmd_run

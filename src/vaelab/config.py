@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -56,6 +57,10 @@ DEFAULT_LR = {"adam": 3e-3, "adagrad": 1e-2}
 # Largest number of codes K^M that enumeration sums over: each code costs
 # one decoder pass per minibatch (and a (K^M, B, D) tensor of residuals).
 ENUMERATE_LIMIT = 1024
+
+# Training images of both datasets (MNIST, Fashion-MNIST): validation is
+# carved from their end and must leave a minibatch to train on.
+TRAINING_IMAGES = 60_000
 
 # Variance of the uniform dequantization noise, U(0, 1/256): no pixel of
 # dequantized data can have less, so it is the natural floor for Sigma.
@@ -190,6 +195,18 @@ class Config:
         if (not isinstance(self.val_size, int)
                 or isinstance(self.val_size, bool) or self.val_size < 0):
             raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
+        if TRAINING_IMAGES - self.val_size < self.batch_size:
+            raise ConfigError(
+                f"val_size {self.val_size} leaves "
+                f"{TRAINING_IMAGES - self.val_size} of the "
+                f"{TRAINING_IMAGES:,} training images, fewer than a batch "
+                f"({self.batch_size}); use a smaller --val-size")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(
+                f"data_dir must be a folder name, got {self.data_dir!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(
+                f"extra must be a mapping, got {self.extra!r}")
         _positive("warmup_epochs", self.warmup_epochs, real=True,
                   allow_zero=True)
         if (not isinstance(self.mixture_hard_epochs, int)
@@ -205,16 +222,16 @@ class Config:
         if self.anneal_rate is not None:
             _positive("anneal_rate", self.anneal_rate, real=True,
                       allow_zero=True)
-        _positive("var_floor", self.var_floor, real=True, allow_zero=True)
+        # Sigma = 0 makes the Gaussian log-density infinite.
+        _positive("var_floor", self.var_floor, real=True,
+                  allow_zero=self.likelihood != "gaussian")
         if (not isinstance(self.seed, int) or isinstance(self.seed, bool)
-                or self.seed < 0):
+                or not 0 <= self.seed < 2**63):
             raise ConfigError(
-                f"seed must be an integer >= 0, got {self.seed!r}"
+                f"seed must be an integer in [0, 2^63), got {self.seed!r}"
             )
-        if self.device not in ("auto", "cpu", "cuda") and not (
-            isinstance(self.device, str) and self.device.startswith("cuda:")
-            and self.device[5:].isdigit()
-        ):
+        if not isinstance(self.device, str) or not re.fullmatch(
+                r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ConfigError(
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
             )
@@ -246,6 +263,10 @@ class Config:
                 f"epochs ({self.epochs})"
             )
         if self.latent == "categorical":
+            if self.classes < 2:
+                raise ConfigError(
+                    "--latent categorical needs --classes >= 2 (one class "
+                    "carries no information)")
             if self.prior != "gaussian":
                 raise ConfigError(
                     "--prior applies to continuous latents; the categorical "
@@ -367,6 +388,27 @@ class Config:
         return cls(**values)
 
 
+def torch_device(name: str) -> torch.device:
+    """The device ``name`` (auto, cpu, cuda or cuda:N) stands for on this
+    machine, or one line when it has no such device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(name, str) or not re.fullmatch(
+            r"cpu|cuda(:[0-9]+)?", name):
+        raise ConfigError(
+            f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {name}: no CUDA device is available")
+        count = torch.cuda.device_count()
+        if name != "cuda" and int(name[5:]) >= count:
+            raise ConfigError(
+                f"--device {name}: this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device(name)
+
+
 def _choices_of(annotation: Any) -> tuple[str, ...] | None:
     """The values of a Literal type annotation, or None."""
     args = get_args(annotation)
@@ -442,6 +484,10 @@ def apply_budget(
     included; of a resumed run only those ``given``: the stored ones are
     never scaled twice. A ConfigError unless 0 < F <= 1.
     """
+    if not isinstance(stored, dict):
+        # Not a mapping (a damaged config.json): read as a fresh run's;
+        # runfolder.load_config names the file when the run is read.
+        stored = None
     values = dict(stored or {})
     budget = given.get("budget", values.get("budget", 1.0))
     _check_budget(budget)

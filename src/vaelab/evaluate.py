@@ -501,6 +501,8 @@ def evaluate_run(
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     model, config = runfolder.load_model(run_dir, device)
+    # evaluation.json goes here: fail now, not after the estimates.
+    runfolder.check_writable(run_dir, [runfolder.EVALUATION])
     if dataset is None:
         dataset = load_data(config, data_dir)
     result = evaluate_model(

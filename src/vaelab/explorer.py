@@ -106,8 +106,10 @@ _TEMPLATES = jinja2.Environment(
 
 def render(data: dict[str, Any]) -> str:
     """The explorer page for ``payload``'s data."""
-    # JSON inside <script>: "</" must not close the element.
-    text = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # JSON inside <script>: no "</script>", "<!--" or "<script" may
+    # appear, so every <, > and & is a JSON escape (the same string).
+    text = (json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+            .replace(">", "\\u003e").replace("&", "\\u0026"))
     return _TEMPLATES.get_template("explorer.html.j2").render(
         title=data["title"], data=jinja2.utils.markupsafe.Markup(text))
 

@@ -43,7 +43,13 @@ from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
 from vaelab.explorer import EXPLORER, supports, write_explorer
 from vaelab.registry import kind_for, method_for
-from vaelab.runfolder import load_model, read_metrics
+from vaelab.runfolder import (
+    atomic_write,
+    atomic_write_bytes,
+    check_writable,
+    load_model,
+    read_metrics,
+)
 
 SIDE = 28  # image side in pixels
 DPI = 100  # screen pixels per inch of every figure
@@ -373,9 +379,8 @@ def save_figure(fig: Figure, path: Path) -> Path:
         image = Image.fromarray(np.ascontiguousarray(rgb[..., 0]), "L")
     else:
         image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="png")
-    tmp.replace(path)  # a reader never sees half a figure
+    # Atomic: a reader never sees half a figure.
+    atomic_write(path, lambda f: image.save(f, format="png"))
     return path
 
 
@@ -579,7 +584,8 @@ def continuous_figures(ctx: FigureContext) -> list[Path]:
         names=names, kind=label_kind(ctx.dataset.name),
     ))
     stats = scatter_stats(means, labels, names)
-    (ctx.out_dir / SCATTER_STATS).write_text(json.dumps(stats, indent=1))
+    atomic_write_bytes(ctx.out_dir / SCATTER_STATS,
+                       json.dumps(stats, indent=1).encode())
     if supports(model):
         # Not a figure: beside them, linked from the report.
         write_explorer(ctx.out_dir / EXPLORER, model, ctx.config,
@@ -643,15 +649,23 @@ def make_figures(
             f"manifold must be one of {', '.join(MANIFOLD_CHOICES)}, got "
             f"{manifold!r}"
         )
+    if (not isinstance(seed, int) or isinstance(seed, bool)
+            or not 0 <= seed < 2**63):
+        raise VaelabError(f"seed must be an integer in [0, 2^63), got "
+                          f"{seed!r}")
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    check_writable(out_dir)  # before minutes of drawing, not after
     model, config = load_model(run_dir, device)
     kind = kind_for(config)
     if dataset is None:
         dataset = load_data(config, data_dir)
-    title = title or describe(config)
+    # A user's title is text, not mathtext: "$" pairs would be parsed as
+    # TeX (and "\frac" inside them fail); "\$" draws a plain "$".
+    title = title.replace("$", r"\$") if title else describe(config)
     ctx = FigureContext(
         model=model, config=config, dataset=dataset,
-        out_dir=Path(out_dir) if out_dir is not None else run_dir,
+        out_dir=out_dir,
         title=title, metrics=read_metrics(run_dir), noise=noise,
         manifold=manifold, seed=seed, log=log,
         pick=pick(len(dataset.test), 100, seed),

@@ -13,20 +13,25 @@ a time may write a folder (``lock``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import platform
+import re
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from vaelab import __version__
 from vaelab.config import Config
@@ -62,8 +67,16 @@ def lock(folder: Path) -> Iterator[None]:
     An advisory ``flock`` on ``folder/.lock``: the kernel releases it when
     the process dies, SIGKILL included, so no stale lock survives a crash.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    make_folder(folder)
+    path = folder / LOCK
+    try:
+        # O_NOFOLLOW: a link planted as .lock must not make us truncate
+        # and write the file it points to.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        what = ("is a symbolic link; remove it" if e.errno == errno.ELOOP
+                else f"cannot be opened ({e.strerror or e})")
+        raise VaelabError(f"{path} {what}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,6 +92,39 @@ def lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents), or raise one line saying why
+    it cannot be."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VaelabError(f"{folder}: exists and is not a folder") from None
+    except OSError as e:
+        raise VaelabError(
+            f"cannot create {folder}: {e.strerror or e}") from None
+
+
+def check_writable(folder: Path, files: Iterable[str] = ()) -> None:
+    """Raise one line unless ``folder`` is, or can be made, a folder this
+    process may write, and none of ``files`` in it is a folder: checked
+    before work starts, creating nothing."""
+    folder = Path(folder)
+    for name in files:
+        if (folder / name).is_dir():
+            raise VaelabError(f"{folder / name}: a folder where vaelab "
+                              "writes a file; remove or rename it")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling link: mkdir would fail
+            break
+        probe = probe.parent
+    where = f"{folder}: " if probe != folder else ""
+    if not probe.is_dir():
+        raise VaelabError(f"{where}{probe} exists and is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise VaelabError(f"{where}{probe} is not writable")
 
 
 def config_differences(
@@ -111,19 +157,66 @@ def trained_epoch(run_dir: Path, config: Config, advice: str) -> int | None:
     return checkpoint_epoch(run_dir)
 
 
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One metrics line's record, or None when it is not one."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    ok = (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+          and not isinstance(record["epoch"], bool))
+    return record if ok else None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of metrics.jsonl (empty if none)."""
+    """The per-epoch records of metrics.jsonl (empty if none).
+
+    A cut-off or garbage last line (a crash mid-append, a full disk) is
+    dropped with a warning on stderr, so the run can resume; one in the
+    middle is an error naming the line, since records after it would
+    silently lose their predecessor.
+    """
     path = Path(run_dir) / METRICS
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()
-            if line.strip()]
+    lines = [(n, line) for n, line in
+             enumerate(read_file(path).split(b"\n"), 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        record = _record(line)
+        if record is not None:
+            records.append(record)
+        elif i == len(lines) - 1:
+            print(f"vaelab: warning: {path}, line {n}: cut off or not an "
+                  "epoch record; ignored", file=sys.stderr)
+        else:
+            raise VaelabError(
+                f"{path}, line {n}: not an epoch record (JSON with an "
+                "integer epoch); repair or delete that line")
+    return records
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one epoch's line, after its checkpoint has landed."""
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one epoch's line, before its checkpoint lands.
+
+    One ``os.write`` of the whole line, fsynced: a crash leaves at most a
+    cut-off last line (which ``read_metrics`` drops), never half a line
+    mid-file. O_NOFOLLOW: never append to a file outside the folder.
+    """
+    path = Path(run_dir) / METRICS
+    line = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_NOFOLLOW, 0o666)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write (disk full?)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise VaelabError(
+            f"cannot append to {path}: {e.strerror or e}") from None
 
 
 def truncate_metrics(run_dir: Path, epoch: int) -> None:
@@ -137,26 +230,70 @@ def truncate_metrics(run_dir: Path, epoch: int) -> None:
     )
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open`` gives a new file: 0o666 less the umask
+    (mkstemp's files are 0600, which readers of a shared run lack)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """The one writer of run folder files: ``write`` fills a temporary
+    file created exclusively in the same folder (a fresh name, so no
+    planted ``NAME.tmp`` link is ever followed), which is fsynced and
+    renamed over ``path``: readers never see half a file, a kill leaves
+    the old one intact, and a symbolic link at ``path`` is replaced
+    itself, never the file it points to."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent,
+                                   prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise VaelabError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fchmod(f.fileno(), _file_mode())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise VaelabError(
+                f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so readers never see half a
-    file and a kill mid-write leaves the old one intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
+def read_file(path: Path) -> bytes:
+    """A run folder file's bytes; one line when it is missing or not a
+    regular file (a FIFO would block the read for ever)."""
     try:
-        return json.loads(Path(path).read_text())
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise VaelabError(f"{path}: {what}")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise VaelabError(f"{path}: not found") from None
+    except OSError as e:
+        raise VaelabError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_file(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VaelabError(f"{path}: not valid JSON ({e})") from None
 
@@ -226,24 +363,24 @@ def save_checkpoint(
         "config": json.dumps(config.to_dict()),
         "extra": json.dumps(extra or {}),
     }
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / CHECKPOINT)
+    # In memory, then the one atomic writer (the model is small: MBs).
+    atomic_write_bytes(run_dir / CHECKPOINT,
+                       safetensors_bytes(tensors, metadata=meta))
 
 
 def keep_best(run_dir: Path) -> None:
     """Copy the checkpoint to best.safetensors, atomically."""
     atomic_write_bytes(Path(run_dir) / BEST,
-                       (Path(run_dir) / CHECKPOINT).read_bytes())
+                       read_file(Path(run_dir) / CHECKPOINT))
 
 
 def _metadata(path: Path) -> dict[str, str]:
     """A checkpoint's metadata, checked to be vaelab's; no tensor read."""
-    if not path.is_file():
+    if not path.exists():
         raise VaelabError(
             f"{path.parent}: no {path.name} (not a trained run?)")
+    if not path.is_file():
+        raise VaelabError(f"{path}: not a regular file")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -251,6 +388,16 @@ def _metadata(path: Path) -> dict[str, str]:
         raise VaelabError(f"{path}: unreadable checkpoint ({e})") from None
     if meta.get("format") != FORMAT:
         raise VaelabError(f"{path}: not a vaelab checkpoint")
+    if not re.fullmatch(r"[0-9]{1,9}", meta.get("epoch", "")):
+        raise VaelabError(f"{path}: its metadata's epoch "
+                          f"{meta.get('epoch')!r} is not a whole number")
+    try:
+        extra = json.loads(meta.get("extra", "{}"))
+    except json.JSONDecodeError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise VaelabError(f"{path}: its metadata's extra is not a JSON "
+                          "object")
     return meta
 
 
@@ -264,7 +411,7 @@ def read_checkpoint(
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """(epoch, tensors, extra) from a run folder's last checkpoint, or its
     best one (``best``)."""
-    path = Path(run_dir) / (BEST if best else CHECKPOINT)
+    path = checkpoint_path(run_dir, best)
     meta = _metadata(path)
     try:
         tensors = load_file(str(path))
@@ -273,13 +420,87 @@ def read_checkpoint(
     return int(meta["epoch"]), tensors, json.loads(meta.get("extra", "{}"))
 
 
+def checkpoint_path(run_dir: Path, best: bool = False) -> Path:
+    """The last (or, ``best``, the best) checkpoint of a run folder."""
+    return Path(run_dir) / (BEST if best else CHECKPOINT)
+
+
+def _shape(t: torch.Tensor, dtype: bool) -> str:
+    dims = "(" + ", ".join(str(d) for d in t.shape) + ")"
+    return f"{dims} {str(t.dtype).removeprefix('torch.')}" if dtype else dims
+
+
+def check_tensors(
+    source: str | Path, tensors: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor], prefix: str = "",
+) -> None:
+    """Raise one line naming ``source`` and the first tensor of
+    ``expected`` (keys without ``prefix``) that ``tensors`` lacks or
+    holds with another shape or dtype; and for a ``prefix`` tensor that
+    ``expected`` has no place for. Checked before any is loaded, so a
+    checkpoint of another config is a message, not a torch traceback."""
+    for name, want in expected.items():
+        have = tensors.get(prefix + name)
+        if have is None:
+            raise VaelabError(
+                f"{source}: the checkpoint lacks {name}; this config needs "
+                f"{_shape(want, False)}")
+        if have.shape != want.shape or have.dtype != want.dtype:
+            dtype = have.dtype != want.dtype
+            raise VaelabError(
+                f"{source}: the checkpoint holds {name} "
+                f"{_shape(have, dtype)}; this config needs "
+                f"{_shape(want, dtype)}")
+    if prefix:
+        for key in tensors:
+            if key.startswith(prefix) and key[len(prefix):] not in expected:
+                raise VaelabError(
+                    f"{source}: the checkpoint holds {key[len(prefix):]}, "
+                    "which this config's model does not have")
+
+
+def _check_optimizer(
+    source: str | Path, tensors: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Each optim.I.NAME is of parameter I (a moment: its shape and dtype;
+    ``step``: one number)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        parts = key.split(".", 2)
+        if (len(parts) != 3 or not parts[1].isdigit()
+                or int(parts[1]) >= len(params)):
+            raise VaelabError(f"{source}: the checkpoint holds {key}, of "
+                              "no parameter of this config's model")
+        if parts[2] == "step":
+            if value.numel() != 1:
+                raise VaelabError(f"{source}: the checkpoint's {key} is "
+                                  f"{_shape(value, False)}, not one number")
+            continue
+        check_tensors(source, {key: value}, {key: params[int(parts[1])]})
+
+
 def restore(
     tensors: dict[str, torch.Tensor],
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
+    source: str | Path = "checkpoint",
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Load model, optimizer and RNG state saved by ``save_checkpoint``."""
+    """Load model, optimizer and RNG state saved by ``save_checkpoint``,
+    after checking that they fit (``check_tensors``; ``state``: the
+    inference method's tensors, checked only); ``source`` names the file
+    in the messages."""
+    check_tensors(source, tensors, model.state_dict(), prefix="model.")
+    if optimizer is not None:
+        _check_optimizer(source, tensors, optimizer)
+    if generator is not None and "rng.train" in tensors:
+        check_tensors(source, tensors, {"rng.train": generator.get_state()})
+    if state:
+        check_tensors(source, tensors, state)
     model.load_state_dict(
         {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     )
@@ -301,7 +522,15 @@ def restore(
 def load_config(run_dir: str | Path) -> Config:
     """The resolved config a run was trained with."""
     path = Path(run_dir) / CONFIG
-    return Config.from_dict(read_json(path), source=str(path))
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: not a JSON object of options")
+    config = Config.from_dict(values, source=str(path))
+    try:
+        config.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return config
 
 
 def load_model(
@@ -314,8 +543,9 @@ def load_model(
     if not run_dir.is_dir():
         raise VaelabError(f"run folder not found: {run_dir}")
     config = load_config(run_dir)
-    _, tensors, _ = read_checkpoint(run_dir, best=(run_dir / BEST).exists())
+    best = (run_dir / BEST).exists()
+    _, tensors, _ = read_checkpoint(run_dir, best=best)
     model = build_model(config).to(device)
-    restore(tensors, model)
+    restore(tensors, model, source=checkpoint_path(run_dir, best))
     model.eval()
     return model, config

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vaelab import runfolder
-from vaelab.config import Config
+from vaelab.config import Config, torch_device
 from vaelab.data import (
     Dataset,
     first_training_images,
@@ -91,10 +91,7 @@ def learning_rate(config: Config, step: int, steps_per_epoch: int) -> float:
 
 
 def _device(config: Config) -> torch.device:
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return device
+    return torch_device(config.device)
 
 
 def _start_epoch(config: Config, run_dir: Path, resume: bool) -> int:
@@ -201,13 +198,18 @@ def train(
     saved. Returns the results (final train/val/test ELBO with terms).
     """
     # Bad options and missing data stop the run before anything is written.
+    run_dir = Path(out_dir)
+    if resume and (run_dir / runfolder.CONFIG).exists():
+        # The stored config's own errors name its file (the merged one's
+        # would not say where a wrong value came from).
+        runfolder.load_config(run_dir)
     config = config.resolved()
     device = _device(config)
+    runfolder.check_writable(run_dir)
     dataset = (load_data(config) if dataset is None else
                first_training_images(dataset, config.train_images))
     if len(dataset.train) == 0:
         raise ConfigError("the training set is empty")
-    run_dir = Path(out_dir)
     with runfolder.lock(run_dir):
         start_epoch = _start_epoch(config, run_dir, resume)
         return _fit(config, run_dir, start_epoch, device, dataset,
@@ -321,7 +323,9 @@ def _fit(
     elapsed = 0.0
     if start_epoch > 0:
         _, tensors, extra = runfolder.read_checkpoint(run_dir)
-        runfolder.restore(tensors, model, optimizer, generator)
+        runfolder.restore(tensors, model, optimizer, generator,
+                          source=runfolder.checkpoint_path(run_dir),
+                          state=method.state())
         method.load_state(tensors)
         elapsed = float(extra.get("train_seconds", 0.0))
         log(f"resuming {run_dir} after epoch {start_epoch}")
@@ -380,7 +384,8 @@ def _fit(
     if best is not None:
         # Early stopping's model is the best validation epoch's.
         _, tensors, _ = runfolder.read_checkpoint(run_dir, best=True)
-        runfolder.restore(tensors, model)
+        runfolder.restore(tensors, model, state=method.state(),
+                          source=runfolder.checkpoint_path(run_dir, True))
         method.load_state(tensors)
     results: dict[str, Any] = {
         "epochs": len(history),
