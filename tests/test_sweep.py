@@ -278,3 +278,12 @@ def big_load(config: Config):
     """More synthetic images: epochs long enough to kill one mid-run."""
     return synthetic_dataset(n_train=3000, n_val=50, n_test=50,
                              preprocess=config.preprocess)
+
+
+def test_the_eta_shares_the_runs_left_among_the_jobs() -> None:
+    """Runs left at the mean time of those trained, jobs at a time: the
+    mixture preset's three seeds, two at a time (647 s, 657 s)."""
+    assert sweep._eta([647.0], 2, 2) == "; sweep ETA 10.8 min"
+    assert sweep._eta([647.0, 657.0], 1, 2) == "; sweep ETA 5.4 min"
+    assert sweep._eta([30.0], 1, 1) == "; sweep ETA 30 s"
+    assert sweep._eta([], 3, 2) == "" and sweep._eta([9.0], 0, 2) == ""

@@ -378,12 +378,15 @@ def check_options(options: SweepOptions) -> None:
                           "--eval-gap-n >= 0")
 
 
-def _eta(started: float, fresh: int, left: int) -> str:
-    if not fresh or not left:
+def _eta(seconds: Sequence[float], left: int, jobs: int) -> str:
+    """The sweep's time left: the runs not yet finished at the mean time
+    of those trained so far (``seconds``), ``jobs`` at a time (those in
+    flight half done, on average)."""
+    if not seconds or not left:
         return ""
-    seconds = (time.perf_counter() - started) / fresh * left
-    return (f"; sweep ETA {seconds / 60:.1f} min" if seconds >= 60
-            else f"; sweep ETA {seconds:.0f} s")
+    eta = sum(seconds) / len(seconds) * left / jobs
+    return (f"; sweep ETA {eta / 60:.1f} min" if eta >= 60
+            else f"; sweep ETA {eta:.0f} s")
 
 
 def _line(i: int, total: int, run: SweepRun, outcome: dict[str, Any]
@@ -423,7 +426,6 @@ def run_sweep(
     check_options(options)
     out = Path(out).resolve()
     backend = _ray if options.backend == "ray" else _local
-    started = time.perf_counter()
     outcomes: dict[tuple[str, int], dict[str, Any]] = {}
     for run in runs:
         # A folder of another config stops the sweep before it starts,
@@ -434,13 +436,14 @@ def run_sweep(
             backend(runs, options, load)) as finished:
         tracker = (None if options.mlflow is None else tracking.Tracker(
             options.mlflow or tracking.default_uri(out), out))
-        fresh = 0
+        trained: list[float] = []  # seconds of the runs trained here
         for i, (run, outcome) in enumerate(finished, 1):
             outcomes[run.setting, run.seed] = outcome
-            fresh += outcome["status"] != "reused"
+            if outcome["status"] != "reused":
+                trained.append(outcome["seconds"])
             if options.progress:
                 log(_line(i, len(runs), run, outcome)
-                    + _eta(started, fresh, len(runs) - i))
+                    + _eta(trained, len(runs) - i, options.jobs))
             if tracker is not None and outcome["status"] != "diverged":
                 tracker.log(run.run_dir, f"{run.setting} seed {run.seed}")
             if on_run is not None:
