@@ -287,3 +287,15 @@ def test_the_eta_shares_the_runs_left_among_the_jobs() -> None:
     assert sweep._eta([647.0, 657.0], 1, 2) == "; sweep ETA 5.4 min"
     assert sweep._eta([30.0], 1, 1) == "; sweep ETA 30 s"
     assert sweep._eta([], 3, 2) == "" and sweep._eta([9.0], 0, 2) == ""
+
+
+def test_ctrl_c_says_to_run_the_sweep_again(tmp_path, monkeypatch,
+                                             capsys) -> None:
+    """A sweep is resumed by its own command, not by --resume."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert main(["sweep", "--out", str(tmp_path / "s"), *FLAGS]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "run the same command again" in err and "\n" not in err

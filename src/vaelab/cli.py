@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = ("run the same command again" if args.func is cmd_run
+        again = ("run the same command again"
+                 if args.func in (cmd_run, cmd_sweep)
                  else "continue with --resume")
         print(f"vaelab: interrupted; finished epochs are saved ({again})",
               file=sys.stderr)
