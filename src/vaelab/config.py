@@ -292,9 +292,7 @@ class Config:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         _check_budget(self.budget)
-        if (not isinstance(self.val_size, int)
-                or isinstance(self.val_size, bool) or self.val_size < 0):
-            raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
+        check_val_size(self.val_size)
         if TRAINING_IMAGES - self.val_size < self.batch_size:
             raise ConfigError(
                 f"val_size {self.val_size} leaves "
@@ -330,11 +328,7 @@ class Config:
             raise ConfigError(
                 f"seed must be an integer in [0, 2^63), got {self.seed!r}"
             )
-        if not isinstance(self.device, str) or not re.fullmatch(
-                r"auto|cpu|cuda(:[0-9]+)?", self.device):
-            raise ConfigError(
-                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
-            )
+        _check_device(self.device)
         self._validate_combinations()
 
     def _validate_combinations(self) -> None:
@@ -491,12 +485,9 @@ class Config:
 def torch_device(name: str) -> torch.device:
     """The device ``name`` (auto, cpu, cuda or cuda:N) stands for on this
     machine, or one line when it has no such device."""
+    _check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(name, str) or not re.fullmatch(
-            r"cpu|cuda(:[0-9]+)?", name):
-        raise ConfigError(
-            f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -507,6 +498,24 @@ def torch_device(name: str) -> torch.device:
                 f"--device {name}: this machine has {count} CUDA "
                 f"device(s), cuda:0 to cuda:{count - 1}")
     return torch.device(name)
+
+
+def _check_device(name: Any) -> None:
+    # The one rule for a device name: --device of train (the Config's)
+    # and of plot and evaluate (torch_device's).
+    if not isinstance(name, str) or not re.fullmatch(
+            r"auto|cpu|cuda(:[0-9]+)?", name):
+        raise ConfigError(
+            f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def check_val_size(val_size: Any) -> None:
+    """A ConfigError unless ``val_size`` is an integer >= 0 (the rule of
+    Config.validate, also applied by data.load_dataset)."""
+    if (not isinstance(val_size, int) or isinstance(val_size, bool)
+            or val_size < 0):
+        raise ConfigError(
+            f"val_size must be an integer >= 0, got {val_size!r}")
 
 
 def _choices_of(annotation: Any) -> tuple[str, ...] | None:
