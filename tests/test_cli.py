@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vaelab.cli import main
+from vaelab.cli import build_parser, main, option_fields
+from vaelab.config import GROUPS, Config
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -198,3 +200,130 @@ def test_budget_is_recorded_and_a_resume_does_not_scale_twice(
     code, err = _run(["train", "--out", str(out), "--resume", "--quiet",
                       "--budget", "0.25"], capsys)
     assert code == 2 and "budget (0.5 there, 0.25 here)" in err
+
+
+# Every train flag: its group and its Config default (None: a computed
+# default, which the help names in words). Options are added here with
+# their Config field.
+FLAGS = [
+    ("--dataset", "data", "mnist"),
+    ("--data-dir", "data", None),
+    ("--preprocess", "data", "auto"),
+    ("--val-size", "data", 10000),
+    ("--train-images", "data", None),
+    ("--latent-dim", "model", 2),
+    ("--hidden", "model", 512),
+    ("--activation", "model", "relu"),
+    ("--init-std", "model", 0.1),
+    ("--init", "model", "normal"),
+    ("--likelihood", "likelihood", "gaussian"),
+    ("--variance", "likelihood", "pixel"),
+    ("--init-var", "likelihood", 0.1),
+    ("--var-init", "likelihood", "data"),
+    ("--bias-init", "likelihood", "data"),
+    ("--var-floor", "likelihood", 1.0 / (12.0 * 256.0**2)),
+    ("--prior", "model", "gaussian"),
+    ("--tau", "model", 1.0),
+    ("--latent", "model", "gaussian"),
+    ("--groups", "categorical", 1),
+    ("--classes", "categorical", 10),
+    ("--estimator", "categorical", "gumbel"),
+    ("--temperature", "categorical", 1.0),
+    ("--min-temperature", "categorical", 0.5),
+    ("--mixture-fit-epoch", "mixture", None),
+    ("--mixture-fit", "mixture", "kmeans"),
+    ("--mixture-fit-starts", "mixture", 10),
+    ("--mixture-pretrain", "mixture", False),
+    ("--mixture-hard-epochs", "mixture", 0),
+    ("--anneal-rate", "categorical", None),
+    ("--inference", "model", "amortized"),
+    ("--objective", "optimizer", "elbo"),
+    ("--iwae-k", "optimizer", 1),
+    ("--e-steps", "variational EM", 5),
+    ("--e-lr", "variational EM", 0.01),
+    ("--e-method", "variational EM", "adam"),
+    ("--optimizer", "optimizer", "adam"),
+    ("--lr", "optimizer", None),
+    ("--lr-schedule", "schedule", "exponential"),
+    ("--lr-half-life", "schedule", 8.0),
+    ("--warmup-epochs", "schedule", 1.0),
+    ("--epochs", "schedule", 20),
+    ("--budget", "schedule", 1.0),
+    ("--patience", "schedule", None),
+    ("--batch-size", "optimizer", 100),
+    ("--n-samples", "optimizer", 1),
+    ("--seed", "run", 0),
+    ("--device", "run", "auto"),
+]
+
+
+def _help_blocks(
+    argv: list[str], capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, list[tuple[str, str]]]:
+    """``argv``'s --help as {section title: [(flag, its help text)]}."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    sections: dict[str, list[tuple[str, str]]] = {}
+    title, blocks = "", []
+    for line in capsys.readouterr().out.splitlines():
+        if line and not line.startswith(" "):
+            title = line.rstrip(":")
+            blocks = sections.setdefault(title, [])
+        elif line.startswith("  -"):
+            flag, _, text = line.strip().partition(" ")
+            blocks.append((flag, text))
+        elif line.strip() and blocks:
+            # A wrapped help line continues the flag above it.
+            flag, text = blocks[-1]
+            blocks[-1] = (flag, f"{text} {line.strip()}")
+    return sections
+
+
+def test_every_flag_its_group_and_its_default() -> None:
+    fields = option_fields()
+    assert [("--" + f.name.replace("_", "-"), f.metadata["group"])
+            for f in fields] == [(flag, group) for flag, group, _ in FLAGS]
+    assert {f.name for f in dataclasses.fields(Config)} - {
+        f.name for f in fields} == {"extra"}  # the one field not a flag
+    defaults = Config()
+    for (flag, _, default), f in zip(FLAGS, fields, strict=True):
+        assert getattr(defaults, f.name) == default, flag
+        assert f.metadata["help"].strip(), flag
+        assert "default" not in f.metadata["help"], flag
+        # A computed default is said in words.
+        assert default is not None or "default_text" in f.metadata, flag
+    assert {g for _, g, _ in FLAGS} == set(GROUPS)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    actions = {a.option_strings[0]: a for a in train._actions}
+    for flag, _, _ in FLAGS:
+        # Unset flags stay None: only given ones override a file's.
+        assert actions[flag].default is None, flag
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_help_shows_each_option_once_in_its_group_default_once(
+    command: str, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sections = _help_blocks([command], capsys, monkeypatch)
+    seen: dict[str, str] = {}
+    for title, blocks in sections.items():
+        for flag, text in blocks:
+            assert flag not in seen, f"{flag} shown twice"
+            seen[flag] = title
+            if any(flag == f for f, _, _ in FLAGS):
+                assert text.count("(default:") == 1, (flag, text)
+                assert text.endswith(")"), (flag, text)
+    for flag, group, _ in FLAGS:
+        assert seen[flag] == f"{group} options", flag
+    group_titles = [t for t in sections if t.endswith(" options")
+                    and t != "options"]
+    assert group_titles == [f"{g} options" for g in GROUPS]
+    text = " ".join(
+        t for blocks in sections.values() for f, t in blocks
+        if any(f == flag for flag, _, _ in FLAGS))
+    assert text.count("(default:") == len(FLAGS)
+    assert "(default: mnist)" in text and "(default: 10000)" in text
+    assert "(default: false)" in text  # --mixture-pretrain, as typed

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vaelab.config import (
+    CHOICES,
     DEQUANTIZATION_VARIANCE,
     Config,
     apply_budget,
@@ -245,3 +246,25 @@ def test_mixture_fit_method_is_checked() -> None:
                mixture_fit_epoch=2).validate()
     Config(latent="mixture", mixture_fit="spectral",
            mixture_fit_epoch=2).validate()
+
+
+def test_data_and_devices_share_the_config_rules() -> None:
+    # One rule, one message: load_dataset's val_size and torch_device's
+    # name (plot, evaluate) are checked by Config's own checks.
+    from vaelab import data
+    from vaelab.config import torch_device
+
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError) as by_config:
+            Config(val_size=bad).validate()
+        with pytest.raises(ConfigError) as by_data:
+            data.load_dataset("mnist", "no/such/folder", val_size=bad)
+        assert str(by_config.value) == str(by_data.value)
+    with pytest.raises(ConfigError) as by_config:
+        Config(device="quantum").validate()
+    with pytest.raises(ConfigError) as by_torch:
+        torch_device("quantum")
+    assert str(by_config.value) == str(by_torch.value)
+    assert data.PREPROCESS == tuple(
+        p for p in CHOICES["preprocess"] if p != "auto")
+    assert data.DATASETS == CHOICES["dataset"]

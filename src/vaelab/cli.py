@@ -20,6 +20,7 @@ import torch
 from vaelab import __version__, runfolder, sweep
 from vaelab.config import (
     CHOICES,
+    GROUPS,
     Config,
     apply_budget,
     find_config,
@@ -33,97 +34,6 @@ from vaelab.evaluate import evaluate_run, format_table
 from vaelab.plots import make_figures
 from vaelab.run import RunOptions, default_jobs, run_zoo
 from vaelab.train import train
-
-FIELD_HELP = {
-    "dataset": "mnist or fashion-mnist",
-    "data_dir": "folder with the four IDX files (else $VAELAB_DATA, the "
-    "cache, /usr/share/datasets)",
-    "preprocess": "auto, scale (pixel/255), dequantize ((pixel+u)/256), "
-    "binarize (one fixed draw) or dynamic-binarize (a fresh draw of every "
-    "training image each time it is used; validation and test as "
-    "binarize); auto: dequantize for gaussian, binarize for bernoulli",
-    "val_size": "validation images carved from the end of the training set",
-    "train_images": "train on the first N training images (default: all)",
-    "latent_dim": "latent size P (the spec: 2)",
-    "hidden": "units of the hidden layer (the spec: 512), or of each "
-    "layer, encoder order: 512,256 (the decoder mirrors it)",
-    "activation": "of the hidden layers: relu (the spec) or tanh",
-    "init_std": "std of the initial weights under --init normal (the "
-    "spec: N(0, 0.01) = 0.1)",
-    "init": "initial weights: normal (N(0, init_std^2), the spec) or "
-    "glorot (uniform, variance 2 / (fan_in + fan_out)); biases zero",
-    "likelihood": "gaussian (the spec) or bernoulli (binarized pixels)",
-    "variance": "Sigma of the gaussian likelihood: pixel, shared or fixed",
-    "init_var": "initial (or fixed) value of Sigma under --var-init "
-    "constant",
-    "var_init": "initial Sigma: data (per-pixel variance of the training "
-    "images, at least the floor + a margin) or constant (init_var)",
-    "bias_init": "decoder output bias: data (logit of the mean training "
-    "pixel) or constant (zero, the spec; a categorical latent then "
-    "collapses to one class)",
-    "var_floor": "lower bound on Sigma (default: dequantization variance)",
-    "prior": "gaussian N(0, I) or laplace Lap(0, tau)",
-    "tau": "scale of the laplace prior",
-    "latent": "gaussian (continuous), categorical, or mixture (a class "
-    "y ~ Cat(1/K) choosing a Gaussian region of z; K = --classes)",
-    "groups": "categorical latent: number of groups M",
-    "classes": "categorical latent: classes per group K; mixture: "
-    "number of classes K",
-    "mixture_fit_epoch": "mixture latent: at the start of epoch N, set "
-    "the classes' centres and spreads from a clustering (--mixture-fit) "
-    "of the training images' posterior means (default: keep the random "
-    "start)",
-    "mixture_fit": "mixture latent: how that fit groups the means: "
-    "kmeans, or spectral (k-means on the 2K leading eigenvectors of "
-    "their 10-nearest-neighbour graph: clusters that follow a digit's "
-    "chain of images where k-means cuts balls)",
-    "mixture_fit_starts": "mixture latent: k-means++ starts of that fit "
-    "(of the spectral fit's k-means); the one of lowest inertia is kept",
-    "mixture_pretrain": "mixture latent: before --mixture-fit-epoch, "
-    "train with the N(0, I) prior (a plain VAE, as VaDE pretrains)",
-    "mixture_hard_epochs": "mixture latent: for N epochs from "
-    "--mixture-fit-epoch, each training image's class is fixed to its "
-    "cluster of that fit (a one-hot q(y | x), whose ELBO is lower), so "
-    "the classes take the clustering's shape; then y is summed out "
-    "again (default 0)",
-    "estimator": "categorical gradient estimator: gumbel, "
-    "straight-through, reinforce or enumerate",
-    "temperature": "initial gumbel-softmax temperature",
-    "min_temperature": "final gumbel-softmax temperature",
-    "anneal_rate": "gumbel-softmax temperature max(min, initial * "
-    "exp(-rate * step)) per epoch (Jang et al.: 3e-5); default: from "
-    "initial to min over the epochs",
-    "inference": "amortized (VAE encoder) or vem (per-image parameters)",
-    "objective": "what training ascends: elbo, or iwae (the importance-"
-    "weighted bound of Burda et al. with --iwae-k draws per image; the "
-    "ELBO is still what is reported)",
-    "iwae_k": "--objective iwae: importance samples K per image",
-    "e_steps": "vem: E-step iterations per minibatch",
-    "e_lr": "vem: E-step learning rate (--e-method adam)",
-    "e_method": "vem: the E-step, adam (gradient ascent on the ELBO, "
-    "the spec's) or newton (Gauss-Newton steps, for 1- and 2-D latents "
-    "from the best point of a grid over z; gaussian prior only)",
-    "optimizer": "adam or adagrad",
-    "lr": "peak learning rate (default 3e-3 for adam, 1e-2 for adagrad)",
-    "lr_schedule": "learning rate over the run: exponential (halved every "
-    "--lr-half-life epochs), cosine or linear decay to 0 at the last "
-    "epoch, or constant",
-    "lr_half_life": "epochs per halving of the exponential schedule",
-    "warmup_epochs": "epochs of linear warm-up from 0 to --lr",
-    "epochs": "passes over the training set (the most, with --patience)",
-    "budget": "train this fraction F in (0, 1] of the config's epochs: "
-    "epochs, lr_half_life, warmup_epochs, mixture_fit_epoch and "
-    "mixture_hard_epochs are "
-    "multiplied by F (epochs rounded, at least 1), anneal_rate divided; "
-    "flags and files are in the config's units, a resumed run keeps its "
-    "F and its scaled values",
-    "patience": "stop when the validation ELBO has not improved for N "
-    "epochs, keeping the best epoch's model (default: train all epochs)",
-    "batch_size": "images per minibatch",
-    "n_samples": "Monte Carlo samples of z per image in the ELBO",
-    "seed": "seed of every random draw of the run",
-    "device": "auto, cpu, cuda or cuda:N",
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,25 +77,40 @@ def _flag_type(annotation: Any) -> Any:
     return str
 
 
+def option_fields() -> list[dataclasses.Field[Any]]:
+    """The Config fields that are options (flags), in schema order."""
+    return [f for f in dataclasses.fields(Config) if "group" in f.metadata]
+
+
+def default_text(f: dataclasses.Field[Any]) -> str:
+    """An option's default as its help shows it."""
+    text = f.metadata.get("default_text")
+    if text is not None:
+        return str(text)
+    if f.default is None:
+        return "none"
+    if isinstance(f.default, bool):
+        return str(f.default).lower()
+    return str(f.default)
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field; unset flags stay None (not overrides).
-    Fields with a fixed set of values get it as ``choices``."""
+    """One flag per Config option, in one argument group per schema
+    group; unset flags stay None (not overrides). Options with a fixed
+    set of values get it as ``choices``."""
     hints = typing.get_type_hints(Config)
-    group = parser.add_argument_group("model and training options")
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        if f.name == "extra":
-            continue
+    groups = {name: parser.add_argument_group(f"{name} options")
+              for name in GROUPS}
+    for f in option_fields():
         choices = CHOICES.get(f.name)
-        group.add_argument(
+        groups[f.metadata["group"]].add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=_flag_type(hints[f.name]),
             choices=choices,
             default=None,
             metavar="|".join(choices) if choices else f.name.upper(),
-            help=f"{FIELD_HELP.get(f.name, '')} "
-            f"(default: {defaults.to_dict()[f.name]})",
+            help=f"{f.metadata['help']} (default: {default_text(f)})",
         )
     parser.add_argument("--config", metavar="FILE.toml|PRESET",
                         help="read options from a TOML file or a preset "
@@ -304,8 +229,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
     if args.seed is not None:
         raise ConfigError("vaelab sweep takes --seeds, not --seed")
     hints = typing.get_type_hints(Config)
-    types = {f.name: _flag_type(hints[f.name])
-             for f in dataclasses.fields(Config) if f.name != "extra"}
+    types = {f.name: _flag_type(hints[f.name]) for f in option_fields()}
     grid = sweep.parse_grid(args.grid or [], types)
     seeds = sweep.parse_seeds(args.seeds)
     options = sweep.SweepOptions(

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_type_hints
 
 import torch
 
@@ -67,88 +67,188 @@ TRAINING_IMAGES = 60_000
 DEQUANTIZATION_VARIANCE = 1.0 / (12.0 * 256.0**2)
 
 
+# The option groups, in the order ``vaelab train --help`` shows them.
+GROUPS = ("data", "model", "likelihood", "categorical", "mixture",
+          "variational EM", "optimizer", "schedule", "run")
+
+_T = TypeVar("_T")
+
+
+def option(default: _T, group: str, help: str,
+           default_text: str | None = None) -> _T:
+    """A Config field with its group and help text (the CLI's flag help);
+    ``default_text`` says what a None or computed default means."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}")
+    metadata = {"group": group, "help": help}
+    if default_text is not None:
+        metadata["default_text"] = default_text
+    # A Field stands in for the default until @dataclass replaces it.
+    made: Any = field(default=default, metadata=metadata)
+    return made
+
+
 @dataclass
 class Config:
-    """Everything that defines a run. Units: nats, pixels in [0, 1]."""
+    """Everything that defines a run. Units: nats, pixels in [0, 1].
 
-    # data
-    dataset: DatasetName = "mnist"
-    data_dir: str | None = None
-    preprocess: Preprocess = "auto"
-    val_size: int = 10_000
-    train_images: int | None = None
-    # model: p(z) p(x|z) and q(z|x), as in the spec's Problem 2
-    latent_dim: int = 2
-    # One int (one hidden layer per network, the spec's) or a list of
-    # sizes, encoder order: [512, 256] is 784-512-256-P and P-256-512-784.
-    hidden: int | list[int] = 512
-    activation: Activation = "relu"
-    init_std: float = 0.1
-    # normal: N(0, init_std^2), the spec's; glorot: U(+-sqrt(6 / (fan_in
-    # + fan_out))), as in the IWAE paper's code. Biases start at zero.
-    init: WeightInit = "normal"
-    likelihood: Likelihood = "gaussian"
-    variance: Variance = "pixel"
-    init_var: float = 0.1
-    var_init: DataInit = "data"
-    bias_init: DataInit = "data"
-    var_floor: float = DEQUANTIZATION_VARIANCE
-    prior: Prior = "gaussian"
-    tau: float = 1.0
-    latent: str = "gaussian"  # a name of LATENT_KINDS
-    groups: int = 1
-    classes: int = 10
-    estimator: Estimator = "gumbel"
-    temperature: float = 1.0
-    min_temperature: float = 0.5
-    # Mixture latent: at the start of this epoch, fit mu_y and s_y to a
-    # clustering (mixture_fit) of the training images' posterior means
-    # (VaDE's start); None keeps the random start.
-    mixture_fit_epoch: int | None = None
-    # How that fit groups the means: k-means, or spectral clustering of
-    # their nearest-neighbour graph (then k-means on its eigenvectors).
-    mixture_fit: MixtureFit = "kmeans"
-    # k-means starts of that fit; the lowest-inertia one is kept.
-    mixture_fit_starts: int = 10
-    # Train with the N(0, I) prior before mixture_fit_epoch (VaDE).
-    mixture_pretrain: bool = False
-    # Epochs from mixture_fit_epoch on in which each training image's
-    # class is its label from that fit (a one-hot q(y | x)), not summed
-    # out: the classes take the fit's partition before they are free.
-    mixture_hard_epochs: int = 0
-    # None: anneal from temperature to min_temperature over the epochs;
-    # r: max(min_temperature, temperature * exp(-r * step)), the Gumbel-
-    # softmax paper's schedule (r = 3e-5), set at the start of each epoch.
-    anneal_rate: float | None = None
-    # training
-    inference: str = "amortized"  # a name of INFERENCE_METHODS
-    # What training ascends: the ELBO, or the importance-weighted bound
-    # IWAE_k of Burda et al. (2016) with iwae_k draws per image.
-    objective: Objective = "elbo"
-    iwae_k: int = 1
-    e_steps: int = 5
-    e_lr: float = 1e-2
-    # vEM's E-step: Adam on the Monte Carlo ELBO (the spec's gradient
-    # ascent), or Gauss-Newton steps from a grid search (eq. (V.3) of
-    # docs/derivations.md; Gaussian prior only).
-    e_method: EMethod = "adam"
-    optimizer: Optimizer = "adam"
-    lr: float | None = None
-    lr_schedule: LrSchedule = "exponential"
-    lr_half_life: float = 8.0
+    Each field is an option: its type, default, group and help text."""
+
+    dataset: DatasetName = option("mnist", "data", "mnist or fashion-mnist")
+    data_dir: str | None = option(
+        None, "data", "folder with the four IDX files",
+        default_text="$VAELAB_DATA, the cache, /usr/share/datasets")
+    preprocess: Preprocess = option(
+        "auto", "data", "scale (pixel/255), dequantize ((pixel+u)/256), "
+        "binarize (one fixed draw) or dynamic-binarize (a fresh draw of "
+        "every training image each time it is used; validation and test "
+        "as binarize); auto: dequantize for gaussian, binarize for "
+        "bernoulli")
+    val_size: int = option(
+        10_000, "data",
+        "validation images carved from the end of the training set")
+    train_images: int | None = option(
+        None, "data", "train on the first N training images",
+        default_text="all")
+    latent_dim: int = option(2, "model", "latent size P (the spec: 2)")
+    hidden: int | list[int] = option(
+        512, "model", "units of the hidden layer (the spec: 512; one "
+        "hidden layer per network), or of each layer, encoder order: "
+        "512,256 is 784-512-256-P (the decoder mirrors it)")
+    activation: Activation = option(
+        "relu", "model", "of the hidden layers: relu (the spec) or tanh")
+    init_std: float = option(
+        0.1, "model", "std of the initial weights under --init normal "
+        "(the spec: N(0, 0.01) = 0.1)")
+    init: WeightInit = option(
+        "normal", "model", "initial weights: normal (N(0, init_std^2), "
+        "the spec) or glorot (U(+-sqrt(6 / (fan_in + fan_out))), as in "
+        "the IWAE paper's code); biases zero")
+    likelihood: Likelihood = option(
+        "gaussian", "likelihood",
+        "gaussian (the spec) or bernoulli (binarized pixels)")
+    variance: Variance = option(
+        "pixel", "likelihood",
+        "Sigma of the gaussian likelihood: pixel, shared or fixed")
+    init_var: float = option(
+        0.1, "likelihood",
+        "initial (or fixed) value of Sigma under --var-init constant")
+    var_init: DataInit = option(
+        "data", "likelihood", "initial Sigma: data (per-pixel variance of "
+        "the training images, at least the floor + a margin) or constant "
+        "(init_var)")
+    bias_init: DataInit = option(
+        "data", "likelihood", "decoder output bias: data (logit of the "
+        "mean training pixel) or constant (zero, the spec; a categorical "
+        "latent then collapses to one class)")
+    var_floor: float = option(
+        DEQUANTIZATION_VARIANCE, "likelihood", "lower bound on Sigma",
+        default_text=f"{DEQUANTIZATION_VARIANCE:.4g}, the variance of "
+        "the dequantization noise U(0, 1/256)")
+    prior: Prior = option(
+        "gaussian", "model", "gaussian N(0, I) or laplace Lap(0, tau)")
+    tau: float = option(1.0, "model", "scale of the laplace prior")
+    # A name of LATENT_KINDS (its choices are added to CHOICES below).
+    latent: str = option(
+        "gaussian", "model", "gaussian (continuous), categorical, or "
+        "mixture (a class y ~ Cat(1/K) choosing a Gaussian region of z; "
+        "K = --classes)")
+    groups: int = option(
+        1, "categorical", "categorical latent: number of groups M")
+    classes: int = option(
+        10, "categorical", "categorical latent: classes per group K; "
+        "mixture: number of classes K")
+    estimator: Estimator = option(
+        "gumbel", "categorical", "categorical gradient estimator: "
+        "gumbel, straight-through, reinforce or enumerate")
+    temperature: float = option(
+        1.0, "categorical", "initial gumbel-softmax temperature")
+    min_temperature: float = option(
+        0.5, "categorical", "final gumbel-softmax temperature")
+    mixture_fit_epoch: int | None = option(
+        None, "mixture", "at the start of epoch N, set the classes' "
+        "centres and spreads (mu_y, s_y) from a clustering "
+        "(--mixture-fit) of the training images' posterior means "
+        "(VaDE's start)", default_text="none: keep the random start")
+    mixture_fit: MixtureFit = option(
+        "kmeans", "mixture", "how that fit groups the means: kmeans, or "
+        "spectral (k-means on the 2K leading eigenvectors of their "
+        "10-nearest-neighbour graph: clusters that follow a digit's chain "
+        "of images where k-means cuts balls)")
+    mixture_fit_starts: int = option(
+        10, "mixture", "k-means++ starts of that fit (of the spectral "
+        "fit's k-means); the one of lowest inertia is kept")
+    mixture_pretrain: bool = option(
+        False, "mixture", "before --mixture-fit-epoch, train with the "
+        "N(0, I) prior (a plain VAE, as VaDE pretrains)")
+    mixture_hard_epochs: int = option(
+        0, "mixture", "for N epochs from --mixture-fit-epoch, each "
+        "training image's class is fixed to its cluster of that fit (a "
+        "one-hot q(y | x), whose ELBO is lower), so the classes take the "
+        "clustering's shape before they are free; then y is summed out "
+        "again")
+    anneal_rate: float | None = option(
+        None, "categorical", "gumbel-softmax temperature max(min, "
+        "initial * exp(-rate * step)), set at the start of each epoch "
+        "(Jang et al.: 3e-5)",
+        default_text="none: from initial to min over the epochs")
+    # A name of INFERENCE_METHODS (its choices are added to CHOICES below).
+    inference: str = option(
+        "amortized", "model",
+        "amortized (VAE encoder) or vem (per-image parameters)")
+    objective: Objective = option(
+        "elbo", "optimizer", "what training ascends: elbo, or iwae (the "
+        "importance-weighted bound IWAE_k of Burda et al. (2016) with "
+        "--iwae-k draws per image; the ELBO is still what is reported)")
+    iwae_k: int = option(
+        1, "optimizer", "--objective iwae: importance samples K per image")
+    e_steps: int = option(
+        5, "variational EM", "vem: E-step iterations per minibatch")
+    e_lr: float = option(
+        1e-2, "variational EM",
+        "vem: E-step learning rate (--e-method adam)")
+    e_method: EMethod = option(
+        "adam", "variational EM", "vem: the E-step, adam (gradient ascent "
+        "on the Monte Carlo ELBO, the spec's) or newton (Gauss-Newton "
+        "steps, eq. (V.3) of docs/derivations.md, for 1- and 2-D latents "
+        "from the best point of a grid over z; gaussian prior only)")
+    optimizer: Optimizer = option("adam", "optimizer", "adam or adagrad")
+    lr: float | None = option(
+        None, "optimizer", "peak learning rate (--lr-schedule decays it)",
+        default_text="3e-3 for adam, 1e-2 for adagrad")
+    lr_schedule: LrSchedule = option(
+        "exponential", "schedule", "learning rate over the run: "
+        "exponential (halved every --lr-half-life epochs), cosine or "
+        "linear decay to 0 at the last epoch, or constant")
+    lr_half_life: float = option(
+        8.0, "schedule", "epochs per halving of the exponential schedule")
     # Without it, Adam at 3e-3 from the data-initialized start diverged in
     # the first epoch of the Laplace model (docs/benchmarks.md).
-    warmup_epochs: float = 1.0
-    epochs: int = 20
-    # The fraction of a config's epochs to train (``apply_budget``): the
-    # epochs and the epoch-valued schedule lengths are already scaled by
-    # it in a resolved config; recorded so that a resumed run keeps it.
-    budget: float = 1.0
-    patience: int | None = None
-    batch_size: int = 100
-    n_samples: int = 1
-    seed: int = 0
-    device: str = "auto"
+    warmup_epochs: float = option(
+        1.0, "schedule", "epochs of linear warm-up from 0 to --lr")
+    epochs: int = option(
+        20, "schedule",
+        "passes over the training set (the most, with --patience)")
+    # In a resolved config the epochs and the epoch-valued schedule
+    # lengths are already scaled by it (``apply_budget``); it is
+    # recorded so that a resumed run keeps it.
+    budget: float = option(
+        1.0, "schedule", "train this fraction F in (0, 1] of the config's "
+        "epochs: epochs, lr_half_life, warmup_epochs, mixture_fit_epoch "
+        "and mixture_hard_epochs are multiplied by F (epochs rounded, at "
+        "least 1), anneal_rate divided; flags and files are in the "
+        "config's units, a resumed run keeps its F and its scaled values")
+    patience: int | None = option(
+        None, "schedule", "stop when the validation ELBO has not improved "
+        "for N epochs, keeping the best epoch's model",
+        default_text="none: train all epochs")
+    batch_size: int = option(100, "optimizer", "images per minibatch")
+    n_samples: int = option(
+        1, "optimizer", "Monte Carlo samples of z per image in the ELBO")
+    seed: int = option(0, "run", "seed of every random draw of the run")
+    device: str = option("auto", "run", "auto, cpu, cuda or cuda:N")
+    # Not an option (no flag): notes a caller records in config.json
+    # (the zoo marks its --quick runs).
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> Config:
@@ -192,9 +292,7 @@ class Config:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         _check_budget(self.budget)
-        if (not isinstance(self.val_size, int)
-                or isinstance(self.val_size, bool) or self.val_size < 0):
-            raise ConfigError(f"val_size must be >= 0, got {self.val_size!r}")
+        check_val_size(self.val_size)
         if TRAINING_IMAGES - self.val_size < self.batch_size:
             raise ConfigError(
                 f"val_size {self.val_size} leaves "
@@ -230,11 +328,7 @@ class Config:
             raise ConfigError(
                 f"seed must be an integer in [0, 2^63), got {self.seed!r}"
             )
-        if not isinstance(self.device, str) or not re.fullmatch(
-                r"auto|cpu|cuda(:[0-9]+)?", self.device):
-            raise ConfigError(
-                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
-            )
+        _check_device(self.device)
         self._validate_combinations()
 
     def _validate_combinations(self) -> None:
@@ -391,12 +485,9 @@ class Config:
 def torch_device(name: str) -> torch.device:
     """The device ``name`` (auto, cpu, cuda or cuda:N) stands for on this
     machine, or one line when it has no such device."""
+    _check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(name, str) or not re.fullmatch(
-            r"cpu|cuda(:[0-9]+)?", name):
-        raise ConfigError(
-            f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -407,6 +498,24 @@ def torch_device(name: str) -> torch.device:
                 f"--device {name}: this machine has {count} CUDA "
                 f"device(s), cuda:0 to cuda:{count - 1}")
     return torch.device(name)
+
+
+def _check_device(name: Any) -> None:
+    # The one rule for a device name: --device of train (the Config's)
+    # and of plot and evaluate (torch_device's).
+    if not isinstance(name, str) or not re.fullmatch(
+            r"auto|cpu|cuda(:[0-9]+)?", name):
+        raise ConfigError(
+            f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def check_val_size(val_size: Any) -> None:
+    """A ConfigError unless ``val_size`` is an integer >= 0 (the rule of
+    Config.validate, also applied by data.load_dataset)."""
+    if (not isinstance(val_size, int) or isinstance(val_size, bool)
+            or val_size < 0):
+        raise ConfigError(
+            f"val_size must be an integer >= 0, got {val_size!r}")
 
 
 def _choices_of(annotation: Any) -> tuple[str, ...] | None:

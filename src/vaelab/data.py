@@ -21,11 +21,12 @@ import numpy as np
 import platformdirs
 import torch
 
-from vaelab.config import Config
+from vaelab.config import CHOICES, Config, check_val_size
 from vaelab.errors import ConfigError, DataError
 
-DATASETS = ("mnist", "fashion-mnist")
-PREPROCESS = ("scale", "dequantize", "binarize", "dynamic-binarize")
+DATASETS = CHOICES["dataset"]
+# Config's preprocessings but "auto", which Config.resolved replaces.
+PREPROCESS = tuple(p for p in CHOICES["preprocess"] if p != "auto")
 # The preprocessings whose test images are binary (the same draws).
 BINARY = ("binarize", "dynamic-binarize")
 IMAGE_SIDE = 28
@@ -498,12 +499,7 @@ def load_dataset(
             f"preprocess must be one of {', '.join(PREPROCESS)}, got "
             f"{preprocess!r}"
         )
-    if (
-        not isinstance(val_size, int)
-        or isinstance(val_size, bool)
-        or val_size < 0
-    ):
-        raise ConfigError(f"val_size must be an integer >= 0, got {val_size!r}")
+    check_val_size(val_size)
 
     source = find_data(name, data_dir, download=download)
     paths, _ = _files_in(source)
