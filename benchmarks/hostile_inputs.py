@@ -296,6 +296,236 @@ def cases() -> list[Case]:
     return out
 
 
+MNIST = Path(os.environ.get("VAELAB_DATA", "/work/shared/data/mnist"))
+IDX = {"train-images-idx3-ubyte.gz": (60000, 28, 28),
+       "train-labels-idx1-ubyte.gz": (60000,),
+       "t10k-images-idx3-ubyte.gz": (10000, 28, 28),
+       "t10k-labels-idx1-ubyte.gz": (10000,)}
+
+
+def data_dir(name: str, content: bytes | str | None
+             ) -> Callable[[Path, Path], None]:
+    """{tmp}/data: links to the real MNIST files, ``name`` replaced by
+    ``content`` (bytes; "fifo"; "folder"; None: missing)."""
+    def setup(run: Path, tmp: Path) -> None:
+        d = _mk(tmp / "data")
+        for f in IDX:
+            if f != name:
+                (d / f).symlink_to(MNIST.resolve() / f)
+        p = d / name
+        if content == "fifo":
+            os.mkfifo(p)
+        elif content == "folder":
+            p.mkdir()
+        elif isinstance(content, bytes):
+            p.write_bytes(content)
+    return setup
+
+
+def idx_gz(shape: tuple[int, ...], held: int, code: int = 8,
+           magic: bytes = b"\0\0") -> bytes:
+    """A gzipped IDX file: a header stating ``shape``, ``held`` bytes."""
+    import gzip
+    head = magic + bytes([code, len(shape)]) + b"".join(
+        struct.pack(">I", v) for v in shape)
+    return gzip.compress(head + bytes(held), compresslevel=1)
+
+
+def tmp_file(name: str, data: bytes | str) -> Callable[[Path, Path], None]:
+    """Write ``data`` to {tmp}/``name`` ("fifo", "folder": those)."""
+    def setup(run: Path, tmp: Path) -> None:
+        p = tmp / name
+        if data == "fifo":
+            os.mkfifo(p)
+        elif data == "folder":
+            p.mkdir()
+        else:
+            p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return setup
+
+
+def _readonly_sub(run: Path, tmp: Path) -> None:
+    _mk(tmp / "ro").chmod(0o555)
+
+
+def more_cases() -> list[Case]:
+    """The sweep's second round: resources, data files, TOML configs and
+    zoo files, more run-folder damage, devices, pages and ranges."""
+    out: list[Case] = []
+    small = ["train", "--out", "{tmp}/fresh", "--quiet", "--epochs", "1",
+             "--train-images", "200", "--hidden", "8", "--val-size", "100"]
+    ev = ["evaluate", "{run}", "--quiet", "--gap-n", "0"]
+    # 6. resources: refused before any work, naming the size
+    for flags in (["--k", "1000000000"],
+                  ["--n", "1000000000", "--k", "100000000"],
+                  ["--k", str(2**62)],
+                  ["--n", "0"], ["--k", "0"], ["--k", "-1"],
+                  ["--gap-n", "-1"]):
+        out.append(Case(f"evaluate {' '.join(flags)}", [*ev, *flags]))
+    for flags in (["--hidden", "100000000"], ["--hidden", "16,100000000"],
+                  ["--hidden", str(10**20)], ["--n-samples", "1000000"],
+                  ["--objective", "iwae", "--iwae-k", "1000000"],
+                  ["--latent-dim", "100000000"],
+                  ["--latent", "categorical", "--groups", "100000",
+                   "--classes", "100000"],
+                  ["--batch-size", "100000000"],
+                  ["--hidden", "0"], ["--hidden", "-5"],
+                  ["--hidden", "16,,8"]):
+        out.append(Case(f"train {' '.join(flags)}", [*small, *flags]))
+    # Data files: a gzip bomb, damaged headers, odd files.
+    test_images = "t10k-images-idx3-ubyte.gz"
+    for name, content in [
+        ("gzip bomb (10,000 images, 200 MB)",
+         idx_gz((10000, 28, 28), 200_000_000)),
+        ("header claiming 4e9 images", idx_gz((4_000_000_000, 28, 28), 10)),
+        ("header 0 images", idx_gz((0, 28, 28), 0)),
+        ("few bytes too many", idx_gz((10000, 28, 28), 7_840_010)),
+        ("truncated gzip", idx_gz((10000, 28, 28), 7_840_000)[:5000]),
+        ("gzip of garbage", idx_gz((1,), 100, magic=b"xy")),
+        ("IDX of int32", idx_gz((10000, 28, 28), 100, code=0x0C)),
+        ("empty file", b""),
+        ("a FIFO", "fifo"), ("a folder", "folder"), ("missing", None),
+    ]:
+        out.append(Case(f"data: test images {name}: train",
+                        [*small, "--data-dir", "{tmp}/data"], "error",
+                        data_dir(test_images, content)))
+    out.append(Case("data: gzip bomb: evaluate",
+                    [*ev, *EVAL, "--data-dir", "{tmp}/data"], "error",
+                    data_dir(test_images,
+                             idx_gz((10000, 28, 28), 200_000_000))))
+    out.append(Case("data: --data-dir is a file",
+                    [*small, "--data-dir", "{tmp}/target"]))
+    # 3. TOML configs and zoo files with wrong types
+    for name, text in [
+        ("epochs = \"5\"", 'epochs = "5"'),
+        ("hidden = [16, \"a\"]", 'hidden = [16, "a"]'),
+        ("lr = true", "lr = true"), ("unknown = 1", "unknown = 1"),
+        ("latent = 3", "latent = 3"), ("seed = 2**70", f"seed = {2**62}0"),
+        ("not TOML", "epochs = = 5"), ("binary", b"\xff\xfe\x00"),
+        ("a table for hidden", "[hidden]\nx = 1"),
+        ("hidden = 1e30", "hidden = 1e30"),
+    ]:
+        # No --epochs or --hidden flag here: flags win over the file.
+        out.append(Case(f"toml {name}: train",
+                        [*small[:4], "--config", "{tmp}/c.toml"], "error",
+                        tmp_file("c.toml", text)))
+    for name, data in [("a FIFO", "fifo"), ("a folder", "folder")]:
+        out.append(Case(f"toml is {name}: train",
+                        [*small, "--config", "{tmp}/c.toml"], "error",
+                        tmp_file("c.toml", data)))
+    out.append(Case("toml missing: train",
+                    [*small, "--config", "{tmp}/none.toml"]))
+    zoo = ["run", "--out", "{tmp}/zoo", "--quick", "--quiet",
+           "--zoo", "{tmp}/z.toml"]
+    for name, text in [
+        ("not TOML", "[[model]\nname = 1"),
+        ("model a string", 'model = "x"'),
+        ("no models", "[evaluate]\nimages = 5"),
+        ("name 5", "[[model]]\nname = 5"),
+        ("name ../x", '[[model]]\nname = "../x"\nepochs = 1'),
+        ("epochs \"x\"", '[[model]]\nname = "a"\nepochs = "x"'),
+        ("quick a string", '[[model]]\nname = "a"\nquick = "x"'),
+        ("evaluate images -1",
+         '[evaluate]\nimages = -1\n[[model]]\nname = "a"'),
+        ("two models one name",
+         '[[model]]\nname = "a"\n[[model]]\nname = "a"'),
+        ("hidden 100000000",
+         '[[model]]\nname = "a"\nhidden = 100000000'),
+    ]:
+        out.append(Case(f"zoo {name}: run", zoo, "error",
+                        tmp_file("z.toml", text)))
+    out.append(Case("zoo is a FIFO: run", zoo, "error",
+                    tmp_file("z.toml", "fifo")))
+    # 3. run-folder read-back: more config.json types, checkpoints
+    for name, setup in [
+        ('"batch_size": 0', edit_config(batch_size=0)),
+        ('"lr": "x"', edit_config(lr="x")),
+        ('"hidden": [16, "a"]', edit_config(hidden=[16, "a"])),
+        ('"latent": "nope"', edit_config(latent="nope")),
+        ('"seed": 2**70', edit_config(seed=2**70)),
+        ('"hidden": 1e30', edit_config(hidden=1e30)),
+        ('"epochs": true', edit_config(epochs=True)),
+        ("empty file", write("config.json", b"")),
+        ("cut JSON", write("config.json", b'{"epochs": ')),
+        ("binary", write("config.json", b"\xff\xfe")),
+    ]:
+        out.append(Case(f"config {name}: evaluate", [*ev, *EVAL], "error",
+                        setup))
+    for name, setup in [
+        ("zero bytes", write("checkpoint.safetensors", b"")),
+        ("metadata not JSON",
+         write("checkpoint.safetensors",
+               struct.pack("<Q", 8) + b"{oops!!}")),
+        ("missing", lambda r, t: (r / "checkpoint.safetensors").unlink()),
+    ]:
+        out.append(Case(f"checkpoint {name}: plot", PLOT, "error", setup))
+    # 2. metrics.jsonl
+    for name, setup, expect in [
+        ("empty", write("metrics.jsonl", b""), "safe"),
+        ("blank lines", metrics(lambda ls: ["\n", *ls, "\n"]), "safe"),
+        ("NaN values", metrics(lambda ls: [
+            ln.replace('"elbo": ', '"elbo": NaN, "x": ') for ls1 in [ls]
+            for ln in ls1]), "safe"),
+        ("a list line", metrics(lambda ls: ["[1, 2]\n", *ls]), "error"),
+    ]:
+        for cmd, argv in (("train --resume", TRAIN_RESUME), ("plot", PLOT)):
+            out.append(Case(f"metrics {name}: {cmd}", argv, expect, setup))
+    # 1. writes through symbolic links
+    for name, argv in [("config.json", TRAIN_RESUME),
+                       ("environment.json", TRAIN_RESUME),
+                       ("evaluation.json.tmp", [*ev, *EVAL, "--force"])]:
+        out.append(Case(f"symlink {name}: {argv[0]}", argv, "safe",
+                        link(name)))
+    # 4. OS errors
+    out += [
+        # "safe": root writes in a read-only folder all the same.
+        Case("read-only run folder: train --resume", TRAIN_RESUME, "safe",
+             readonly),
+        Case("read-only run folder: plot", PLOT, "safe", readonly),
+        Case("checkpoint is a folder: evaluate", [*ev, *EVAL], "error",
+             folder("checkpoint.safetensors")),
+        Case("metrics.jsonl is a folder: plot", PLOT, "error",
+             folder("metrics.jsonl")),
+        Case("train --out in a read-only folder",
+             [*small[:2], "{tmp}/ro/r", *small[3:]], "safe", _readonly_sub),
+        Case("plot --out in a read-only folder",
+             [*PLOT, "--out", "{tmp}/ro/p"], "safe", _readonly_sub),
+        Case("evaluate --data-dir is a FIFO",
+             [*ev, *EVAL, "--data-dir", "{tmp}/f"], "error",
+             tmp_file("f", "fifo")),
+    ]
+    # 5. devices
+    for cmd in (small, [*ev, *EVAL], PLOT):
+        for dev in ("tpu", "cuda:-1", "cuda:x"):
+            out.append(Case(f"{cmd[0]} --device {dev}",
+                            [*cmd, "--device", dev]))
+    # 5. pages: titles and seeds
+    out += [
+        Case("plot --title ''", [*PLOT, "--title", ""], "ok"),
+        Case("plot --title 5,000 characters", [*PLOT, "--title", "x" * 5000],
+             "ok"),
+        Case("plot --title with a newline", [*PLOT, "--title", "a\nb"],
+             "ok"),
+        Case("plot --title </script>", [*PLOT, "--title", "</script>"],
+             "ok"),
+        Case("plot --seed abc", [*PLOT, "--seed", "abc"]),
+        Case("plot --seed 2**32", [*PLOT, "--seed", str(2**32)], "safe"),
+    ]
+    # 6. nonsense training
+    for flags in (["--val-size", "-1"], ["--classes", "0", "--latent",
+                                         "mixture"],
+                  ["--var-floor", "-1"], ["--var-floor", "nan"],
+                  ["--var-floor", "inf"], ["--lr", "nan"], ["--lr", "-1"],
+                  ["--epochs", "0"], ["--batch-size", "0"],
+                  ["--n-samples", "0"], ["--tau", "0", "--prior",
+                                         "laplace"],
+                  ["--temperature", "0", "--latent", "categorical"],
+                  ["--train-images", "0"], ["--train-images", "-1"],
+                  ["--init-std", "nan"], ["--budget", "0"]):
+        out.append(Case(f"train {' '.join(flags)}", [*small, *flags]))
+    return out
+
+
 def _mk(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -326,6 +556,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-k", default="", help="only cases containing this")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--first", type=int, default=0, metavar="I",
+                        help="start at case I (0-based; a resumed sweep)")
     args = parser.parse_args()
     env = dict(os.environ)
     env.setdefault("VAELAB_DATA", "/work/shared/data/mnist")
@@ -337,7 +569,8 @@ def main() -> int:
                     "--val-size", "100"], env=env, check=True,
                    capture_output=True)
     tally: dict[str, int] = {}
-    todo = [c for c in cases() if args.k in c.name]
+    todo = [c for c in (cases() + more_cases())[args.first:]
+            if args.k in c.name]
     for i, case in enumerate(todo):
         tmp = root / f"case{i}"
         run = tmp / "run"

@@ -354,3 +354,103 @@ def test_evaluate_and_plot_on_a_missing_cuda_device(
 ) -> None:
     _one_line_exit_2([command, str(tmp_path), "--device", device], capsys,
                      "cuda")
+
+
+# 7. resources before work ---------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--hidden", "100000000"], ["--hidden 100000000", "TB", "memory"]),
+    (["--n-samples", "1000000"], ["--n-samples 1000000", "memory"]),
+    (["--objective", "iwae", "--iwae-k", "1000000"],
+     ["--iwae-k 1000000", "memory"]),
+])
+def test_a_model_that_cannot_fit_is_refused_before_any_allocation(
+    tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], words: list[str],
+) -> None:
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was loaded before the check")
+    monkeypatch.setattr("vaelab.train.load_data", no_data)
+    out = tmp_path / "r"
+    _one_line_exit_2(["train", "--out", str(out), "--quiet", *flags],
+                     capsys, *words)
+    assert not out.exists()
+
+
+def test_the_spec_model_fits() -> None:
+    from vaelab.resources import available_memory, training_step_bytes
+    weights, acts = training_step_bytes(Config().resolved())
+    assert 0 < weights + acts < min(available_memory(), 10**9)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--k", "1000000000"], ["--k 1000000000", "hours", "--force"]),
+    # --n beyond the test set is clamped to it: k decides.
+    (["--n", "1000000000", "--k", "100000000"],
+     ["--k 100000000", "10,000 images", "--force"]),
+])
+def test_an_evaluation_of_days_is_refused_unless_forced(
+    run: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], words: list[str],
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before the check")
+    monkeypatch.setattr("vaelab.evaluate.evaluate_model", no_work)
+    _one_line_exit_2(["evaluate", str(run), "--quiet", *flags], capsys,
+                     *words)
+    assert not (run / runfolder.EVALUATION).exists()
+    # --force skips the estimate and goes on to the work.
+    with pytest.raises(AssertionError, match="before the check"):
+        main(["evaluate", str(run), "--quiet", "--force", *flags])
+
+
+def test_the_time_limit_is_arithmetic() -> None:
+    from vaelab.errors import ConfigError
+    from vaelab.resources import check_evaluation_time
+    check_evaluation_time(10_000, 5000, 1e-3)  # 14 hours: runs
+    with pytest.raises(ConfigError, match=r"^--n 10000 \(with --k 5000\)"
+                       ": about 139 hours"):
+        check_evaluation_time(10_000, 5000, 1e-2)
+
+
+def _idx_gz(path: Path, claimed: int, held: int, extra: int = 0) -> Path:
+    """A gzipped IDX file whose header says ``claimed`` 28x28 images and
+    whose stream holds ``held`` images' bytes and ``extra`` more."""
+    import gzip
+    header = bytes([0, 0, 8, 3]) + b"".join(
+        v.to_bytes(4, "big") for v in (claimed, 28, 28))
+    path.write_bytes(gzip.compress(header + bytes(784 * held + extra)))
+    return path
+
+
+def test_a_gzip_bomb_is_not_unpacked_past_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaelab import data
+    # The exact size reads; a few bytes more are _parse_idx's message.
+    assert data.read_idx(_idx_gz(tmp_path / "ok.gz", 10, 10)).shape == (
+        10, 28, 28)
+    with pytest.raises(VaelabError, match="trailing bytes"):
+        data.read_idx(_idx_gz(tmp_path / "t.gz", 10, 10, extra=5))
+    # 1,000 images where the header says 10: refused, and never whole.
+    reads: list[int] = []
+    real = data.gzip.GzipFile.read
+
+    def counting(self: object, size: int = -1) -> bytes:
+        out = real(self, size)
+        reads.append(len(out))
+        return out
+    monkeypatch.setattr(data.gzip.GzipFile, "read", counting)
+    bomb = _idx_gz(tmp_path / "bomb.gz", 10, 1000)
+    with pytest.raises(VaelabError, match="more than the 7,856 bytes"):
+        data.read_idx(bomb)
+    assert sum(reads) <= 7856 + data._GZIP_MARGIN + 1
+
+
+def test_a_header_claiming_gigabytes_is_refused_unread(
+    tmp_path: Path
+) -> None:
+    from vaelab import data
+    with pytest.raises(VaelabError, match="claims shape 4000000000x28x28"):
+        data.read_idx(_idx_gz(tmp_path / "big.gz", 4_000_000_000, 1))

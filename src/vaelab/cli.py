@@ -217,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run_dir, n=args.n, k=args.k, device=args.device,
         progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, force=args.force,
     )
     print(json.dumps(result.to_json(), indent=2) if args.json
           else format_table(result))
@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="MNIST folder (default: the run's, $VAELAB_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the IWAE would take more than a "
+                   "day on this machine (measured before it starts)")
     p.set_defaults(func=cmd_evaluate)
     add_sweep_parser(sub)
     return parser

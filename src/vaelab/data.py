@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
+import math
 import os
 import stat
 import zlib
@@ -110,6 +112,15 @@ SYSTEM_ROOTS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
+# Bytes per element of the IDX types, for the size a header states (the
+# other types are refused by _parse_idx once read).
+_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+# Read past the header's size by this much, so that a few trailing bytes
+# get _parse_idx's own message; more than this and the stream is refused.
+_GZIP_MARGIN = 4096
+# The largest IDX file of either dataset is 47 MB (60,000 images): a
+# header claiming more than this is damaged, and not unpacked.
+_MAX_IDX_BYTES = 256 * 2**20
 
 
 def cache_root() -> Path:
@@ -133,12 +144,48 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
+        return _gunzip_capped(path, raw)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"{path}: corrupt or truncated gzip data ({e}); delete the file "
             "and fetch it again"
         ) from None
+
+
+def _gunzip_capped(path: Path, raw: bytes) -> bytes:
+    """Gunzip ``raw`` no further than its IDX header's size allows.
+
+    A gzip bomb (megabytes that unpack to gigabytes) would be unpacked
+    whole before the checksum could reject it, so the header (magic,
+    dimensions) comes first and the stream is read up to the size it
+    states plus ``_GZIP_MARGIN``; a stream holding more is a DataError.
+    Bytes that are no IDX header are returned as read, for
+    ``_parse_idx`` to name the problem.
+    """
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+        head = f.read(4)
+        if len(head) < 4 or head[0] or head[1] or head[3] == 0:
+            return head
+        dims = f.read(4 * head[3])
+        if len(dims) < 4 * head[3]:
+            return head + dims
+        shape = [int.from_bytes(dims[i:i + 4], "big")
+                 for i in range(0, len(dims), 4)]
+        expected = 4 + len(dims) + math.prod(shape) * _ITEM_BYTES.get(
+            head[2], 1)
+        if expected > _MAX_IDX_BYTES:
+            raise DataError(
+                f"{path}: the IDX header claims shape "
+                f"{'x'.join(map(str, shape))} ({expected:,} bytes), more "
+                f"than the {_MAX_IDX_BYTES:,} bytes any dataset here has")
+        body = f.read(expected - 4 - len(dims) + _GZIP_MARGIN)
+        if f.read(1):
+            raise DataError(
+                f"{path}: the gzip data unpacks to more than the "
+                f"{expected:,} bytes its IDX header states (shape "
+                f"{'x'.join(map(str, shape))}); delete the file and fetch "
+                "it again")
+    return head + dims + body
 
 
 def _parse_idx(path: Path, data: bytes) -> np.ndarray:

@@ -42,6 +42,7 @@ from vaelab.estimators import (
 from vaelab.inference import FAMILIES
 from vaelab.objectives import LatentVariableModel
 from vaelab.registry import method_for
+from vaelab.resources import check_evaluation_time, seconds_per_point
 
 LN2 = math.log(2.0)
 
@@ -486,6 +487,7 @@ def evaluate_run(
     gap_n: int | None = None,
     data_dir: str | None = None,
     dataset: Dataset | None = None,
+    force: bool = False,
 ) -> Evaluation:
     """Evaluate the trained run in ``run_dir`` on its test set; write
     ``RUN_DIR/evaluation.json`` (``Evaluation`` has its keys) and return
@@ -496,7 +498,8 @@ def evaluate_run(
     k <= 500, the gaps on 100 images with 30 steps); ``gap_n``: images for
     the gaps (default min(n, 1000); 0: no gaps). ``dataset``: the run's
     data, preprocessed as in training (default: loaded from its config or
-    ``data_dir``); only its test split is used.
+    ``data_dir``); only its test split is used. ``force``: run even when
+    the IWAE's decoding would take more than a day (else ConfigError).
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -505,6 +508,8 @@ def evaluate_run(
     runfolder.check_writable(run_dir, [runfolder.EVALUATION])
     if dataset is None:
         dataset = load_data(config, data_dir)
+    if not force:
+        _check_time(model, dataset, n, k, quick)
     result = evaluate_model(
         model, config, dataset.test.images, dataset.preprocess, n=n, k=k,
         progress=progress, quick=quick, gap_n=gap_n,
@@ -515,6 +520,22 @@ def evaluate_run(
                                  seconds=time.perf_counter() - t_start)
     result.write(run_dir)
     return result
+
+
+def _check_time(model: LatentVariableModel, dataset: Dataset,
+                n: int | None, k: int, quick: bool) -> None:
+    """Refuse (ConfigError) an IWAE of n images x k draws that would
+    decode for more than a day, from one measured pass on this machine."""
+    images = dataset.test.images
+    # The sizes evaluate_model will use: n clamped to the test set.
+    if quick:
+        n, k = min(n or images.shape[0], 1000), min(k, 500)
+    n = images.shape[0] if n is None else min(n, images.shape[0])
+    if n < 1 or k < 1:
+        return  # evaluate_model says what is wrong
+    device = next(model.parameters()).device
+    x = _prepare(images, dataset.preprocess, 1, device)
+    check_evaluation_time(n, k, seconds_per_point(model, x))
 
 
 def format_table(result: Evaluation) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from vaelab import runfolder
 from vaelab.clock import QUICK_UNIT_IMAGES, RunClock, model_plan, run_cost
-from vaelab.config import Config
+from vaelab.config import Config, torch_device
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_run
@@ -40,6 +40,7 @@ from vaelab.report import (
     write_pdf,
     write_report,
 )
+from vaelab.resources import check_training_fits
 from vaelab.train import train
 from vaelab.workers import Load, Task, data_key, run_parallel
 from vaelab.zoo import Zoo, ZooModel, load_zoo, model_config, run_finished
@@ -139,6 +140,11 @@ def run_zoo(
     """
     run = _start(Path(out_dir), zoo, options or RunOptions(),
                  load or load_data, log)
+    # The ETA's plan builds each model: one that cannot fit is refused
+    # first, as `vaelab train` would, not by the allocator.
+    for m in run.todo:
+        config = run.configs[m.name]
+        check_training_fits(config, torch_device(config.device))
     with runfolder.lock(run.out):
         clock = RunClock({
             m.name: model_plan(run.configs[m.name], run.out / m.name,

@@ -42,6 +42,7 @@ from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.method import Method
 from vaelab.model import build_model, init_from_data
 from vaelab.registry import kind_for, method_for
+from vaelab.resources import check_training_fits
 
 
 def make_optimizer(
@@ -205,6 +206,9 @@ def train(
         runfolder.load_config(run_dir)
     config = config.resolved()
     device = _device(config)
+    # One step that cannot fit is refused here, not by the allocator
+    # minutes later (or by the kernel's OOM killer, with no message).
+    check_training_fits(config, device)
     runfolder.check_writable(run_dir)
     dataset = (load_data(config) if dataset is None else
                first_training_images(dataset, config.train_images))
