@@ -155,6 +155,10 @@ class LatentKind:
         """The latent's part of a model's name."""
         return f"P={config.latent_dim}"
 
+    def latent_width(self, config: Config) -> int:
+        """The size of one image's z: the decoder's input."""
+        return config.latent_dim
+
     def prior_name(self, config: Config) -> str:
         """p(z)'s name in figure titles."""
         return config.prior
@@ -196,6 +200,9 @@ class CategoricalKind(LatentKind):
     def describe(self, config: Config) -> str:
         return (f"M={config.groups} x K={config.classes} categorical, "
                 f"{config.estimator}")
+
+    def latent_width(self, config: Config) -> int:
+        return config.groups * config.classes  # the one-hot codes
 
     def class_probabilities(self, model: Any, q: Any) -> Tensor:
         return q.probs

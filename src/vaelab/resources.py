@@ -13,6 +13,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.errors import ConfigError
+from vaelab.registry import kind_for
 
 DATA_DIM = 784  # 28 x 28 pixels, the width of the data and the decoder
 FLOAT_BYTES = 4
@@ -47,19 +48,13 @@ def available_memory(device: torch.device | None = None) -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _latent_width(config: Config) -> int:
-    """Width of the decoder's input (the encoder's head is at most 2x)."""
-    if config.latent == "categorical":
-        return config.groups * config.classes
-    return config.latent_dim
-
-
 def training_step_bytes(config: Config) -> tuple[int, int]:
     """(bytes of the weights with gradients and Adam moments, bytes of
     one step's activations) of the model ``config`` describes: an
     estimate from the layer sizes, computed without building anything."""
     sizes = list(config.hidden_sizes)
-    p = _latent_width(config)
+    # The decoder's input (the encoder's head is at most twice it).
+    p = kind_for(config).latent_width(config)
     enc = [DATA_DIM, *sizes, 2 * p]
     dec = [p, *sizes[::-1], DATA_DIM]
     weights = sum((a + 1) * b for net in (enc, dec)
