@@ -72,22 +72,23 @@ def write(name: str, data: bytes | object) -> Callable[[Path, Path], None]:
     return setup
 
 
-def folder(name: str) -> Callable[[Path, Path], None]:
+def _in_place_of(name: str, make: Callable[[Path], None]
+                 ) -> Callable[[Path, Path], None]:
+    """A setup that puts ``make``'s thing where the file ``name`` was."""
     def setup(run: Path, tmp: Path) -> None:
         p = run / name
         if p.exists():
             p.unlink()
-        p.mkdir()
+        make(p)
     return setup
+
+
+def folder(name: str) -> Callable[[Path, Path], None]:
+    return _in_place_of(name, Path.mkdir)
 
 
 def fifo(name: str) -> Callable[[Path, Path], None]:
-    def setup(run: Path, tmp: Path) -> None:
-        p = run / name
-        if p.exists():
-            p.unlink()
-        os.mkfifo(p)
-    return setup
+    return _in_place_of(name, os.mkfifo)
 
 
 def metrics(edit: Callable[[list[str]], list[str]]
