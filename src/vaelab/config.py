@@ -247,6 +247,9 @@ class Config:
         1, "optimizer", "Monte Carlo samples of z per image in the ELBO")
     seed: int = option(0, "run", "seed of every random draw of the run")
     device: str = option("auto", "run", "auto, cpu, cuda or cuda:N")
+    cuda_graph: bool = option(
+        True, "run", "on CUDA, capture the training step in a CUDA graph "
+        "and replay it (false: eager steps); no effect on the CPU")
     # Not an option (no flag): notes a caller records in config.json
     # (the zoo marks its --quick runs).
     extra: dict[str, Any] = field(default_factory=dict)
@@ -383,9 +386,10 @@ class Config:
             raise ConfigError(
                 "--mixture-fit-epoch applies to --latent mixture"
             )
-        if not isinstance(self.mixture_pretrain, bool):
-            raise ConfigError("mixture_pretrain must be true or false, "
-                              f"got {self.mixture_pretrain!r}")
+        for name in ("mixture_pretrain", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, "
+                                  f"got {getattr(self, name)!r}")
         if self.mixture_pretrain and self.mixture_fit_epoch is None:
             raise ConfigError(
                 "--mixture-pretrain needs --mixture-fit-epoch (the epoch "

@@ -105,7 +105,11 @@ def fit_posterior(
     eta = torch.zeros_like(log_spread0, requires_grad=True)
     if steps <= 0:
         return join_params(family, loc0, log_spread0)
-    opt = torch.optim.Adam([delta, eta], lr=lr)
+    # Capturable on CUDA: the training step that runs this E-step may be
+    # captured in a CUDA graph (vaelab.step); a fresh optimizer per call,
+    # so the capture records its zeroed moments too.
+    opt = torch.optim.Adam([delta, eta], lr=lr,
+                           capturable=delta.device.type == "cuda")
     with torch.enable_grad():
         for t in range(steps):
             if decay:
@@ -211,7 +215,10 @@ def newton_posterior(
             precision = (jac * w_logit[:, None, :]) @ jac.transpose(1, 2)
             precision = precision + torch.diag_embed(
                 prior_precision.expand_as(loc))
-            loc = loc + torch.linalg.solve(precision, grad)
+            # solve_ex: solve without its check for singular matrices,
+            # which waits for the GPU (no capture, vaelab.step); Lambda
+            # is positive definite.
+            loc = loc + torch.linalg.solve_ex(precision, grad)[0]
         variance = torch.diagonal(precision, dim1=-2, dim2=-1).reciprocal()
     return DiagGaussian(loc, variance)
 

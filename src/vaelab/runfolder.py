@@ -56,7 +56,7 @@ FORMAT = "vaelab-checkpoint-1"
 # Options that may differ between a run folder's config and the config
 # that resumes or reuses it: they change where or how long it runs, not
 # what it computes.
-MAY_DIFFER = ("epochs", "device", "data_dir")
+MAY_DIFFER = ("epochs", "device", "data_dir", "cuda_graph")
 
 
 @contextlib.contextmanager
@@ -482,6 +482,28 @@ def _check_optimizer(
         check_tensors(source, {key: value}, {key: params[int(parts[1])]})
 
 
+# Bytes of a generator's state, by the device type it draws on.
+RNG_STATE_BYTES = {"cpu": 5056, "cuda": 16}
+
+
+def _check_rng(source: str | Path, state: torch.Tensor,
+               generator: torch.Generator) -> None:
+    """The checkpoint's random state fits ``generator``: a CPU and a CUDA
+    generator draw differently, so a run resumes on the kind of device it
+    was trained on."""
+    mine = generator.get_state()
+    if state.shape != mine.shape or state.dtype != mine.dtype:
+        kind = next((k for k, n in RNG_STATE_BYTES.items()
+                     if state.shape == (n,)), None)
+        if kind is not None and kind != generator.device.type:
+            raise VaelabError(
+                f"{source}: the run was trained on {kind.upper()}, whose "
+                "random numbers the "
+                f"{generator.device.type.upper()} cannot continue; "
+                f"resume it with --device {kind}")
+        check_tensors(source, {"rng.train": state}, {"rng.train": mine})
+
+
 def restore(
     tensors: dict[str, torch.Tensor],
     model: torch.nn.Module,
@@ -498,7 +520,7 @@ def restore(
     if optimizer is not None:
         _check_optimizer(source, tensors, optimizer)
     if generator is not None and "rng.train" in tensors:
-        check_tensors(source, tensors, {"rng.train": generator.get_state()})
+        _check_rng(source, tensors["rng.train"], generator)
     if state:
         check_tensors(source, tensors, state)
     model.load_state_dict(

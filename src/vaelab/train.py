@@ -32,17 +32,13 @@ from tqdm import tqdm
 
 from vaelab import runfolder
 from vaelab.config import Config, torch_device
-from vaelab.data import (
-    Dataset,
-    first_training_images,
-    load_data,
-    training_batch,
-)
+from vaelab.data import Dataset, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.method import Method
 from vaelab.model import build_model, init_from_data
 from vaelab.registry import kind_for, method_for
 from vaelab.resources import check_training_fits
+from vaelab.step import TrainStep, set_learning_rate
 
 
 def make_optimizer(
@@ -52,11 +48,22 @@ def make_optimizer(
 
     The fused kernels do the whole update in one pass over memory: on a
     2-core CPU about 8x faster than the foreach ones for this model, where
-    the update is otherwise a third of the step (docs/benchmarks.md).
+    the update is otherwise a third of the step (docs/benchmarks.md). On
+    CUDA, Adam is capturable, with its learning rate a tensor on the
+    device, so that a step captured in a CUDA graph reads each step's
+    rate (``vaelab.step``).
     """
-    cls = torch.optim.Adam if config.optimizer == "adam" else (
-        torch.optim.Adagrad)
-    return cls(params, lr=config.lr, fused=True)
+    params = list(params)
+    device = params[0].device if params else torch.device("cpu")
+    if config.optimizer == "adam":
+        if device.type == "cuda":
+            return torch.optim.Adam(
+                params, lr=torch.tensor(float(config.lr), device=device),
+                fused=True, capturable=True)
+        return torch.optim.Adam(params, lr=config.lr, fused=True)
+    # Older torch fuses Adagrad on the CPU only.
+    return torch.optim.Adagrad(params, lr=config.lr,
+                               fused=device.type == "cpu" or None)
 
 
 def learning_rate(config: Config, step: int, steps_per_epoch: int) -> float:
@@ -221,44 +228,37 @@ def train(
 
 
 def _train_epoch(
-    method: Method, optimizer: torch.optim.Optimizer,
-    x_train: Tensor, generator: torch.Generator, config: Config,
-    epoch: int, *, preprocess: str, progress: bool,
+    step: TrainStep, config: Config, epoch: int, *, label: str,
+    progress: bool,
 ) -> tuple[Tensor, float]:
-    """One pass over ``x_train`` (N, D) in a fresh random order; returns
-    the sums over images of (ELBO, log_lik, KL), (3,), and the seconds."""
+    """One pass over the step's training set in a fresh random order;
+    returns the sums over images of (ELBO, log_lik, KL), (3,), and the
+    seconds."""
+    x_train = step.x_train
     n, batch = x_train.shape[0], config.batch_size
     steps_per_epoch = -(-n // batch)
-    sums = torch.zeros(3, device=x_train.device)
     # disable=None: no bar when stderr is not a terminal (CI logs).
     bar = tqdm(
         total=n, unit="img", unit_scale=True, leave=False,
-        desc=f"{method.label} {epoch}/{config.epochs}",
+        desc=f"{label} {epoch}/{config.epochs}",
         disable=None if progress else True,
     )
     t0 = time.perf_counter()
-    perm = torch.randperm(n, generator=generator, device=x_train.device)
-    for step, i in enumerate(range(0, n, batch)):
-        lr = learning_rate(
-            config, (epoch - 1) * steps_per_epoch + step, steps_per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        rows = perm[i:i + batch]
-        x = training_batch(x_train[rows], preprocess, generator)
-        terms = method.train_step(x, rows, generator)
-        loss = -terms.objective().mean()  # ascent on the ELBO
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums += terms.sums()
+    perm = torch.randperm(n, generator=step.generator,
+                          device=x_train.device)
+    step.start_epoch(perm[:batch])
+    for k, i in enumerate(range(0, n, batch)):
+        set_learning_rate(optimizer=step.optimizer, lr=learning_rate(
+            config, (epoch - 1) * steps_per_epoch + k, steps_per_epoch))
+        terms = step(perm[i:i + batch])
         if progress:
-            bar.update(x.shape[0])
-            if step % 50 == 0:
+            bar.update(min(batch, n - i))
+            if k % 50 == 0:
                 bar.set_postfix(elbo=f"{terms.elbo.mean().item():.1f}")
     if x_train.device.type == "cuda":
         torch.cuda.synchronize(x_train.device)
     bar.close()
-    return sums, time.perf_counter() - t0
+    return step.sums.clone(), time.perf_counter() - t0
 
 
 def _fresh(
@@ -307,8 +307,10 @@ def time_epoch(config: Config, dataset: Dataset, images: int | None = None,
     x = dataset.train.images.to(device)
     n = x.shape[0] if images is None else min(images, x.shape[0])
     for part in (x[:min(warmup, n)], x[:n]):
-        _, seconds = _train_epoch(method, optimizer, part, generator,
-                                  config, 1, preprocess=dataset.preprocess,
+        step = TrainStep(method, optimizer, part, generator,
+                         dataset.preprocess, capture=config.cuda_graph,
+                         log=lambda line: None)
+        _, seconds = _train_epoch(step, config, 1, label=method.label,
                                   progress=False)
     return seconds * x.shape[0] / n
 
@@ -337,6 +339,10 @@ def _fit(
     x_train = dataset.train.images.to(device)
     x_val = dataset.val.images.to(device)
     n = x_train.shape[0]
+    step = TrainStep(method, optimizer, x_train, generator,
+                     dataset.preprocess, capture=config.cuda_graph, log=log)
+    if device.type == "cuda" and step.eager_reason is not None and progress:
+        log(f"CUDA graph: off, {step.eager_reason}")
     # The stopping rule reads metrics.jsonl alone, so a resumed run stops
     # where an uninterrupted one does (and a stopped one stays stopped).
     history = runfolder.read_metrics(run_dir)
@@ -352,9 +358,8 @@ def _fit(
             break
         model.train()
         method.start_epoch(epoch)
-        sums, seconds = _train_epoch(
-            method, optimizer, x_train, generator, config, epoch,
-            preprocess=dataset.preprocess, progress=progress)
+        sums, seconds = _train_epoch(step, config, epoch,
+                                     label=method.label, progress=progress)
         state = method.state()
         train_terms = check_epoch(
             sums / n, [*model.parameters(), *state.values()], epoch,
