@@ -17,11 +17,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    if config.getoption("--runslow"):
-        return
+    no_cuda = pytest.mark.skip(reason="cuda: no CUDA GPU here")
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
-        if "slow" in item.keywords:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip)
 
 

@@ -30,3 +30,25 @@ def synthetic_dataset(
         train=split(n_train, seed), val=split(n_val, seed + 1),
         test=split(n_test, seed + 2),
     )
+
+
+# The kinds of model whose step must capture: every latent kind, both
+# kinds of inference and both E-steps, a Bernoulli likelihood with
+# dynamic binarization, IWAE, REINFORCE's baseline.
+STEP_MODELS = {
+    "gaussian": {},
+    "laplace": {"prior": "laplace"},
+    "bernoulli": {"likelihood": "bernoulli",
+                  "preprocess": "dynamic-binarize"},
+    "iwae": {"objective": "iwae", "iwae_k": 3},
+    "categorical": {"latent": "categorical", "groups": 3, "classes": 4,
+                    "likelihood": "bernoulli", "preprocess": "binarize"},
+    "reinforce": {"latent": "categorical", "groups": 2, "classes": 3,
+                  "likelihood": "bernoulli", "preprocess": "binarize",
+                  "estimator": "reinforce"},
+    "mixture": {"latent": "mixture", "classes": 3, "mixture_fit_epoch": 2,
+                "mixture_pretrain": True, "mixture_hard_epochs": 1},
+    "vem": {"inference": "vem", "e_steps": 2},
+    "vem-newton": {"inference": "vem", "e_method": "newton",
+                   "e_steps": 1},
+}

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import synthetic_dataset
+from helpers import STEP_MODELS, synthetic_dataset
 
 from vaelab import runfolder
 from vaelab import step as step_module
@@ -31,28 +31,6 @@ from vaelab.step import Snapshot, TrainStep, graph_reason
 from vaelab.train import train
 
 SMALL = dict(hidden=32, batch_size=40, device="cpu")
-
-# The kinds of model whose step must capture: every latent kind, both
-# kinds of inference and both E-steps, a Bernoulli likelihood with
-# dynamic binarization, IWAE, REINFORCE's baseline.
-MODELS = {
-    "gaussian": {},
-    "laplace": {"prior": "laplace"},
-    "bernoulli": {"likelihood": "bernoulli",
-                  "preprocess": "dynamic-binarize"},
-    "iwae": {"objective": "iwae", "iwae_k": 3},
-    "categorical": {"latent": "categorical", "groups": 3, "classes": 4,
-                    "likelihood": "bernoulli", "preprocess": "binarize"},
-    "reinforce": {"latent": "categorical", "groups": 2, "classes": 3,
-                  "likelihood": "bernoulli", "preprocess": "binarize",
-                  "estimator": "reinforce"},
-    "mixture": {"latent": "mixture", "classes": 3, "mixture_fit_epoch": 2,
-                "mixture_pretrain": True, "mixture_hard_epochs": 1},
-    "vem": {"inference": "vem", "e_steps": 2},
-    "vem-newton": {"inference": "vem", "e_method": "newton",
-                   "e_steps": 1},
-}
-
 
 def tensor_lr_optimizer(params: Any, config: Config
                         ) -> torch.optim.Optimizer:
@@ -121,14 +99,14 @@ def _same(a: Path, b: Path) -> bool:
                                        for k in wa) and ma == mb)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(STEP_MODELS))
 def test_replayed_steps_end_where_eager_steps_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     """250 images in minibatches of 40: six replays and an eager tail of
     10 per epoch; weights, optimizer and random state, lambda and every
     metric equal the eager run's, and the step is captured each epoch."""
-    opts = {**SMALL, **MODELS[name]}
+    opts = {**SMALL, **STEP_MODELS[name]}
     preprocess = opts.pop("preprocess", "dequantize")
     ds = synthetic_dataset(250, 80, 40, preprocess=preprocess)
     monkeypatch.setattr(train_module, "make_optimizer", tensor_lr_optimizer)

@@ -165,6 +165,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     dev = torch.cuda.get_device_name(0) if cuda else "no CUDA device"
     print(f"{'device':14s} {'cuda' if cuda else 'cpu'} ({dev}); "
           f"{torch.get_num_threads()} CPU threads")
+    step = ("replayed from a CUDA graph, captured each epoch "
+            "(--cuda-graph false: eager)" if cuda else "eager, on the CPU")
+    print(f"{'training step':14s} {step}")
     for k, v in runfolder.versions().items():
         print(f"{k:14s} {v}")
     return 0
