@@ -55,7 +55,7 @@ def test_every_kind_of_step_is_captured_and_trains_as_eagerly(
           log=lines.append)
     assert not [line for line in lines if "CUDA graph" in line], lines
     assert len(captures) == 3
-    eager = Config(**{**config.to_dict(), "cuda_graph": False})
+    eager = Config.from_dict({**config.to_dict(), "cuda_graph": False})
     train(eager, tmp_path / "eager", dataset=ds, progress=False)
     a, b = _weights(tmp_path / "graph"), _weights(tmp_path / "eager")
     for key in a:
@@ -73,7 +73,7 @@ def test_resume_on_cuda_ends_where_an_uninterrupted_run_ends(
 ) -> None:
     config, ds = _config(name, epochs=3)
     train(config, tmp_path / "full", dataset=ds, progress=False)
-    part = Config(**{**config.to_dict(), "epochs": 1})
+    part = Config.from_dict({**config.to_dict(), "epochs": 1})
     train(part, tmp_path / "part", dataset=ds, progress=False)
     train(config, tmp_path / "part", dataset=ds, progress=False,
           resume=True)
