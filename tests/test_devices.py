@@ -26,7 +26,7 @@ import torch
 from helpers import synthetic_dataset
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from vaelab import discrete_figures, explorer, plots
+from vaelab import discrete_figures, explorer, plots, runfolder
 from vaelab.config import Config
 from vaelab.distributions import (
     Categorical,
@@ -38,7 +38,6 @@ from vaelab.distributions import (
     kl_laplace,
 )
 from vaelab.model import build_model
-from vaelab.runfolder import cpu_copy
 from vaelab.train import train
 
 # One config per kind of prior / latent.
@@ -227,11 +226,11 @@ def test_latent_grid_values() -> None:
 def test_cpu_copy_moves_a_copy_and_leaves_the_model(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(Config(hidden=8, **PRIORS[name])).eval()
-    assert cpu_copy(model) is model  # on the CPU already: no copy
+    assert runfolder.cpu_copy(model) is model  # on the CPU already: no copy
     gpu = copy.deepcopy(model)
     with fake_cuda():
         model_on_cuda(gpu)
-        host = cpu_copy(gpu)
+        host = runfolder.cpu_copy(gpu)
         tensors = [*host.parameters(), *host.buffers()]
         assert tensors and all(t.device.type == "cpu" for t in tensors)
         on_device(*gpu.parameters(), *gpu.buffers(), device="cuda")
@@ -262,7 +261,7 @@ def test_explorer_works_from_a_cpu_copy(
 
     def spy(model: torch.nn.Module) -> torch.nn.Module:
         calls.append(model)
-        return cpu_copy(model)
+        return runfolder.cpu_copy(model)
 
     monkeypatch.setattr(explorer, "cpu_copy", spy)
     torch.manual_seed(0)
