@@ -197,10 +197,11 @@ def prior_quantile_axis(prior: Any, n: int = 20, dim: int = 0
     the midpoints avoid the infinite 0 and 1 quantiles.
     """
     # On the prior's device: a CPU u against a GPU prior's buffers was
-    # issue 24's crash.
-    like = prior.params[0]
-    u = (torch.arange(n, dtype=torch.float64, device=like.device)
-         + 0.5) / n
+    # issue 24's crash. (Any object with an icdf will do: one without
+    # parameters gets CPU probabilities.)
+    params = getattr(prior, "params", ())
+    device = params[0].device if params else None
+    u = (torch.arange(n, dtype=torch.float64, device=device) + 0.5) / n
     return as_numpy(prior.icdf(u[:, None])[:, dim]).astype(np.float64)
 
 
