@@ -26,7 +26,15 @@ import torch
 from helpers import synthetic_dataset
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from vaelab import discrete_figures, explorer, plots, runfolder
+from vaelab import (
+    discrete_figures,
+    estimators,
+    explorer,
+    inference,
+    plots,
+    quadrature,
+    runfolder,
+)
 from vaelab.config import Config
 from vaelab.distributions import (
     Categorical,
@@ -301,3 +309,37 @@ def test_make_figures_draws_from_the_cpu_whatever_the_device(
     assert [p.name for p in cpu] == [p.name for p in meta]
     for a, b in zip(cpu, meta, strict=True):
         assert filecmp.cmp(a, b, shallow=False), a.name
+
+
+# ------------------------------------------------ evaluation (run's device)
+
+
+@pytest.mark.parametrize("name", list(PRIORS))
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_evaluation_pieces_stay_on_the_models_device(
+    name: str, likelihood: str
+) -> None:
+    """Evaluation runs on the run's device: its bounds, the E-steps of
+    variational EM and the quadrature's lattice make their tensors
+    there (the quadrature's float() reads need values: not here)."""
+    torch.manual_seed(0)
+    config = Config(hidden=8, likelihood=likelihood, **PRIORS[name])
+    model = build_model(config).eval().to("meta")
+    x = torch.rand(6, 784).to("meta")
+    with torch.no_grad():
+        q = model.posterior(x)
+        on_device(estimators.chunked_terms(model, x, q, 3).elbo,
+                  model.compute_elbo(x, 2).elbo,
+                  model.sample(3, noise=True))
+        if name in ("gaussian", "laplace"):
+            q0 = inference.prior_matched(model, 6, x.device)
+            on_device(*q0.params, inference.grid_start(model, x, q0.loc),
+                      quadrature._net(model, 3.0, 0.5, x)[2])
+            if name == "gaussian":
+                on_device(*inference.newton_posterior(
+                    model, x, q0, steps=2).params)
+    if name in ("gaussian", "laplace"):
+        q = inference.e_step(model, Config(inference="vem", **PRIORS[name]),
+                             x, inference.prior_matched(model, 6, x.device),
+                             steps=2)
+        on_device(*q.params)
