@@ -51,9 +51,16 @@ def encode_codes(
 def decode_codes(model: torch.nn.Module, classes: Any) -> np.ndarray:
     """Mean images f(z, w) of codes given as class indices (n, M):
     (n, 784)."""
-    idx = torch.as_tensor(as_numpy(classes), dtype=torch.long)
-    z = torch.nn.functional.one_hot(idx, model.classes).float()
-    return model.generate(z.to(device_of(model))).cpu().numpy()
+    z = code_latents(classes, model.classes, next(iter(model.parameters())))
+    return model.generate(z).cpu().numpy()
+
+
+def code_latents(classes: Any, k: int, like: torch.Tensor) -> torch.Tensor:
+    """One-hot codes (n, M, k) of class indices (n, M), on ``like``'s
+    device and in its dtype."""
+    idx = torch.as_tensor(as_numpy(classes), dtype=torch.long,
+                          device=like.device)
+    return torch.nn.functional.one_hot(idx, k).to(like.dtype)
 
 
 def code_grid(

@@ -83,6 +83,13 @@ class Distribution:
         raise NotImplementedError
 
 
+def _constant(value: float, like: Tensor) -> Tensor:
+    """``value`` as a float64 0-d tensor on ``like``'s device: every
+    tensor a method makes lives with its parameters (docs/design.md,
+    "Devices")."""
+    return torch.tensor(value, dtype=torch.float64, device=like.device)
+
+
 def _widened(q: Tensor, *params: Tensor) -> tuple[Tensor, ...]:
     """q and params in their widest dtype: a float64 probability gives a
     float64 quantile even from float32 parameters (torch would keep a 0-d
@@ -173,8 +180,8 @@ class DiagGaussian(LocationFamily):
     def mass_outside(self, half: float) -> Tensor:
         """Per coordinate, P(|z_p| > half), (..., P) in float64; by erfc,
         so tails far below 1e-16 keep their digits."""
-        h, loc, sd = _widened(torch.tensor(half, dtype=torch.float64),
-                              self.loc, self.stddev)
+        h, loc, sd = _widened(_constant(half, self.loc), self.loc,
+                              self.stddev)
         root2 = math.sqrt(2.0)
         return 0.5 * (torch.erfc((h - loc) / (sd * root2))
                       + torch.erfc((h + loc) / (sd * root2)))
@@ -229,8 +236,8 @@ class Laplace(LocationFamily):
     def mass_outside(self, half: float) -> Tensor:
         """Per coordinate, P(|z_p| > half), (..., P) in float64, each tail
         from its own exponential so that tiny tails keep their digits."""
-        h, loc, scale = _widened(torch.tensor(half, dtype=torch.float64),
-                                 self.loc, self.scale)
+        h, loc, scale = _widened(_constant(half, self.loc), self.loc,
+                                 self.scale)
 
         def tail(t: Tensor) -> Tensor:  # P(z - loc > t b)
             return torch.where(t >= 0, 0.5 * torch.exp(-t.abs()),
@@ -345,11 +352,12 @@ class GaussianMixture(Distribution):
         mixture's quantile has no closed form) to ~1e-12 latent units."""
         q = q.double()
         c = self.components
-        wide = float((c.loc.abs() + 40.0 * c.stddev).detach().max())
+        # A tensor, not a float: no wait for the device, and the bracket
+        # is made where the parameters are.
+        wide = (c.loc.abs() + 40.0 * c.stddev).detach().max().double()
         shape = torch.broadcast_shapes(q.shape, self.event_shape)
-        lo = torch.full(shape, -wide, dtype=torch.float64,
-                        device=c.loc.device)
-        hi = -lo
+        lo = -wide.expand(shape)
+        hi = wide.expand(shape)
         for _ in range(64):
             mid = 0.5 * (lo + hi)
             below = self.cdf(mid) < q

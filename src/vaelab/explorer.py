@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind
 from vaelab.registry import kind_for, method_for
-from vaelab.runfolder import atomic_write_bytes
+from vaelab.runfolder import atomic_write_bytes, cpu_copy
 
 EXPLORER = "explorer.html"
 # Test images embedded (as uint8) for the click-to-inspect panel; every
@@ -61,15 +61,16 @@ def payload(
     means: np.ndarray, title: str, n_images: int = N_IMAGES, seed: int = 0,
 ) -> dict[str, Any]:
     """Everything the page needs, as JSON-ready data. ``means``: the
-    posterior means of every test image (N, 2)."""
+    posterior means of every test image (N, 2). Computed from a CPU copy
+    of the model (``runfolder.cpu_copy``)."""
+    model = cpu_copy(model)
     test = dataset.test
     n = len(test)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=min(n_images, n), replace=False))
-    x = test.images[torch.as_tensor(idx)]
-    device = next(iter(model.parameters())).device
+    x = test.images[torch.as_tensor(idx)].cpu()
     # The run's q (a vEM run's from a fixed seed's E-step).
-    q = method_for(config).posterior(model, x.to(device))
+    q = method_for(config).posterior(model, x)
     variance = _np(model.likelihood.noise_variance())
     w1 = _np(model.decoder_hidden.weight)  # (H, 2)
     pixels = np.clip(np.rint(_np(x) * 255.0), 0, 255).astype(np.uint8)

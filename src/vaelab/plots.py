@@ -47,6 +47,7 @@ from vaelab.runfolder import (
     atomic_write,
     atomic_write_bytes,
     check_writable,
+    cpu_copy,
     load_model,
     read_metrics,
 )
@@ -195,7 +196,12 @@ def prior_quantile_axis(prior: Any, n: int = 20, dim: int = 0
     Laplace prior gets Laplace quantiles and a mixture its marginal's;
     the midpoints avoid the infinite 0 and 1 quantiles.
     """
-    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    # On the prior's device: a CPU u against a GPU prior's buffers was
+    # issue 24's crash. (Any object with an icdf will do: one without
+    # parameters gets CPU probabilities.)
+    params = getattr(prior, "params", ())
+    device = params[0].device if params else None
+    u = (torch.arange(n, dtype=torch.float64, device=device) + 0.5) / n
     return as_numpy(prior.icdf(u[:, None])[:, dim]).astype(np.float64)
 
 
@@ -212,15 +218,27 @@ def decode_grid(
     """
     z1 = np.asarray(z1, np.float64)
     z2 = np.asarray(z2, np.float64)
-    p = model.latent_dim
+    like = next(iter(model.parameters()))
+    z = grid_latents(z1, z2, model.latent_dim, like)
+    images = model.generate(z).cpu().numpy()
+    return tile_grid(images, z2.size, z1.size)
+
+
+def grid_latents(z1: Any, z2: Any, p: int, like: torch.Tensor
+                 ) -> torch.Tensor:
+    """The latents of ``decode_grid``'s mosaic, row by row from the top:
+    (n2 * n1, p), z1 across, z2 down from its largest value, coordinates
+    beyond the second 0; on ``like``'s device and in its dtype."""
+    z1 = np.asarray(z1, np.float64)
+    z2 = np.asarray(z2, np.float64)
     rows = z2[::-1]  # top row = largest z2
     zz2, zz1 = np.meshgrid(rows, z1, indexing="ij")  # (n2, n1) each
-    z = torch.zeros(z1.size * z2.size, p)
+    z = torch.zeros(z1.size * z2.size, p, dtype=like.dtype,
+                    device=like.device)
     z[:, 0] = torch.from_numpy(zz1.ravel())
     if p > 1:
         z[:, 1] = torch.from_numpy(zz2.ravel())
-    images = model.generate(z.to(device_of(model))).cpu().numpy()
-    return tile_grid(images, z2.size, z1.size)
+    return z
 
 
 def manifold_grid(
@@ -515,6 +533,8 @@ class FigureContext:
 
     ``test`` is the test split as the model sees it (preprocessed);
     ``pick`` indexes the 100 test digits every tile figure shows.
+    ``model`` is kept as a CPU copy (``runfolder.cpu_copy``), so every
+    figure maker computes on the CPU (docs/design.md, "Devices").
     """
 
     model: torch.nn.Module
@@ -528,6 +548,9 @@ class FigureContext:
     seed: int = 0
     log: Callable[[str], None] = print
     pick: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+    def __post_init__(self) -> None:
+        self.model = cpu_copy(self.model)
 
     def path(self, key: str) -> Path:
         return self.out_dir / FIGURES[key]
@@ -642,6 +665,9 @@ def make_figures(
     ``dataset``: the run's data, preprocessed as in training (loaded from
     the run's config, or ``data_dir``, when None). ``noise``: also
     samples_noise.png; ``manifold``: "range", "quantiles" or "both".
+    ``device``: checked by the callers, not used: figures are drawn from
+    the model on the CPU whatever the run trained on (docs/design.md,
+    "Devices"); the model is small and the CPU holds every array drawn.
     """
 
     if manifold not in MANIFOLD_CHOICES:
@@ -656,7 +682,8 @@ def make_figures(
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir)  # before minutes of drawing, not after
-    model, config = load_model(run_dir, device)
+    del device  # see the docstring
+    model, config = load_model(run_dir, "cpu")
     kind = kind_for(config)
     if dataset is None:
         dataset = load_data(config, data_dir)

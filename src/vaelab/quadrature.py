@@ -522,7 +522,8 @@ def _quadrature_log_px(
 def _prior_box(prior: Any) -> float:
     """Half-width of the box [-L, L]^P outside which the prior puts at
     most ~1e-6 of its mass."""
-    tail = torch.tensor(5e-7, dtype=torch.float64)
+    tail = torch.tensor(5e-7, dtype=torch.float64,
+                        device=prior.params[0].device)
     # Both ends: a mixture prior's marginals are not centred at 0.
     return max(float(prior.icdf(1.0 - tail).max()),
                float(-prior.icdf(tail).min()))

@@ -13,6 +13,7 @@ a time may write a folder (``lock``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import json
@@ -571,3 +572,24 @@ def load_model(
     restore(tensors, model, source=checkpoint_path(run_dir, best))
     model.eval()
     return model, config
+
+
+def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every parameter and buffer on the CPU: itself when
+    they are there already, else a copy (``model`` stays where it is).
+
+    The one place where figures, the explorer and their helpers leave the
+    run's device (docs/design.md, "Devices"): they then make every tensor
+    on the CPU, so none can meet one of the GPU's.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    # The CPU tensors are put in deepcopy's memo, so the copy takes them
+    # in place of the originals: no second copy on the device on the way.
+    memo: dict[int, Any] = {}
+    for t in tensors:
+        host = t.detach().to("cpu")
+        memo[id(t)] = (torch.nn.Parameter(host, t.requires_grad)
+                       if isinstance(t, torch.nn.Parameter) else host)
+    return copy.deepcopy(model, memo)
