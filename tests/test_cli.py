@@ -254,6 +254,7 @@ FLAGS = [
     ("--n-samples", "optimizer", 1),
     ("--seed", "run", 0),
     ("--device", "run", "auto"),
+    ("--cuda-graph", "run", True),
 ]
 
 
