@@ -34,6 +34,9 @@ FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
+# A4's printed width in CSS pixels (96 per inch): 210 mm less the margins.
+MARGIN_MM = 10
+WIDTH_PX = round((210 - 2 * MARGIN_MM) / 25.4 * 96)
 # Time for MathJax to typeset every formula before the page is printed.
 RENDER_MS = 15_000
 # Added to the page: 80-character code lines fit A4's width (long output
@@ -41,8 +44,9 @@ RENDER_MS = 15_000
 # formulas wider than the page.
 HEAD = """
 <style>
+  :root { --jp-code-font-size: 11px; }
   .jp-InputArea-editor pre, .jp-OutputArea-output pre,
-  .jp-RenderedText pre { font-size: 11px; line-height: 1.35;
+  .jp-RenderedText pre { font-size: 11px !important; line-height: 1.35;
                          white-space: pre-wrap; overflow-wrap: anywhere; }
   .jp-RenderedImage img { max-width: 100%; height: auto; }
   @page { size: A4; }
@@ -75,10 +79,12 @@ def mathjax_url() -> str:
 
 
 def _use_browser(executable: str) -> None:
-    """Make Playwright launch ``executable`` and print on A4 paper."""
-    from playwright.async_api import BrowserType, Page
+    """Make Playwright launch ``executable`` and print on A4 paper, from
+    a page as wide as the paper's printed area (MathJax breaks long
+    formulas for the width it sees when it typesets)."""
+    from playwright.async_api import Browser, BrowserType, Page
 
-    launch, pdf = BrowserType.launch, Page.pdf
+    launch, pdf, new_page = BrowserType.launch, Page.pdf, Browser.new_page
     if getattr(launch, "_vaelab", False):
         return
 
@@ -90,11 +96,17 @@ def _use_browser(executable: str) -> None:
     async def pdf_a4(self, *args, **kwargs):
         kwargs.setdefault("format", "A4")
         kwargs.setdefault("margin", {"top": "12mm", "bottom": "12mm",
-                                     "left": "10mm", "right": "10mm"})
+                                     "left": f"{MARGIN_MM}mm",
+                                     "right": f"{MARGIN_MM}mm"})
         return await pdf(self, *args, **kwargs)
+
+    async def new_a4_page(self, *args, **kwargs):
+        kwargs.setdefault("viewport", {"width": WIDTH_PX, "height": 1000})
+        return await new_page(self, *args, **kwargs)
 
     launch_system._vaelab = True
     BrowserType.launch, Page.pdf = launch_system, pdf_a4
+    Browser.new_page = new_a4_page
 
 
 class A4WebPDFExporter:

@@ -154,6 +154,9 @@ def test_hw6_executes_quick(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_DATA", str(mnist_dir))
     monkeypatch.setenv("VAELAB_HW6_QUICK", "1")
     monkeypatch.setenv("VAELAB_HW6_OUT", str(tmp_path))
+    # One thread per torch process: on a shared 2-core machine, two
+    # processes of two spinning threads each made epochs 10x slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3",
