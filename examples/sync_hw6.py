@@ -47,10 +47,27 @@ def section(text: str, heading: str) -> str:
         m = re.match(r"(#+) ", line)
         if m and len(m.group(1)) <= level:
             break
-        if not line.startswith("|"):
-            body.append(line)
+        body.append(line)
     # Blank runs left by a dropped table become one blank line.
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(body)).strip() + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(_without_tables(body)))
+    return text.strip() + "\n"
+
+
+def _without_tables(lines: list[str]) -> list[str]:
+    """``lines`` less every table: a run of lines starting with "|" whose
+    second line is a delimiter row (| --- | ...). A formula's line that
+    starts with "|" (a determinant, |Sigma|) stays."""
+    out, i = [], 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        if j - i >= 2 and re.match(r"\|\s*:?-{3,}", lines[i + 1]):
+            i = j
+        else:
+            out.extend(lines[i:max(j, i + 1)])
+            i = max(j, i + 1)
+    return out
 
 
 def expected_cells(nb: nbformat.NotebookNode, text: str

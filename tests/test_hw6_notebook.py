@@ -115,10 +115,12 @@ def test_a_changed_derivation_makes_the_cell_stale(tmp_path, monkeypatch):
 
 def test_section_stops_at_the_next_heading_and_drops_tables():
     sync = _module("sync_hw6")
-    text = ("# Top\n\n## Problem 9: x\n\nsome $a$\n\n| t | u |\n| - | - |\n"
+    text = ("# Top\n\n## Problem 9: x\n\nsome $a + \\log\n|S|$\n\n"
+            "| t | u |\n| --- | --- |\n| 1 | 2 |\n"
             "\n### Sub\n\nmore\n\n## Problem 10\n\nnot this\n")
+    # The table goes, the formula's line that starts with "|" stays.
     assert sync.section(text, "Problem 9") == (
-        "some $a$\n\n### Sub\n\nmore\n")
+        "some $a + \\log\n|S|$\n\n### Sub\n\nmore\n")
     assert sync.section(text, "Sub") == "more\n"
     with pytest.raises(KeyError):
         sync.section(text, "Problem 11")
@@ -141,7 +143,7 @@ def test_the_executed_copy_is_in_step_and_ran_the_defaults():
     assert not any(o.get("name") == "stderr" for o in outputs)
     assert "\r" not in _text(done)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 20
+    assert len(images) >= 15
     text = _text(done)
     assert "QUICK=False" in text
     assert "FAILED" not in text and "REJECTED" not in text
@@ -178,7 +180,7 @@ def test_hw6_executes_quick(mnist_dir, tmp_path, monkeypatch):
     assert (tmp_path / "mixture" / "figures" / "class_scatter.png").is_file()
     outputs = [o for c in _code(nb) for o in c.outputs]
     assert not any(o.get("name") == "stderr" for o in outputs)
-    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 20
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 15
 
 
 def _pdf_tools() -> str:
