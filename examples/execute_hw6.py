@@ -1,0 +1,56 @@
+"""Execute hw6.ipynb and save the executed copy beside it.
+
+    VAELAB_DATA=../shared/data/mnist python examples/execute_hw6.py
+
+first syncs the derivations' cells from docs/derivations.md
+(``sync_hw6.py``), then runs the notebook with its defaults (every model
+trained in full: about six minutes on two CPU cores) and writes
+``examples/hw6.executed.ipynb``, the cells with their outputs, from which
+``examples/to_pdf.py`` makes ``examples/hw6.pdf``.
+``tests/test_hw6_notebook.py`` checks that the copy's cells are the
+notebook's, so rerun this after editing the notebook. ``--quick`` runs the
+one-minute smoke settings (``VAELAB_HW6_QUICK=1``); ``--out FILE`` writes
+the executed copy elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbclient
+import nbformat
+
+HERE = Path(__file__).parent
+SOURCE = HERE / "hw6.ipynb"
+EXECUTED = HERE / "hw6.executed.ipynb"
+sys.path.insert(0, str(HERE))
+from sync_hw6 import sync  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=EXECUTED)
+    args = parser.parse_args()
+    if sync(SOURCE):
+        print(f"synced the derivations' cells of {SOURCE}")
+    nb = nbformat.read(SOURCE, as_version=4)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vaelab-hw6-") as out:
+        env = dict(os.environ, VAELAB_HW6_OUT=out,
+                   VAELAB_HW6_QUICK="1" if args.quick else "0")
+        nbclient.NotebookClient(
+            nb, timeout=1800, kernel_name="python3",
+            resources={"metadata": {"path": out}},
+        ).execute(env=env)
+    nbformat.write(nb, args.out)
+    print(f"wrote {args.out} in {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
