@@ -4,7 +4,7 @@
 
 first syncs the derivations' cells from docs/derivations.md
 (``sync_hw6.py``), then runs the notebook with its defaults (every model
-trained in full: about six minutes on two CPU cores) and writes
+trained in full: 3 to 5 minutes on two CPU cores) and writes
 ``examples/hw6.executed.ipynb``, the cells with their outputs, from which
 ``examples/to_pdf.py`` makes ``examples/hw6.pdf``.
 ``tests/test_hw6_notebook.py`` checks that the copy's cells are the

@@ -8,8 +8,8 @@ docs/derivations.md is the one source of the homework's derivations
 ``"vaelab": {"derivations": "<heading>"}`` holds that section of the file:
 the text under the heading ``<heading>`` (without the heading line, and
 without the tables of implementing functions and tests, which name test
-files that are not part of the homework) up to the next heading of the
-same or a higher level. Run this after editing either file;
+files that are not part of the homework) up to the next heading, of any
+level: a subsection is a cell of its own. Run this after editing either file;
 ``tests/test_hw6_notebook.py`` checks that the cells are in step, and
 ``examples/execute_hw6.py`` syncs before it executes.
 """
@@ -34,18 +34,19 @@ def section(text: str, heading: str) -> str:
     with ``heading`` (e.g. "Problem 1a"), tables left out; KeyError when
     no heading matches."""
     lines = text.splitlines()
-    start = level = None
+    start = None
     for i, line in enumerate(lines):
         m = re.match(r"(#+) (.*)", line)
         if m and m.group(2).startswith(heading):
-            start, level = i + 1, len(m.group(1))
+            start = i + 1
             break
     if start is None:
         raise KeyError(f"no heading {heading!r} in derivations.md")
     body = []
     for line in lines[start:]:
-        m = re.match(r"(#+) ", line)
-        if m and len(m.group(1)) <= level:
+        # A subsection is a cell of its own (4b's mixture model), so the
+        # section ends at the next heading of any level.
+        if re.match(r"#+ ", line):
             break
         body.append(line)
     # Blank runs left by a dropped table become one blank line.
