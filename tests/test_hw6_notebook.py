@@ -118,12 +118,26 @@ def test_section_stops_at_the_next_heading_and_drops_tables():
     text = ("# Top\n\n## Problem 9: x\n\nsome $a + \\log\n|S|$\n\n"
             "| t | u |\n| --- | --- |\n| 1 | 2 |\n"
             "\n### Sub\n\nmore\n\n## Problem 10\n\nnot this\n")
-    # The table goes, the formula's line that starts with "|" stays.
-    assert sync.section(text, "Problem 9") == (
-        "some $a + \\log\n|S|$\n\n### Sub\n\nmore\n")
+    # The table goes, the formula's line that starts with "|" stays; a
+    # subsection is a cell of its own.
+    assert sync.section(text, "Problem 9") == "some $a + \\log\n|S|$\n"
     assert sync.section(text, "Sub") == "more\n"
     with pytest.raises(KeyError):
         sync.section(text, "Problem 11")
+
+
+def test_no_derivation_is_shown_twice():
+    """Each synced cell holds its own part of derivations.md: no cell's
+    paragraph appears in another (4b's once held the mixture's)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    synced = [c.source for c in nb.cells if c.cell_type == "markdown"
+              and "derivations" in c.metadata.get("vaelab", {})]
+    assert len(synced) >= 6
+    for i, a in enumerate(synced):
+        for j, b in enumerate(synced):
+            if i != j:
+                paragraphs = [p for p in a.split("\n\n") if len(p) > 40]
+                assert not [p for p in paragraphs if p in b], (i, j)
 
 
 def test_the_executed_copy_is_in_step_and_ran_the_defaults():
