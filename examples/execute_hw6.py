@@ -16,19 +16,14 @@ the executed copy elsewhere.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import nbclient
-import nbformat
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "hw6.ipynb"
 EXECUTED = HERE / "hw6.executed.ipynb"
 sys.path.insert(0, str(HERE))
+from run_notebook import execute  # noqa: E402
 from sync_hw6 import sync  # noqa: E402
 
 
@@ -39,18 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     if sync(SOURCE):
         print(f"synced the derivations' cells of {SOURCE}")
-    nb = nbformat.read(SOURCE, as_version=4)
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vaelab-hw6-") as out:
-        env = dict(os.environ, VAELAB_HW6_OUT=out,
-                   VAELAB_HW6_QUICK="1" if args.quick else "0")
-        nbclient.NotebookClient(
-            nb, timeout=1800, kernel_name="python3",
-            resources={"metadata": {"path": out}},
-        ).execute(env=env)
-    nbformat.write(nb, args.out)
-    print(f"wrote {args.out} in {time.perf_counter() - t:.0f} s")
-
+    seconds = execute(SOURCE, args.out, "VAELAB_HW6", args.quick)
+    print(f"wrote {args.out} in {seconds:.0f} s")
 
 if __name__ == "__main__":
     main()

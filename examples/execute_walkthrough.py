@@ -12,33 +12,22 @@ copy's cells are the notebook's, so rerun this after editing the notebook.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+import sys
 from pathlib import Path
-
-import nbclient
-import nbformat
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "walkthrough.ipynb"
 EXECUTED = HERE / "walkthrough.executed.ipynb"
+sys.path.insert(0, str(HERE))
+from run_notebook import execute  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    nb = nbformat.read(SOURCE, as_version=4)
-    with tempfile.TemporaryDirectory(prefix="vaelab-walkthrough-") as out:
-        env = dict(os.environ, VAELAB_WALKTHROUGH_OUT=out,
-                   VAELAB_WALKTHROUGH_QUICK="1" if args.quick else "0")
-        nbclient.NotebookClient(
-            nb, timeout=1800, kernel_name="python3",
-            resources={"metadata": {"path": out}},
-        ).execute(env=env)
-    nbformat.write(nb, EXECUTED)
+    execute(SOURCE, EXECUTED, "VAELAB_WALKTHROUGH", args.quick)
     print(f"wrote {EXECUTED}")
-
 
 if __name__ == "__main__":
     main()
