@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import make_digits
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from vaelab.data import Dataset, Split
 
@@ -30,6 +33,19 @@ def synthetic_dataset(
         train=split(n_train, seed), val=split(n_val, seed + 1),
         test=split(n_test, seed + 2),
     )
+
+
+def edit_checkpoint(run_dir: Path, edit: Callable[[dict, dict], None]
+                    ) -> Path:
+    """Rewrite the run folder's checkpoint with ``edit(tensors,
+    metadata)``, in place; returns its path."""
+    path = Path(run_dir) / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+    return path
 
 
 # The kinds of model whose step must capture: every latent kind, both

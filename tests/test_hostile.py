@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from helpers import edit_checkpoint
 
 from vaelab import cli, runfolder
 from vaelab.cli import main
@@ -189,12 +188,7 @@ def _edit_config(**changes: object) -> Callable[[Path], None]:
 
 def _checkpoint(edit: Callable[[dict, dict], None]) -> Callable[[Path], None]:
     def setup(run: Path) -> None:
-        path = run / runfolder.CHECKPOINT
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata())
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        edit(tensors, meta)
-        save_file(tensors, str(path), metadata=meta)
+        edit_checkpoint(run, edit)
     return setup
 
 

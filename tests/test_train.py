@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import synthetic_dataset
-from safetensors import safe_open
-from safetensors.torch import save
+from helpers import edit_checkpoint, synthetic_dataset
 
 from vaelab import latents, runfolder, vem
 from vaelab import train as train_module
@@ -521,12 +519,8 @@ def test_a_cuda_run_resumed_on_the_cpu_says_so(tmp_path: Path) -> None:
     line naming the device to resume on, nothing changed."""
     ds = synthetic_dataset(120, 40, 40)
     train(Config(epochs=1, **SMALL), tmp_path, dataset=ds, progress=False)
-    path = runfolder.checkpoint_path(tmp_path)
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = runfolder.read_checkpoint(tmp_path)[1]
-    tensors["rng.train"] = torch.zeros(16, dtype=torch.uint8)
-    path.write_bytes(save(tensors, metadata=meta))
+    path = edit_checkpoint(tmp_path, lambda t, m: t.update(
+        {"rng.train": torch.zeros(16, dtype=torch.uint8)}))
     before = path.read_bytes()
     with pytest.raises(VaelabError, match="trained on CUDA.*--device cuda"):
         train(Config(epochs=2, **SMALL), tmp_path, dataset=ds,

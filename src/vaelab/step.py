@@ -125,11 +125,6 @@ class TrainStep:
             return self._terms
         return self.step(rows)
 
-    @property
-    def captured(self) -> bool:
-        """Whether this epoch's full minibatches replay a CUDA graph."""
-        return self._replay is not None
-
     def start_epoch(self, rows: Tensor) -> None:
         """Zero the epoch's sums and, on CUDA, capture the step for
         minibatches of ``rows``' size (rows: a full minibatch's indices,
