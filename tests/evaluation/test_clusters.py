@@ -1,5 +1,5 @@
 """Cluster purity and accuracy on hand-made assignments, and the clusters
-of discrete-latent models (vaelab.clusters)."""
+of discrete-latent models (vaelab.evaluation.clusters)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.clusters import cluster_stats, evaluate_clusters
 from vaelab.config import Config
-from vaelab.model import build_model
+from vaelab.evaluation.clusters import cluster_stats, evaluate_clusters
+from vaelab.models.model import build_model
 
 
 def test_a_perfect_relabelling_has_purity_and_accuracy_one() -> None:

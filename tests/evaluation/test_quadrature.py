@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vaelab.config import Config
-from vaelab.model import build_model
-from vaelab.quadrature import flushed_denormals, shared_points
+from vaelab.evaluation.quadrature import flushed_denormals, shared_points
+from vaelab.models.model import build_model
 
 
 @pytest.mark.parametrize("likelihood, variance", [

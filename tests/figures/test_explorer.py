@@ -1,5 +1,5 @@
-"""Tests for vaelab.explorer without a browser: what the page embeds,
-its size, and which runs get one (tests/test_explorer_browser.py drives
+"""Tests for vaelab.figures.explorer without a browser: what the page embeds,
+its size, and which runs get one (tests/figures/test_explorer_browser.py drives
 it in Chromium)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import explorer, plots
 from vaelab.config import Config
-from vaelab.model import build_model
-from vaelab.train import train
+from vaelab.figures import explorer, plots
+from vaelab.models.model import build_model
+from vaelab.training.loop import train
 
 
 def page_data(html: str) -> dict:

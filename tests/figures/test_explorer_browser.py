@@ -11,10 +11,10 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import explorer, plots
 from vaelab.config import Config
-from vaelab.runfolder import load_model
-from vaelab.train import train
+from vaelab.figures import explorer, plots
+from vaelab.training.loop import train
+from vaelab.training.runfolder import load_model
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -1,4 +1,4 @@
-"""Tests for vaelab.plots: the array functions exactly, the figures by
+"""Tests for vaelab.figures.plots: the array functions exactly, the figures by
 their files (pixel-exact tiles, every name written)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import plots
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.model import build_model
-from vaelab.runfolder import load_model
-from vaelab.train import train
+from vaelab.figures import plots
+from vaelab.models.model import build_model
+from vaelab.training.loop import train
+from vaelab.training.runfolder import load_model
 
 # The figures of a model with continuous latents.
 CONTINUOUS = {"real_digits.png", "samples.png", "samples_noise.png",
@@ -206,7 +206,7 @@ def test_figures_dispatch_on_the_latent_kind(run_dir, data, tmp_path,
         calls.append(ctx)
         return []
 
-    from vaelab.latents import LatentKind
+    from vaelab.models.latents import LatentKind
 
     monkeypatch.setattr(LatentKind, "figures", lambda self, ctx: maker(ctx))
     paths = plots.make_figures(run_dir, tmp_path, data, title="T")

@@ -1,4 +1,4 @@
-"""Figures of categorical-latent models (vaelab.plots, issue 5)."""
+"""Figures of categorical-latent models (vaelab.figures.plots, issue 5)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import discrete_figures, plots
-from vaelab.clusters import cluster_stats
 from vaelab.config import Config
-from vaelab.model import build_model
-from vaelab.train import train
+from vaelab.evaluation.clusters import cluster_stats
+from vaelab.figures import discrete as discrete_figures
+from vaelab.figures import plots
+from vaelab.models.model import build_model
+from vaelab.training.loop import train
 
 
 def small(groups: int, classes: int) -> torch.nn.Module:

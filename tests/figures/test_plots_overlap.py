@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from helpers import synthetic_dataset
 
-from vaelab import data, plots
+from vaelab import data
+from vaelab.figures import plots
 
 
 def blobs(centres, n=50, spread=0.1, seed=0):
@@ -110,7 +111,7 @@ def test_fashion_figures_name_the_classes(tmp_path, monkeypatch):
     import dataclasses
 
     from vaelab.config import Config
-    from vaelab.train import train
+    from vaelab.training.loop import train
 
     ds = dataclasses.replace(
         synthetic_dataset(n_train=200, n_val=40, n_test=80),

@@ -11,10 +11,9 @@ from helpers import synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.data import dequantize
-from vaelab.distributions import DiagGaussian
 from vaelab.errors import ConfigError
-from vaelab.evaluate import evaluate_model
-from vaelab.inference import (
+from vaelab.evaluation.evaluate import evaluate_model
+from vaelab.inference.e_steps import (
     GRID_POINTS,
     GRID_RADIUS,
     VEM_TEST_NEWTON_STEPS,
@@ -25,16 +24,17 @@ from vaelab.inference import (
     prior_matched,
     vem_test_steps,
 )
-from vaelab.model import build_model
-from vaelab.objectives import compute_elbo
-from vaelab.runfolder import load_model, read_metrics
-from vaelab.train import train
-from vaelab.vem import (
+from vaelab.inference.vem import (
     LAMBDA_KEYS,
     VariationalEM,
     heldout_elbo,
     load_lambdas,
 )
+from vaelab.models.model import build_model
+from vaelab.prob.distributions import DiagGaussian
+from vaelab.prob.objectives import compute_elbo
+from vaelab.training.loop import train
+from vaelab.training.runfolder import load_model, read_metrics
 
 VEM = dict(inference="vem", hidden=32, e_steps=3, e_lr=0.1, device="cpu",
            seed=0)
@@ -281,8 +281,8 @@ def test_figures_of_an_adam_vem_run_repeat(vem_run, data, tmp_path) -> None:
     comes from a fixed seed, not torch's global generator: two
     ``make_figures`` with the global generator moved in between write
     the same latent_scatter.json and explorer page."""
-    from vaelab.explorer import EXPLORER
-    from vaelab.plots import SCATTER_STATS, make_figures
+    from vaelab.figures.explorer import EXPLORER
+    from vaelab.figures.plots import SCATTER_STATS, make_figures
 
     out, _ = vem_run
     pages = []

@@ -1,4 +1,4 @@
-"""The models of vaelab.model: shapes, initialization, the likelihood's
+"""The models of vaelab.models.model: shapes, initialization, the likelihood's
 variance options, the Laplace and categorical variants, and short
 training runs on synthetic digits."""
 
@@ -12,27 +12,17 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import runfolder
-from vaelab.clusters import (
+from vaelab.config import Config
+from vaelab.data import dequantize
+from vaelab.evaluation.clusters import (
     cluster_labels,
     kmeans_labels,
     nearest_labels,
     spectral_labels,
 )
-from vaelab.config import Config
-from vaelab.data import dequantize
-from vaelab.distributions import (
-    Categorical,
-    DiagGaussian,
-    GaussianMixture,
-    Laplace,
-    gaussian_log_prob,
-    kl_laplace,
-)
-from vaelab.estimators import SEEDS, average_elbo
-from vaelab.inference import prior_matched
-from vaelab.latents import temperature_at
-from vaelab.model import (
+from vaelab.inference.e_steps import prior_matched
+from vaelab.models.latents import temperature_at
+from vaelab.models.model import (
     DATA_DIM,
     DATA_VAR_MARGIN,
     MEAN_CLAMP,
@@ -42,9 +32,19 @@ from vaelab.model import (
     build_model,
     init_from_data,
 )
-from vaelab.objectives import code_log_lik, compute_elbo
-from vaelab.runfolder import read_metrics
-from vaelab.train import make_optimizer, train
+from vaelab.prob.distributions import (
+    Categorical,
+    DiagGaussian,
+    GaussianMixture,
+    Laplace,
+    gaussian_log_prob,
+    kl_laplace,
+)
+from vaelab.prob.estimators import SEEDS, average_elbo
+from vaelab.prob.objectives import code_log_lik, compute_elbo
+from vaelab.training import runfolder
+from vaelab.training.loop import make_optimizer, train
+from vaelab.training.runfolder import read_metrics
 
 Z = 5.0
 B, S = 4, 3
@@ -362,7 +362,7 @@ def test_the_schedule_sets_the_estimators_temperature() -> None:
     """The categorical kind's schedule anneals the model's estimator at
     the start of each epoch (the steps before it counted)."""
     from vaelab.data import Dataset, Split
-    from vaelab.registry import kind_for
+    from vaelab.models.kinds import kind_for
 
     config = Config(latent="categorical", groups=2, classes=5,
                     temperature=1.0, anneal_rate=1e-3, batch_size=10)
@@ -571,7 +571,7 @@ def test_spectral_clusters_follow_chains_that_kmeans_cuts() -> None:
     """On ``two_strokes``, k-means (k = 2) cuts both across, spectral
     clustering of the neighbour graph keeps each whole; the same seed
     gives the same labels."""
-    from vaelab.clusters import cluster_stats
+    from vaelab.evaluation.clusters import cluster_stats
 
     points, truth = two_strokes()
     kmeans = cluster_stats(kmeans_labels(points, 2, 0, 10), truth, 2)
@@ -604,7 +604,7 @@ def test_spectral_fit_labels_the_points_beyond_its_sample_by_nearest(
     """With the spectral fit on the first 400 of ``two_strokes``'s 600
     points (shuffled), the other 200 take their nearest fitted point's
     class: every point's class is its stroke (up to naming)."""
-    from vaelab import clusters
+    from vaelab.evaluation import clusters
 
     monkeypatch.setattr(clusters, "SPECTRAL_POINTS", 400)
     points, stroke = two_strokes()

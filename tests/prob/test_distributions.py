@@ -1,4 +1,4 @@
-"""Numerical checks of vaelab.distributions against torch.distributions,
+"""Numerical checks of vaelab.prob.distributions against torch.distributions,
 closed forms and Monte Carlo estimates (docs/derivations.md).
 
 Monte Carlo tolerances are Z standard errors computed from the sample
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import distributions as td
 
-from vaelab.distributions import (
+from vaelab.prob.distributions import (
     Categorical,
     DiagGaussian,
     Distribution,

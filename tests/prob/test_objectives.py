@@ -1,4 +1,4 @@
-"""Numerical checks of the ELBO estimators in vaelab.objectives
+"""Numerical checks of the ELBO estimators in vaelab.prob.objectives
 (docs/derivations.md, Problems 1a, 1d and 4b, and the IWAE bound).
 
 Monte Carlo tolerances are Z standard errors from the sample standard
@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from vaelab.config import Config
-from vaelab.distributions import DiagGaussian, Laplace
 from vaelab.errors import ConfigError
-from vaelab.model import build_model
-from vaelab.objectives import (
+from vaelab.models.model import build_model
+from vaelab.prob.distributions import DiagGaussian, Laplace
+from vaelab.prob.objectives import (
     ElboTerms,
     compute_elbo,
     compute_iwae,

@@ -1,4 +1,4 @@
-"""Tests for vaelab.aggregate: the intervals and paired differences
+"""Tests for vaelab.runs.aggregate: the intervals and paired differences
 against a hand computation with scipy.stats.t, and the written files."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import math
 import pytest
 from scipy import stats
 
-from vaelab import aggregate, runfolder
+from vaelab.runs import aggregate
+from vaelab.training import runfolder
 
 SETTINGS = [{"name": "lr=0.001", "values": {"lr": 0.001}},
             {"name": "lr=0.003", "values": {"lr": 0.003}}]

@@ -1,4 +1,4 @@
-"""Tests for vaelab.report on hand-made run folders (no training)."""
+"""Tests for vaelab.runs.report on hand-made run folders (no training)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaelab import plots, report, runfolder
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.evaluate import Evaluation
-from vaelab.plots import plot_tiles, tile_grid
+from vaelab.evaluation.evaluate import Evaluation
+from vaelab.figures import plots
+from vaelab.figures.plots import plot_tiles, tile_grid
+from vaelab.runs import report
+from vaelab.training import runfolder
 
 
 def fake_run(
@@ -107,7 +109,7 @@ def test_comparison_is_computed_from_the_numbers(tmp_path):
 
 def evaluation_json(inference: str = "amortized",
                     amortization_gap: float = 1.5) -> dict:
-    """evaluation.json as vaelab.evaluate documents it."""
+    """evaluation.json as vaelab.evaluation.evaluate documents it."""
     encoder = 103.0 - amortization_gap
     return {
         "units": "nats per image", "inference": inference,
@@ -228,7 +230,7 @@ def test_pdf_failure_of_the_browser_is_reported(tmp_path):
 
 
 def test_pdf_with_chromium(tmp_path):
-    from vaelab.run import chromium
+    from vaelab.runs.run import chromium
 
     browser = chromium()
     if browser is None:
@@ -301,7 +303,7 @@ def test_generated_prose_holds_no_benchmark_figures():
 
 
 def test_the_cost_note_words_the_runs_cost():
-    from vaelab.clock import RunCost
+    from vaelab.runs.clock import RunCost
 
     side_by_side = RunCost("spec", 600.0, 4.0, True, None, jobs=2,
                            timed_images=10_000, n_train=60_000)

@@ -1,5 +1,6 @@
-"""Tests for vaelab.run (the one-command run), vaelab.zoo (the zoo file)
-and vaelab.clock (its ETA and cost) on a tiny zoo of synthetic data, and
+"""Tests for vaelab.runs.run (the one-command run), vaelab.runs.zoo (the zoo
+file)
+and vaelab.runs.clock (its ETA and cost) on a tiny zoo of synthetic data, and
 ``vaelab run`` / ``vaelab plot`` on real MNIST."""
 
 from __future__ import annotations
@@ -12,9 +13,18 @@ from pathlib import Path
 import pytest
 from helpers import synthetic_dataset
 
-from vaelab import run, runfolder
 from vaelab.cli import main
-from vaelab.clock import (
+from vaelab.config import Config
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.evaluation.evaluate import (
+    Estimate,
+    Evaluation,
+    Gaps,
+    IwaeEstimate,
+    Timings,
+)
+from vaelab.runs import run
+from vaelab.runs.clock import (
     PRODUCT_SHARE,
     STAGE_EPOCHS,
     RunClock,
@@ -22,10 +32,8 @@ from vaelab.clock import (
     previous_training_run,
     spec_epoch_seconds,
 )
-from vaelab.config import Config
-from vaelab.errors import ConfigError, VaelabError
-from vaelab.evaluate import Estimate, Evaluation, Gaps, IwaeEstimate, Timings
-from vaelab.zoo import load_zoo, model_config, run_finished
+from vaelab.runs.zoo import load_zoo, model_config, run_finished
+from vaelab.training import runfolder
 
 CONTINUOUS = ["real_digits.png", "samples.png", "samples_noise.png",
               "reconstructions.png", "latent_scatter.png", "manifold.png",
@@ -72,7 +80,8 @@ REAL_EVALUATOR = run.evaluate_run
 
 @pytest.fixture(autouse=True)
 def _no_evaluation(monkeypatch):
-    # vaelab.evaluate is slow at its defaults; tests that want it say so.
+    # vaelab.evaluation.evaluate is slow at its defaults; tests that want it say
+    # so.
     monkeypatch.setattr(run, "evaluate_run", lambda run_dir, **kw: None)
 
 

@@ -1,4 +1,4 @@
-"""Tests for vaelab.sweep and ``vaelab sweep``: a 2 x 2 sweep (two
+"""Tests for vaelab.runs.sweep and ``vaelab sweep``: a 2 x 2 sweep (two
 hidden sizes, two seeds, one epoch) on synthetic data, locally and on a
 local Ray instance, killed and resumed; the grid's one-line errors."""
 
@@ -17,11 +17,12 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import aggregate, runfolder, sweep
 from vaelab.cli import build_parser, cmd_sweep, config_from_args, main
 from vaelab.config import Config
 from vaelab.errors import ConfigError
-from vaelab.train import train
+from vaelab.runs import aggregate, sweep
+from vaelab.training import runfolder
+from vaelab.training.loop import train
 
 FLAGS = ["--seeds", "0-1", "--jobs", "1", "--grid", "hidden=8,12",
          "--epochs", "1", "--eval-n", "20", "--eval-k", "5", "--quiet"]

@@ -1,4 +1,4 @@
-"""The training step (vaelab.step): its CUDA-graph bookkeeping, checked
+"""The training step (vaelab.training.step): its CUDA-graph bookkeeping, checked
 on the CPU with a stand-in for the graph.
 
 A real capture records the step's kernels without running them, and a
@@ -22,13 +22,13 @@ import pytest
 import torch
 from helpers import STEP_MODELS, synthetic_dataset
 
-from vaelab import runfolder
-from vaelab import step as step_module
-from vaelab import train as train_module
 from vaelab.config import Config
-from vaelab.runfolder import read_metrics
-from vaelab.step import Snapshot, TrainStep, graph_reason
-from vaelab.train import train
+from vaelab.training import loop as train_module
+from vaelab.training import runfolder
+from vaelab.training import step as step_module
+from vaelab.training.loop import train
+from vaelab.training.runfolder import read_metrics
+from vaelab.training.step import Snapshot, TrainStep, graph_reason
 
 SMALL = dict(hidden=32, batch_size=40, device="cpu")
 
@@ -43,7 +43,7 @@ def tensor_lr_optimizer(params: Any, config: Config
 
 
 class FakeGraphs:
-    """The CUDA graph calls of vaelab.step, on the CPU (module doc)."""
+    """The CUDA graph calls of vaelab.training.step, on the CPU (module doc)."""
 
     def __init__(self, fail: bool = False) -> None:
         self.captures = 0

@@ -16,15 +16,17 @@ import pytest
 import torch
 from helpers import edit_checkpoint, synthetic_dataset
 
-from vaelab import latents, runfolder, vem
-from vaelab import train as train_module
-from vaelab.amortized import Amortized
 from vaelab.config import Config
 from vaelab.errors import ConfigError, TrainingDiverged, VaelabError
-from vaelab.runfolder import read_metrics
-from vaelab.train import train
+from vaelab.inference import vem
+from vaelab.inference.amortized import Amortized
+from vaelab.models import latents
+from vaelab.training import loop as train_module
+from vaelab.training import runfolder
+from vaelab.training.loop import train
+from vaelab.training.runfolder import read_metrics
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 SMALL = dict(hidden=64, batch_size=50, device="cpu")
 
 
@@ -162,7 +164,7 @@ def test_mixture_pretrain_uses_normal_prior_until_the_fit(
 ) -> None:
     """With --mixture-pretrain, every ELBO before the fit epoch is
     computed under N(0, I); from the fit epoch on, under the mixture."""
-    from vaelab.distributions import GaussianMixture
+    from vaelab.prob.distributions import GaussianMixture
 
     seen: list[tuple[int, bool]] = []
     real = latents.compute_elbo
@@ -275,7 +277,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from helpers import synthetic_dataset
 from vaelab.config import Config
-from vaelab.train import train
+from vaelab.training.loop import train
 train(Config(epochs={epochs}, hidden=64, batch_size=50, device="cpu",
              inference={inference!r}),
       {out!r}, dataset=synthetic_dataset(300, 100, 100), progress=False,

@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.linalg import eigsh
 from torch import Tensor
 
-from vaelab.registry import kind_for, method_for
+from vaelab.models.kinds import kind_for, method_for
 
 # The mixture's spectral fit (``spectral_labels``): each point joined to
 # its SPECTRAL_NEIGHBOURS nearest, on the first SPECTRAL_POINTS training

@@ -1,7 +1,7 @@
 """How good is a trained model? The evaluation record, evaluation.json.
 
 ``evaluate_run`` measures a run's test images with the estimators of
-``vaelab.estimators`` (ELBO, IWAE_k, log p(x), inference gaps) and
+``vaelab.prob.estimators`` (ELBO, IWAE_k, log p(x), inference gaps) and
 records their means over images, in nats per image (and bits per
 dimension where that has a meaning), as an ``Evaluation``, whose
 ``to_json`` is the run folder's evaluation.json; ``format_table`` prints
@@ -23,12 +23,13 @@ import dacite
 import torch
 from torch import Tensor
 
-from vaelab import runfolder
-from vaelab.clusters import Clusters, evaluate_clusters
 from vaelab.config import Config
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import VaelabError
-from vaelab.estimators import (
+from vaelab.evaluation.clusters import Clusters, evaluate_clusters
+from vaelab.inference.e_steps import FAMILIES
+from vaelab.models.kinds import method_for
+from vaelab.prob.estimators import (
     SEEDS,
     ExactLogPx,
     GapTerms,
@@ -39,10 +40,9 @@ from vaelab.estimators import (
     estimate_log_px,
     slice_q,
 )
-from vaelab.inference import FAMILIES
-from vaelab.objectives import LatentVariableModel
-from vaelab.registry import method_for
-from vaelab.resources import check_evaluation_time, seconds_per_point
+from vaelab.prob.objectives import LatentVariableModel
+from vaelab.training import runfolder
+from vaelab.training.resources import check_evaluation_time, seconds_per_point
 
 LN2 = math.log(2.0)
 
@@ -196,11 +196,11 @@ class Evaluation:
       amortization_gap, approximation_gap} on the first gap_n images, or
       None (no fittable q). log_px there is the quadrature (or exact)
       value, else IWAE_k, named by ``gaps_log_px_method``. For vEM runs
-      "encoder" is the test-time E-step (``inference.vem_test_steps``).
+      "encoder" is the test-time E-step (``e_steps.vem_test_steps``).
     - ``clusters``: discrete latents only (else None), the classes
       against the digits on the evaluated images: {n_images, classes,
       classes_used, purity, accuracy, counts, group}
-      (``vaelab.clusters.Clusters``).
+      (``vaelab.evaluation.clusters.Clusters``).
     - ``units``, ``n_images``, ``k``, ``inference``, ``preprocess``,
       ``seconds``, ``timings`` (seconds per part), ``notes`` (warnings).
     """

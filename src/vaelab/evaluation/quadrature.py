@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaelab.objectives import LatentVariableModel
+from vaelab.prob.objectives import LatentVariableModel
 
 # Points further below the image's largest log p(x, z) than this (nats)
 # are left on the coarser lattice when an image zooms in (e^-15 = 3e-7).

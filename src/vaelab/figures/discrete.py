@@ -1,7 +1,7 @@
 """The figures of the discrete latents (Problem 4b): the categorical
 latent's codes and the mixture model's classes, beside the continuous
-figures of ``vaelab.plots`` (whose drawing they share). The latent kinds
-(``vaelab.latents``) name these makers.
+figures of ``vaelab.figures.plots`` (whose drawing they share). The latent kinds
+(``vaelab.models.latents``) name these makers.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from vaelab.clusters import class_probabilities, cluster_stats, count_matrix
 from vaelab.data import class_names, label_kind
-from vaelab.plots import (
+from vaelab.evaluation.clusters import (
+    class_probabilities,
+    cluster_stats,
+    count_matrix,
+)
+from vaelab.figures.plots import (
     DPI,
     FigureContext,
     as_numpy,

@@ -8,7 +8,7 @@ page's JavaScript from the decoder's weights, embedded as base64 float32
 clicking a test point shows the image, its reconstruction f(mean, w) and
 its posterior's 2-sigma ellipse. No network: everything is in the file.
 ``window.vaelabExplorer.decode([z1, z2])`` returns the 784 mean pixels as
-a Float32Array (tests/test_explorer_browser.py checks it against
+a Float32Array (tests/figures/test_explorer_browser.py checks it against
 ``model.generate``).
 """
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind
-from vaelab.registry import kind_for, method_for
-from vaelab.runfolder import atomic_write_bytes, cpu_copy
+from vaelab.models.kinds import kind_for, method_for
+from vaelab.training.runfolder import atomic_write_bytes, cpu_copy
 
 EXPLORER = "explorer.html"
 # Test images embedded (as uint8) for the click-to-inspect panel; every
@@ -100,7 +100,7 @@ def payload(
 
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("vaelab", "templates"), autoescape=True,
+    loader=jinja2.PackageLoader("vaelab.figures", "templates"), autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
 

@@ -15,8 +15,8 @@ pixels and each image pixel covers ``scale x scale`` of them, so digits
 show no gaps or resampling artefacts.
 
 Figures depend on the kind of latent variable: ``make_figures`` asks the
-run's latent kind (``vaelab.latents``) for them: ``continuous_figures``
-here, the discrete kinds' in ``vaelab.discrete_figures``.
+run's latent kind (``vaelab.models.latents``) for them: ``continuous_figures``
+here, the discrete kinds' in ``vaelab.figures.discrete``.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from PIL import Image
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind, load_data
 from vaelab.errors import VaelabError
-from vaelab.explorer import EXPLORER, supports, write_explorer
-from vaelab.registry import kind_for, method_for
-from vaelab.runfolder import (
+from vaelab.figures.explorer import EXPLORER, supports, write_explorer
+from vaelab.models.kinds import kind_for, method_for
+from vaelab.training.runfolder import (
     atomic_write,
     atomic_write_bytes,
     check_writable,

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from vaelab.data import Dataset, binarize
-from vaelab.estimators import average_elbo
-from vaelab.method import Method
-from vaelab.objectives import ElboTerms, compute_iwae
+from vaelab.inference.method import Method
+from vaelab.prob.estimators import average_elbo
+from vaelab.prob.objectives import ElboTerms, compute_iwae
 
 
 class Amortized(Method):

@@ -4,9 +4,11 @@ The spec's variational E-step: for a fixed generative model Theta, fit the
 variational parameters lambda_n = (location, spread) of each image's q by
 gradient ascent on that image's own ELBO. It serves two purposes:
 
-- the vEM baseline (``vaelab.vem``), whose E-step runs a few iterations
+- the vEM baseline (``vaelab.inference.vem``), whose E-step runs a few
+  iterations
   per minibatch, and whose test-time inference runs it from the prior;
-- the amortization gap (``vaelab.evaluate``): the encoder's q, optimized
+- the amortization gap (``vaelab.evaluation.evaluate``): the encoder's q,
+  optimized
   further per image, shows how much ELBO the shared encoder gives away
   (Cremer, Li and Duvenaud, "Inference suboptimality in variational
   autoencoders", ICML 2018).
@@ -30,8 +32,8 @@ import torch
 from torch import Tensor
 
 from vaelab.config import Config
-from vaelab.distributions import DiagGaussian, Laplace
-from vaelab.objectives import LatentVariableModel, compute_elbo
+from vaelab.prob.distributions import DiagGaussian, Laplace
+from vaelab.prob.objectives import LatentVariableModel, compute_elbo
 
 # The location-scale families q can be fitted in: constructor(loc, spread)
 # with spread = variance (Gaussian) or scale b (Laplace), q.params in
@@ -106,7 +108,8 @@ def fit_posterior(
     if steps <= 0:
         return join_params(family, loc0, log_spread0)
     # Capturable on CUDA: the training step that runs this E-step may be
-    # captured in a CUDA graph (vaelab.step); a fresh optimizer per call,
+    # captured in a CUDA graph (vaelab.training.step); a fresh optimizer per
+    # call,
     # so the capture records its zeroed moments too.
     opt = torch.optim.Adam([delta, eta], lr=lr,
                            capturable=delta.device.type == "cuda")
@@ -216,7 +219,7 @@ def newton_posterior(
             precision = precision + torch.diag_embed(
                 prior_precision.expand_as(loc))
             # solve_ex: solve without its check for singular matrices,
-            # which waits for the GPU (no capture, vaelab.step); Lambda
+            # which waits for the GPU (no capture, vaelab.training.step); Lambda
             # is positive definite.
             loc = loc + torch.linalg.solve_ex(precision, grad)[0]
         variance = torch.diagonal(precision, dim1=-2, dim2=-1).reciprocal()

@@ -1,13 +1,14 @@
 """What differs between kinds of inference: the inference method.
 
-``vaelab.train.train`` owns epochs, minibatches, the optimizer step,
+``vaelab.training.loop.train`` owns epochs, minibatches, the optimizer step,
 checkpoints and metrics; an inference method supplies the rest (cf.
 Pyro's SVI guide, pythae's ``train_step``): as an instance, the training
 step, the held-out ELBO, extra state and final results of a run; as a
 class, what every other part of vaelab asks of it: q for new images
 (``posterior``), its words in model names and reports, its cost. The
-methods are ``vaelab.amortized.Amortized`` and
-``vaelab.vem.VariationalEM``; ``vaelab.registry.method_for(config)``
+methods are ``vaelab.inference.amortized.Amortized`` and
+``vaelab.inference.vem.VariationalEM``;
+``vaelab.models.kinds.method_for(config)``
 gives a config's. ``Method`` holds what they share.
 """
 
@@ -20,11 +21,11 @@ from torch import Tensor
 
 from vaelab.config import Config
 from vaelab.data import Dataset
-from vaelab.estimators import SEEDS
-from vaelab.objectives import ElboTerms, LatentVariableModel
-from vaelab.registry import kind_for
+from vaelab.models.kinds import kind_for
+from vaelab.prob.estimators import SEEDS
+from vaelab.prob.objectives import ElboTerms, LatentVariableModel
 
-# The gaps' names in reports (``vaelab.evaluate.Gaps``).
+# The gaps' names in reports (``vaelab.evaluation.evaluate.Gaps``).
 GAP_LABELS = {
     "encoder_elbo": "ELBO with the encoder's q(z | x)",
     "optimized_elbo": "ELBO with q optimized per image",

@@ -7,21 +7,22 @@ Each minibatch alternates
 
 - an E-step: ``config.e_steps`` iterations on the minibatch's lambda,
   warm-started at the stored lambda, Theta fixed
-  (``vaelab.inference.e_step``): Adam at ``config.e_lr`` with
+  (``vaelab.inference.e_steps.e_step``): Adam at ``config.e_lr`` with
   ``config.n_samples`` draws per step, or with ``config.e_method =
   "newton"`` Gauss-Newton steps from the better of the stored lambda and
   a grid's best point;
 - an M-step: one step of the run's optimizer on Theta, ascending the ELBO
-  at the new lambda (the training loop's step, ``vaelab.train``).
+  at the new lambda (the training loop's step, ``vaelab.training.loop``).
 
 Validation images keep their own lambda too, advanced by ``e_steps``
 iterations per epoch (Theta fixed), so that after E epochs each image of
 either split has had e_steps * E iterations. Test images (results.json,
 ``vaelab evaluate``) are inferred from the prior with that budget, at
-least ``vaelab.inference.VEM_TEST_STEPS`` (``vem_test_steps``), so that
+least ``vaelab.inference.e_steps.VEM_TEST_STEPS`` (``vem_test_steps``), so that
 their ELBO is that of a fitted q. The checkpoint holds the lambda
 tensors beside the model (``VariationalEM.state``), so
-``vaelab.runfolder.load_model`` gives the trained decoder (its encoder is
+``vaelab.training.runfolder.load_model`` gives the trained decoder (its encoder
+is
 the untrained initial one: ``VariationalEM.posterior`` gives q).
 """
 
@@ -34,23 +35,23 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset
-from vaelab.estimators import average_elbo
-from vaelab.inference import (
+from vaelab.inference.e_steps import (
     e_step,
     join_params,
     prior_matched,
     split_params,
     vem_test_steps,
 )
-from vaelab.method import GAP_LABELS, Method, seeded
-from vaelab.objectives import (
+from vaelab.inference.method import GAP_LABELS, Method, seeded
+from vaelab.prob.estimators import average_elbo
+from vaelab.prob.objectives import (
     ElboTerms,
     LatentVariableModel,
     compute_elbo,
 )
+from vaelab.training import runfolder
 
 LAMBDA_KEYS = ("vem.train_loc", "vem.train_log_spread", "vem.val_loc",
                "vem.val_log_spread")
@@ -119,7 +120,7 @@ class VariationalEM(Method):
         progress: bool = False, config: Config | None = None,
     ) -> Any:
         """q(z | x) of images x (N, D), over (N, P): the E-step of
-        ``config`` (default the model's; ``inference.e_step``) from the
+        ``config`` (default the model's; ``e_steps.e_step``) from the
         prior with ``steps`` iterations (default ``vem_test_steps``), in
         batches of ``batch_size``. Its draws come from ``generator``,
         default a fixed seed's, so figures and the explorer show the same

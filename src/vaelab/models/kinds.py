@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from vaelab.config import INFERENCE_METHODS, LATENT_KINDS, Config
 
 if TYPE_CHECKING:
-    from vaelab.latents import LatentKind
-    from vaelab.method import Method
+    from vaelab.inference.method import Method
+    from vaelab.models.latents import LatentKind
 
 
 @functools.cache

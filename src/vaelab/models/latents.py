@@ -4,7 +4,7 @@ softmax anneal; the mixture's fit, pretraining and fitted classes), its
 figures, its class probabilities (clusters, the report) and whether the
 latent explorer can show it.
 
-``vaelab.registry.kind_for(config)`` gives a config's kind (by
+``vaelab.models.kinds.kind_for(config)`` gives a config's kind (by
 ``config.latent``, as ``config.LATENT_KINDS`` names them).
 """
 
@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from vaelab.clusters import cluster_labels
 from vaelab.config import Config
 from vaelab.data import Dataset
-from vaelab.distributions import class_posterior
-from vaelab.method import Method
-from vaelab.model import VAE, CategoricalVAE, MixtureVAE
-from vaelab.objectives import ElboTerms, compute_elbo, labelled_elbo
-from vaelab.registry import resolve
+from vaelab.evaluation.clusters import cluster_labels
+from vaelab.inference.method import Method
+from vaelab.models.kinds import resolve
+from vaelab.models.model import VAE, CategoricalVAE, MixtureVAE
+from vaelab.prob.distributions import class_posterior
+from vaelab.prob.objectives import ElboTerms, compute_elbo, labelled_elbo
 
 if TYPE_CHECKING:
-    from vaelab.plots import FigureContext
+    from vaelab.figures.plots import FigureContext
 
 
 class Schedule:
@@ -180,7 +180,7 @@ class LatentKind:
 
     # Its figure maker ("module:function", imported when first drawn:
     # figures need matplotlib, training does not).
-    figure_maker = "vaelab.plots:continuous_figures"
+    figure_maker = "vaelab.figures.plots:continuous_figures"
 
     def figures(self, ctx: FigureContext) -> list[Path]:
         """Every figure of a model of this kind."""
@@ -193,7 +193,7 @@ class CategoricalKind(LatentKind):
 
     model = CategoricalVAE
     schedule = Anneal
-    figure_maker = "vaelab.discrete_figures:categorical_figures"
+    figure_maker = "vaelab.figures.discrete:categorical_figures"
     explorer = False
     has_classes = True
 
@@ -214,7 +214,7 @@ class MixtureKind(LatentKind):
 
     model = MixtureVAE
     schedule = MixtureFit
-    figure_maker = "vaelab.discrete_figures:mixture_figures"
+    figure_maker = "vaelab.figures.discrete:mixture_figures"
     has_classes = True
 
     def describe(self, config: Config) -> str:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab.config import DEQUANTIZATION_VARIANCE, Config
-from vaelab.distributions import (
+from vaelab.models.kinds import kind_for
+from vaelab.prob.distributions import (
     LOG_2PI,
     Categorical,
     DiagGaussian,
@@ -29,8 +30,7 @@ from vaelab.distributions import (
     bernoulli_log_prob,
     class_posterior,
 )
-from vaelab.objectives import ElboTerms, compute_elbo, make_estimator
-from vaelab.registry import kind_for
+from vaelab.prob.objectives import ElboTerms, compute_elbo, make_estimator
 
 IMAGE_SIZE = 28
 DATA_DIM = IMAGE_SIZE * IMAGE_SIZE
@@ -318,7 +318,7 @@ class Networks(nn.Module):
         generator: torch.Generator | None = None,
     ) -> ElboTerms:
         """Monte Carlo ELBO per image of the minibatch x (B, D); see
-        ``vaelab.objectives.compute_elbo``."""
+        ``vaelab.prob.objectives.compute_elbo``."""
         return compute_elbo(self, x, n_samples, generator)
 
 
@@ -475,7 +475,7 @@ class CategoricalVAE(Networks):
     prior; decoder: the M one-hot (or relaxed) codes concatenated, M*K
     inputs -> H ReLU -> D sigmoid. Codes z are (..., M, K). How the ELBO's
     gradient is estimated is ``config.estimator`` (see
-    ``vaelab.objectives.compute_elbo``); the reported ELBO is always a
+    ``vaelab.prob.objectives.compute_elbo``); the reported ELBO is always a
     proper, unrelaxed estimate in nats per image.
     """
 

@@ -10,7 +10,7 @@ results.json's splits, ``vaelab evaluate``'s test images):
   latter's Monte Carlo variance. ``average_elbo`` (training's
   validation, results.json), ``estimate_bounds`` (evaluation) and the
   gaps' common-random-number ELBOs all go through it; the training
-  objectives, with autograd, are ``vaelab.objectives``'.
+  objectives, with autograd, are ``vaelab.prob.objectives``'.
 - IWAE_k (``ImageTerms.iwae``): the importance-weighted bound of Burda,
   Grosse and Salakhutdinov (2015), log 1/k sum_k p(x, z_k) / q(z_k | x),
   z_k ~ q; ELBO <= IWAE_k <= log p(x), rising to log p(x) as k grows;
@@ -39,14 +39,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vaelab.data import dequantize
-from vaelab.distributions import Categorical, DiagGaussian, kl_divergence
-from vaelab.inference import FAMILIES, fit_posterior
-from vaelab.objectives import (
+from vaelab.evaluation.quadrature import Quadrature, quadrature_log_px
+from vaelab.inference.e_steps import FAMILIES, fit_posterior
+from vaelab.prob.distributions import Categorical, DiagGaussian, kl_divergence
+from vaelab.prob.objectives import (
     LatentVariableModel,
     enumerated_log_lik,
     exact_log_marginal,
 )
-from vaelab.quadrature import Quadrature, quadrature_log_px
 
 
 @dataclass(frozen=True)
@@ -407,7 +407,7 @@ def inference_gaps(
     Each image's q starts at q0 (and at each of ``starts``, same family)
     and takes ``steps`` Adam steps (``n_samples`` draws per step, learning
     rate ``lr`` decaying to zero) on its own ELBO, the decoder fixed
-    (``inference.fit_posterior``). Every candidate's ELBO is then
+    (``e_steps.fit_posterior``). Every candidate's ELBO is then
     estimated with ``eval_samples`` draws, the same standard-normal draws
     for all (common random numbers: differences, such as the amortization
     gap, are far more precise than either ELBO). Per image the best

@@ -21,7 +21,7 @@ with ``--objective iwae`` (docs/derivations.md, eqs. (iw.1)-(iw.4)).
 
 These are the training objectives, with autograd; the held-out ELBO and
 IWAE (validation, results.json, ``vaelab evaluate``) are
-``vaelab.estimators``'.
+``vaelab.prob.estimators``'.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.config import ENUMERATE_LIMIT, Config
-from vaelab.distributions import (
+from vaelab.prob.distributions import (
     Categorical,
     DiagGaussian,
     Distribution,
@@ -44,7 +44,7 @@ from vaelab.distributions import (
 
 
 class LatentVariableModel(Protocol):
-    """What code outside ``vaelab.model`` uses of every model: p(z),
+    """What code outside ``vaelab.models.model`` uses of every model: p(z),
     p(x|z) and q(z|x), the decoder, the config it was built from.
     ``VAE``, ``MixtureVAE`` and ``CategoricalVAE`` are ones. Members of
     one kind alone are that kind's to use: ``estimator`` and

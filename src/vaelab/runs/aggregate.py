@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from vaelab import runfolder
-from vaelab.plots import save_figure
+from vaelab.figures.plots import save_figure
+from vaelab.training import runfolder
 
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
@@ -197,7 +197,7 @@ def plot_metrics(result: dict[str, Any], path: Path) -> Path | None:
 
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("vaelab", "templates"),
+    loader=jinja2.PackageLoader("vaelab.figures", "templates"),
     autoescape=True, trim_blocks=True, lstrip_blocks=True,
     undefined=jinja2.StrictUndefined,
 )

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelab import runfolder
 from vaelab.config import Config
 from vaelab.data import Dataset
 from vaelab.errors import VaelabError
-from vaelab.model import build_model
-from vaelab.registry import method_for
-from vaelab.zoo import run_finished
+from vaelab.models.kinds import method_for
+from vaelab.models.model import build_model
+from vaelab.runs.zoo import run_finished
+from vaelab.training import runfolder
 
 # Images of the cost unit's timed epoch under --quick (scaled to the
 # whole training set): a full epoch would be a tenth of a quick run.

@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup
 
-from vaelab import runfolder
 from vaelab.data import class_names, label_kind
 from vaelab.errors import VaelabError
-from vaelab.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
-from vaelab.explorer import EXPLORER
-from vaelab.plots import CAPTIONS, SCATTER_STATS
-from vaelab.registry import method_for
+from vaelab.evaluation.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
+from vaelab.figures.explorer import EXPLORER
+from vaelab.figures.plots import CAPTIONS, SCATTER_STATS
+from vaelab.models.kinds import method_for
+from vaelab.training import runfolder
 
 if TYPE_CHECKING:
-    from vaelab.clock import RunCost
+    from vaelab.runs.clock import RunCost
 
 SPLITS = ("train", "val", "test")
 DATA_NAMES = {
@@ -247,7 +247,7 @@ def _results_table(r: dict[str, Any]) -> str:
 
 
 def _evaluation_html(ev: Evaluation | None) -> str:
-    """evaluation.json (``vaelab.evaluate.Evaluation``) as tables."""
+    """evaluation.json (``vaelab.evaluation.evaluate.Evaluation``) as tables."""
     if ev is None:
         return "<p>Not evaluated (no evaluation.json).</p>"
     bpd = ev.bpd
@@ -515,7 +515,7 @@ def report_sections(
 
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("vaelab", "templates"),
+    loader=jinja2.PackageLoader("vaelab.figures", "templates"),
     autoescape=True, trim_blocks=True, lstrip_blocks=True,
     undefined=jinja2.StrictUndefined,
 )

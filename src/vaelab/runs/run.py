@@ -1,14 +1,14 @@
 """The one-command run: train a zoo of models, draw, evaluate, report.
 
 ``run_zoo(out_dir)`` trains every model of a zoo file (default: the
-``zoo.toml`` shipped with the package; ``vaelab.zoo`` reads it) into
+``zoo.toml`` shipped with the package; ``vaelab.runs.zoo`` reads it) into
 ``out_dir/<name>/``, makes every figure of each, evaluates each with
-``vaelab.evaluate``, and writes ``out_dir/report.html`` and
-``out_dir/summary.json`` (``vaelab.report``, with the run's ETA and cost
-from ``vaelab.clock``). It can be interrupted and run again: finished
+``vaelab.evaluation.evaluate``, and writes ``out_dir/report.html`` and
+``out_dir/summary.json`` (``vaelab.runs.report``, with the run's ETA and cost
+from ``vaelab.runs.clock``). It can be interrupted and run again: finished
 models are reused, interrupted ones resumed. One process at a time may
 use ``out_dir``. With ``jobs`` > 1 the models run side by side in
-worker processes (``vaelab.workers``).
+worker processes (``vaelab.runs.workers``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ from typing import Any
 
 import torch
 
-from vaelab import runfolder
-from vaelab.clock import QUICK_UNIT_IMAGES, RunClock, model_plan, run_cost
 from vaelab.config import Config, torch_device
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.evaluate import evaluate_run
-from vaelab.plots import make_figures, real_digits_figure
-from vaelab.report import (
+from vaelab.evaluation.evaluate import evaluate_run
+from vaelab.figures.plots import make_figures, real_digits_figure
+from vaelab.runs.clock import QUICK_UNIT_IMAGES, RunClock, model_plan, run_cost
+from vaelab.runs.report import (
     cost_note,
     cost_text,
     evaluation_note,
@@ -40,10 +39,11 @@ from vaelab.report import (
     write_pdf,
     write_report,
 )
-from vaelab.resources import check_training_fits
-from vaelab.train import train
-from vaelab.workers import Load, Task, data_key, run_parallel
-from vaelab.zoo import Zoo, ZooModel, load_zoo, model_config, run_finished
+from vaelab.runs.workers import Load, Task, data_key, run_parallel
+from vaelab.runs.zoo import Zoo, ZooModel, load_zoo, model_config, run_finished
+from vaelab.training import runfolder
+from vaelab.training.loop import train
+from vaelab.training.resources import check_training_fits
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ and one ``SweepRun`` per (setting, seed), each with its resolved Config
 (built by the caller, through the path ``vaelab train`` takes, so every
 value is validated before anything runs) and its run folder
 ``OUT/<setting>/seed-<s>``. ``run_sweep`` trains each run with
-``train.train`` (reusing a finished run, resuming an unfinished one:
+``loop.train`` (reusing a finished run, resuming an unfinished one:
 ``zoo.run_finished``), evaluates it with ``evaluate.evaluate_run``, and
-writes the aggregate (``vaelab.aggregate``). Runs go to a backend:
+writes the aggregate (``vaelab.runs.aggregate``). Runs go to a backend:
 ``local`` (in this process, or a pool of ``jobs`` spawned processes) or
 ``ray`` (one Ray task per run; a task whose worker died is retried and
 resumes from its checkpoint). Running the same sweep again resumes it.
@@ -31,14 +31,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vaelab import aggregate, runfolder, tracking
 from vaelab.config import Config
 from vaelab.data import Dataset, load_data
 from vaelab.errors import ConfigError, TrainingDiverged, VaelabError
-from vaelab.evaluate import evaluate_run
-from vaelab.train import train
-from vaelab.workers import Load, data_key
-from vaelab.zoo import run_finished
+from vaelab.evaluation.evaluate import evaluate_run
+from vaelab.runs import aggregate, tracking
+from vaelab.runs.workers import Load, data_key
+from vaelab.runs.zoo import run_finished
+from vaelab.training import runfolder
+from vaelab.training.loop import train
 
 BACKENDS = ("local", "ray")
 RAY_HINT = "pip install 'vaelab[ray]'"
@@ -244,7 +245,7 @@ _POOL: dict[str, Any] = {}
 
 def _pool_init(load: Load | None, threads: int) -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles
-    # it (and ends the pool), as vaelab.workers does.
+    # it (and ends the pool), as vaelab.runs.workers does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # tqdm's default lock is a semaphore a terminated worker would leak.
     tqdm.set_lock(threading.RLock())

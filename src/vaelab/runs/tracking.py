@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vaelab import runfolder
 from vaelab.errors import ConfigError
+from vaelab.training import runfolder
 
 MLFLOW_HINT = "pip install 'vaelab[mlflow]'"
 BATCH = 1000  # metrics per log_batch call, MLflow's limit

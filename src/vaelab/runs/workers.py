@@ -1,6 +1,6 @@
 """Zoo models side by side: ``vaelab run --jobs N``'s worker processes.
 
-``run_parallel`` runs one model step (``vaelab.run``'s ``_run_model``:
+``run_parallel`` runs one model step (``vaelab.runs.run``'s ``_run_model``:
 train, draw, evaluate) per task in a pool of spawned processes, each with
 an equal share of torch's threads, and passes their lines and epoch
 records to the parent's log and ``RunClock`` through a queue. Tasks and
@@ -21,11 +21,11 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from vaelab.clock import RunClock
 from vaelab.config import Config
 from vaelab.data import Dataset, load_data
-from vaelab.train import epoch_line, time_epoch
-from vaelab.zoo import Zoo, ZooModel
+from vaelab.runs.clock import RunClock
+from vaelab.runs.zoo import Zoo, ZooModel
+from vaelab.training.loop import epoch_line, time_epoch
 
 # The full dataset of a config (tests pass synthetic data).
 Load = Callable[[Config], Dataset]
@@ -101,7 +101,7 @@ def _worker_data(config: Config,
 def _worker_time_epoch(
     config: Config, load: Load | None, images: int | None, threads: int,
 ) -> float:
-    """``train.time_epoch`` of ``config`` in a worker, with ``threads``
+    """``loop.time_epoch`` of ``config`` in a worker, with ``threads``
     threads for the time of it."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -139,7 +139,7 @@ def run_parallel(
 
     ``unit``: (config, load, images) of the run's cost unit; when any
     model trained, one worker then times an epoch of it alone with every
-    thread (``train.time_epoch``), and the seconds are returned. In a
+    thread (``loop.time_epoch``), and the seconds are returned. In a
     worker, not here: the worker has paid torch's one-off costs (the
     first optimizer of a process imports torch._dynamo, ~1.5 s)."""
     total = torch.get_num_threads()

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 import dacite
 
-from vaelab import runfolder
 from vaelab.config import Config, apply_budget
 from vaelab.errors import ConfigError
+from vaelab.training import runfolder
 
 _T = TypeVar("_T")
 
@@ -49,7 +49,7 @@ class EvaluateTable:
     """``[evaluate]``: the evaluation after training. ``images``: the
     first test images of IWAE and log p(x) (None: all); ``k``: importance
     samples; ``gap_images``: the first test images of the inference gaps
-    (None: ``vaelab.evaluate``'s default, 0: no gaps)."""
+    (None: ``vaelab.evaluation.evaluate``'s default, 0: no gaps)."""
 
     images: int | None = _count(None, 1)
     k: int = _count(1000, 1)
@@ -195,7 +195,7 @@ def _model(entry: dict[str, Any], i: int, zoo: Zoo) -> ZooModel:
 def load_zoo(path: str | Path | None = None) -> Zoo:
     """Read and check a zoo file (default: the package's zoo.toml)."""
     if path is None:
-        text = resources.files("vaelab").joinpath("zoo.toml").read_text()
+        text = resources.files("vaelab.runs").joinpath("zoo.toml").read_text()
         source = "zoo.toml (built in)"
     else:
         p = Path(path)

@@ -5,7 +5,7 @@ loop, for every kind of inference.
 resume), epochs, the permutation, dequantization noise, the optimizer
 step, the progress bar, the NaN guard, checkpoints and metrics.jsonl.
 What differs between kinds of inference lives in a
-``vaelab.method.Method`` (``registry.method_for(config)``): its training
+``vaelab.inference.method.Method`` (``kinds.method_for(config)``): its training
 step (the ELBO terms of a minibatch, which the loop ascends), its
 held-out ELBO, its extra state to checkpoint and its final results;
 what differs between kinds of latent (the Gumbel anneal, the mixture's
@@ -30,15 +30,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vaelab import runfolder
 from vaelab.config import Config, torch_device
 from vaelab.data import Dataset, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
-from vaelab.method import Method
-from vaelab.model import build_model, init_from_data
-from vaelab.registry import kind_for, method_for
-from vaelab.resources import check_training_fits
-from vaelab.step import TrainStep, set_learning_rate
+from vaelab.inference.method import Method
+from vaelab.models.kinds import kind_for, method_for
+from vaelab.models.model import build_model, init_from_data
+from vaelab.training import runfolder
+from vaelab.training.resources import check_training_fits
+from vaelab.training.step import TrainStep, set_learning_rate
 
 
 def make_optimizer(
@@ -51,7 +51,7 @@ def make_optimizer(
     the update is otherwise a third of the step (docs/benchmarks.md). On
     CUDA, Adam is capturable, with its learning rate a tensor on the
     device, so that a step captured in a CUDA graph reads each step's
-    rate (``vaelab.step``).
+    rate (``vaelab.training.step``).
     """
     params = list(params)
     device = params[0].device if params else torch.device("cpu")

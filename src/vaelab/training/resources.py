@@ -13,7 +13,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.errors import ConfigError
-from vaelab.registry import kind_for
+from vaelab.models.kinds import kind_for
 
 DATA_DIM = 784  # 28 x 28 pixels, the width of the data and the decoder
 FLOAT_BYTES = 4
@@ -98,7 +98,7 @@ def seconds_per_point(model: Any, x: torch.Tensor, repeats: int = 2
     """Measured seconds per decoded point of the IWAE on this machine:
     the fastest of ``repeats`` passes of ``EVAL_POINTS`` draws for the
     image x (1, D) (the fastest, so that a slow moment never refuses)."""
-    from vaelab.estimators import EVAL_POINTS, SEEDS, chunked_terms
+    from vaelab.prob.estimators import EVAL_POINTS, SEEDS, chunked_terms
     q = model.posterior(x)
     g = torch.Generator(device=x.device).manual_seed(SEEDS.draws)
     best = math.inf

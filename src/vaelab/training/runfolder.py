@@ -37,7 +37,7 @@ from safetensors.torch import save as safetensors_bytes
 from vaelab import __version__
 from vaelab.config import Config
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.model import build_model
+from vaelab.models.model import build_model
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"  # with --patience: the best validation epoch's

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data import training_batch
-from vaelab.objectives import ElboTerms
+from vaelab.prob.objectives import ElboTerms
 
 # Eager steps before a capture (undone afterwards); PyTorch's own
 # whole-network example takes 3.
@@ -81,7 +81,7 @@ class TrainStep:
     """One model's training step over the training set ``x_train``
     (N, D), on its device; see the module's docstring.
 
-    ``method``: the inference method (``vaelab.method.Method``);
+    ``method``: the inference method (``vaelab.inference.method.Method``);
     ``capture``: whether to capture on CUDA (``graph_reason``);
     ``log``: where the one line of a failed capture goes.
     """
