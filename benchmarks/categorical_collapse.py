@@ -48,7 +48,8 @@ import torch
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, load_data
 from vaelab.evaluation.clusters import evaluate_clusters
-from vaelab.models.model import build_model, init_from_data
+from vaelab.models.kinds import build_model
+from vaelab.models.model import init_from_data
 from vaelab.prob.estimators import average_elbo
 from vaelab.prob.objectives import code_log_lik, compute_elbo
 from vaelab.training.loop import learning_rate, make_optimizer

@@ -90,7 +90,8 @@ def fixed_point(
 ) -> torch.nn.Module:
     """A model after ``steps`` Adam steps on the exact (enumerated) ELBO,
     or on the Gumbel-softmax surrogate when there are too many codes."""
-    from vaelab.models.model import build_model, init_from_data
+    from vaelab.models.kinds import build_model
+    from vaelab.models.model import init_from_data
 
     exact = config_for(config, "enumerate" if enumerable(config)
                        else "gumbel")
@@ -122,7 +123,7 @@ def as_estimator(
     base: torch.nn.Module, config: Config, estimator: str,
 ) -> torch.nn.Module:
     """The fixed point's weights in a model using ``estimator``."""
-    from vaelab.models.model import build_model
+    from vaelab.models.kinds import build_model
 
     model = build_model(config_for(config, estimator))
     model.load_state_dict(base.state_dict(), strict=False)

@@ -26,7 +26,7 @@ import torch
 from vaelab.config import Config
 from vaelab.data import load_data
 from vaelab.evaluation.evaluate import _prepare
-from vaelab.models.model import build_model
+from vaelab.models.kinds import build_model
 from vaelab.prob.estimators import EVAL_POINTS, SEEDS, estimate_bounds
 
 MODELS: dict[str, dict[str, object]] = {

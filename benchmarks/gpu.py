@@ -44,7 +44,7 @@ from torch import nn
 from vaelab.config import Config, find_config, load_toml, preset_names
 from vaelab.data import load_data
 from vaelab.evaluation.evaluate import evaluate_run
-from vaelab.figures.plots import make_figures
+from vaelab.figures.make import make_figures
 from vaelab.runs.zoo import load_zoo, model_config
 from vaelab.training.loop import time_epoch, train
 

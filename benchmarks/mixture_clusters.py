@@ -6,7 +6,7 @@ images, ``vaelab.evaluation.clusters``), and three measures of its latent space
 on
 the test posterior means: the purity of k-means with k = classes (best
 of ``--starts`` k-means++ starts), that of spectral clustering of their
-10-nearest-neighbour graph (``vaelab.evaluation.clusters.spectral_labels`` with
+10-nearest-neighbour graph (``vaelab.models.clustering.spectral_labels`` with
 K
 eigenvectors, as the columns of docs/benchmarks.md were measured; the
 fit ``--mixture-fit spectral`` uses 2K, ``benchmarks/spectral_fit.py``)
@@ -26,11 +26,8 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from vaelab.data import load_data
-from vaelab.evaluation.clusters import (
-    cluster_stats,
-    evaluate_clusters,
-    spectral_labels,
-)
+from vaelab.evaluation.clusters import cluster_stats, evaluate_clusters
+from vaelab.models.clustering import spectral_labels
 from vaelab.training.runfolder import load_model
 
 

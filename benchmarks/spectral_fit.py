@@ -25,11 +25,8 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from vaelab.data import load_data
-from vaelab.evaluation.clusters import (
-    SPECTRAL_POINTS,
-    cluster_stats,
-    spectral_embedding,
-)
+from vaelab.evaluation.clusters import cluster_stats
+from vaelab.models.clustering import SPECTRAL_POINTS, spectral_embedding
 from vaelab.training.runfolder import load_model
 
 

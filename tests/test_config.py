@@ -16,7 +16,7 @@ from vaelab.config import (
     preset_names,
 )
 from vaelab.errors import ConfigError
-from vaelab.models.model import build_model
+from vaelab.models.kinds import build_model
 
 
 def test_defaults_are_the_spec_model() -> None:

@@ -14,7 +14,7 @@ from helpers import STEP_MODELS, synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.evaluation.evaluate import evaluate_run
-from vaelab.figures.plots import make_figures
+from vaelab.figures.make import make_figures
 from vaelab.training import runfolder
 from vaelab.training import step as step_module
 from vaelab.training.loop import train

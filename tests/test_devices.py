@@ -30,8 +30,9 @@ from vaelab.config import Config
 from vaelab.evaluation import quadrature
 from vaelab.figures import discrete as discrete_figures
 from vaelab.figures import explorer, plots
+from vaelab.figures.make import make_figures
 from vaelab.inference import e_steps as inference
-from vaelab.models.model import build_model
+from vaelab.models.kinds import build_model
 from vaelab.prob import estimators
 from vaelab.prob.distributions import (
     Categorical,
@@ -299,9 +300,9 @@ def test_make_figures_draws_from_the_cpu_whatever_the_device(
     run = tmp_path / "run"
     train(Config(epochs=1, hidden=8, device="cpu", **RUNS[name]), run,
           dataset=data, progress=False)
-    cpu = plots.make_figures(run, tmp_path / "cpu", data, device="cpu",
+    cpu = make_figures(run, tmp_path / "cpu", data, device="cpu",
                              log=lambda _: None)
-    meta = plots.make_figures(run, tmp_path / "meta", data, device="meta",
+    meta = make_figures(run, tmp_path / "meta", data, device="meta",
                               log=lambda _: None)
     assert [p.name for p in cpu] == [p.name for p in meta]
     for a, b in zip(cpu, meta, strict=True):

@@ -31,7 +31,7 @@ from vaelab.config import (
 from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate_run, format_table
-from vaelab.figures.plots import make_figures
+from vaelab.figures.make import make_figures
 from vaelab.runs import sweep
 from vaelab.runs.run import RunOptions, default_jobs, run_zoo
 from vaelab.training import runfolder

@@ -9,7 +9,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.evaluation.clusters import cluster_stats, evaluate_clusters
-from vaelab.models.model import build_model
+from vaelab.models.kinds import build_model
 
 
 def test_a_perfect_relabelling_has_purity_and_accuracy_one() -> None:

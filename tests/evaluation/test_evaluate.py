@@ -26,6 +26,7 @@ from vaelab.evaluation.evaluate import (
     format_table,
     to_bpd,
 )
+from vaelab.evaluation.log_px import inference_gaps
 from vaelab.evaluation.quadrature import quadrature_log_px
 from vaelab.prob.distributions import (
     DiagGaussian,
@@ -37,7 +38,6 @@ from vaelab.prob.estimators import (
     average_elbo,
     chunked_terms,
     dequantize_held_out,
-    inference_gaps,
     slice_q,
 )
 from vaelab.prob.objectives import compute_elbo, compute_iwae
@@ -615,7 +615,7 @@ def test_cli_bad_k(tmp_path, capsys) -> None:
 def test_an_enumerating_models_held_out_elbo_is_exact() -> None:
     """``--estimator enumerate``: the held-out ELBO sums over every code
     as training does: no draws, so any seed gives the exact ELBO."""
-    from vaelab.models.model import build_model
+    from vaelab.models.kinds import build_model
 
     torch.manual_seed(0)
     model = build_model(Config(latent="categorical", groups=2, classes=3,

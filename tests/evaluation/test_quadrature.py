@@ -10,7 +10,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.evaluation.quadrature import flushed_denormals, shared_points
-from vaelab.models.model import build_model
+from vaelab.models.kinds import build_model
 
 
 @pytest.mark.parametrize("likelihood, variance", [

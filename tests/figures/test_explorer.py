@@ -15,7 +15,8 @@ from helpers import synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.figures import explorer, plots
-from vaelab.models.model import build_model
+from vaelab.figures.make import make_figures
+from vaelab.models.kinds import build_model
 from vaelab.training.loop import train
 
 
@@ -73,7 +74,7 @@ def test_make_figures_writes_an_explorer_for_2d_latents(tmp_path,
     run = tmp_path / "run"
     train(Config(epochs=1, hidden=8, latent_dim=latent_dim, device="cpu"),
           run, dataset=ds, progress=False)
-    plots.make_figures(run, dataset=ds, noise=False, manifold="range",
+    make_figures(run, dataset=ds, noise=False, manifold="range",
                        log=lambda s: None)
     assert (run / explorer.EXPLORER).is_file() == (latent_dim == 2)
 
@@ -85,7 +86,7 @@ def test_laplace_and_vem_runs_get_an_explorer(tmp_path):
         run = tmp_path / name
         train(Config(epochs=1, hidden=8, device="cpu", **options), run,
               dataset=ds, progress=False)
-        plots.make_figures(run, dataset=ds, noise=False, manifold="range",
+        make_figures(run, dataset=ds, noise=False, manifold="range",
                            log=lambda s: None)
         data = page_data((run / explorer.EXPLORER).read_text())
         assert data["prior"] == options.get("prior", "gaussian")

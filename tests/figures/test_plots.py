@@ -13,8 +13,9 @@ from helpers import synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.figures import plots
-from vaelab.models.model import build_model
+from vaelab.figures import drawing, plots
+from vaelab.figures.make import make_figures
+from vaelab.models.kinds import build_model
 from vaelab.training.loop import train
 from vaelab.training.runfolder import load_model
 
@@ -145,7 +146,7 @@ def test_tiles_are_pixel_exact(tmp_path, scale):
 
 def test_make_figures_writes_every_figure(run_dir, data, tmp_path):
     out = tmp_path / "figs"
-    paths = plots.make_figures(run_dir, out, data, title="Tiny <model>",
+    paths = make_figures(run_dir, out, data, title="Tiny <model>",
                                log=lambda s: None)
     names = {p.name for p in paths}
     assert names == CONTINUOUS
@@ -158,14 +159,14 @@ def test_make_figures_writes_every_figure(run_dir, data, tmp_path):
 
 
 def test_make_figures_options(run_dir, data, tmp_path):
-    paths = plots.make_figures(run_dir, tmp_path, data, noise=False,
+    paths = make_figures(run_dir, tmp_path, data, noise=False,
                                manifold="quantiles", log=lambda s: None)
     names = {p.name for p in paths}
     assert "samples_noise.png" not in names
     assert "manifold.png" not in names
     assert "manifold_quantiles.png" in names
     with pytest.raises(VaelabError, match="manifold"):
-        plots.make_figures(run_dir, tmp_path, data, manifold="nope")
+        make_figures(run_dir, tmp_path, data, manifold="nope")
 
 
 def test_scatter_and_manifold_use_test_posterior_means(
@@ -183,7 +184,7 @@ def test_scatter_and_manifold_use_test_posterior_means(
 
     monkeypatch.setattr(plots, "plot_scatter", scatter)
     monkeypatch.setattr(plots, "plot_manifold", manifold)
-    plots.make_figures(run_dir, tmp_path, data, log=lambda s: None)
+    make_figures(run_dir, tmp_path, data, log=lambda s: None)
     model, _ = load_model(run_dir)
     with torch.no_grad():
         expected = model.infer(data.test.images)[0].numpy()
@@ -209,7 +210,7 @@ def test_figures_dispatch_on_the_latent_kind(run_dir, data, tmp_path,
     from vaelab.models.latents import LatentKind
 
     monkeypatch.setattr(LatentKind, "figures", lambda self, ctx: maker(ctx))
-    paths = plots.make_figures(run_dir, tmp_path, data, title="T")
+    paths = make_figures(run_dir, tmp_path, data, title="T")
     assert len(calls) == 1 and calls[0].title == "T"
     assert calls[0].model.latent_dim == 2 and len(calls[0].pick) == 100
     # The figures every model gets are made outside the maker.
@@ -227,7 +228,7 @@ def test_latent_dim_three_says_so(tmp_path, data, monkeypatch):
         lambda mosaic, z1, z2, path, title, **kw: titles.append(title)
         or path,
     )
-    plots.make_figures(run, tmp_path, data, log=lambda s: None)
+    make_figures(run, tmp_path, data, log=lambda s: None)
     assert titles and all("first 2 of 3" in t for t in titles)
 
 
@@ -243,8 +244,8 @@ def test_training_curves_shade_the_hard_epochs(tmp_path: Path) -> None:
     metrics = [{"epoch": e, "train_elbo": -100.0 + e, "val_elbo": -101.0,
                 "train_log_lik": -90.0, "val_log_lik": -91.0,
                 "train_kl": 10.0, "val_kl": 10.0} for e in range(1, 9)]
-    plain = plots.plot_training_curves(metrics, tmp_path / "a.png", "t")
-    shaded = plots.plot_training_curves(metrics, tmp_path / "b.png", "t",
+    plain = drawing.plot_training_curves(metrics, tmp_path / "a.png", "t")
+    shaded = drawing.plot_training_curves(metrics, tmp_path / "b.png", "t",
                                         hard=range(3, 6))
     a, b = (matplotlib.image.imread(p)[..., :3] for p in (plain, shaded))
     changed = np.abs(a - b).sum(-1) > 0.05

@@ -13,7 +13,8 @@ from vaelab.config import Config
 from vaelab.evaluation.clusters import cluster_stats
 from vaelab.figures import discrete as discrete_figures
 from vaelab.figures import plots
-from vaelab.models.model import build_model
+from vaelab.figures.make import make_figures
+from vaelab.models.kinds import build_model
 from vaelab.training.loop import train
 
 
@@ -81,7 +82,7 @@ def test_make_figures_for_a_categorical_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(Config(latent="categorical", groups=2, classes=4, hidden=16,
                  epochs=1, val_size=20), run, dataset=data, progress=False)
-    paths = plots.make_figures(run, tmp_path / "figs", dataset=data,
+    paths = make_figures(run, tmp_path / "figs", dataset=data,
                                log=lambda s: None)
     names = {p.name for p in paths}
     assert {"samples.png", "reconstructions.png", "codes.png",

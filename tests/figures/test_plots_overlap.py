@@ -11,7 +11,8 @@ import pytest
 from helpers import synthetic_dataset
 
 from vaelab import data
-from vaelab.figures import plots
+from vaelab.figures import drawing, plots
+from vaelab.figures.make import make_figures
 
 
 def blobs(centres, n=50, spread=0.1, seed=0):
@@ -86,7 +87,7 @@ def test_class_names():
 
 def test_scatter_legend_names_the_classes(tmp_path, monkeypatch):
     seen = {}
-    real = plots.save_figure
+    real = drawing.save_figure
 
     def spy(fig, path):
         for ax in fig.axes:
@@ -127,7 +128,7 @@ def test_fashion_figures_name_the_classes(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(plots, "plot_scatter", spy)
-    plots.make_figures(run, dataset=ds, noise=False, manifold="range",
+    make_figures(run, dataset=ds, noise=False, manifold="range",
                        log=lambda s: None)
     assert labels_seen == [data.class_names("fashion-mnist")]
     stats = json.loads((run / plots.SCATTER_STATS).read_text())

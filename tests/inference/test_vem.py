@@ -24,17 +24,12 @@ from vaelab.inference.e_steps import (
     prior_matched,
     vem_test_steps,
 )
-from vaelab.inference.vem import (
-    LAMBDA_KEYS,
-    VariationalEM,
-    heldout_elbo,
-    load_lambdas,
-)
-from vaelab.models.model import build_model
+from vaelab.inference.vem import LAMBDA_KEYS, VariationalEM, heldout_elbo
+from vaelab.models.kinds import build_model
 from vaelab.prob.distributions import DiagGaussian
 from vaelab.prob.objectives import compute_elbo
 from vaelab.training.loop import train
-from vaelab.training.runfolder import load_model, read_metrics
+from vaelab.training.runfolder import load_lambdas, load_model, read_metrics
 
 VEM = dict(inference="vem", hidden=32, e_steps=3, e_lr=0.1, device="cpu",
            seed=0)
@@ -282,7 +277,8 @@ def test_figures_of_an_adam_vem_run_repeat(vem_run, data, tmp_path) -> None:
     ``make_figures`` with the global generator moved in between write
     the same latent_scatter.json and explorer page."""
     from vaelab.figures.explorer import EXPLORER
-    from vaelab.figures.plots import SCATTER_STATS, make_figures
+    from vaelab.figures.make import make_figures
+    from vaelab.figures.plots import SCATTER_STATS
 
     out, _ = vem_run
     pages = []

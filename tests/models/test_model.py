@@ -14,13 +14,14 @@ from helpers import synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.data import dequantize
-from vaelab.evaluation.clusters import (
+from vaelab.inference.e_steps import prior_matched
+from vaelab.models.clustering import (
     cluster_labels,
     kmeans_labels,
     nearest_labels,
     spectral_labels,
 )
-from vaelab.inference.e_steps import prior_matched
+from vaelab.models.kinds import build_model
 from vaelab.models.latents import temperature_at
 from vaelab.models.model import (
     DATA_DIM,
@@ -29,7 +30,6 @@ from vaelab.models.model import (
     VAE,
     CategoricalVAE,
     GaussianLikelihood,
-    build_model,
     init_from_data,
 )
 from vaelab.prob.distributions import (
@@ -604,7 +604,7 @@ def test_spectral_fit_labels_the_points_beyond_its_sample_by_nearest(
     """With the spectral fit on the first 400 of ``two_strokes``'s 600
     points (shuffled), the other 200 take their nearest fitted point's
     class: every point's class is its stroke (up to naming)."""
-    from vaelab.evaluation import clusters
+    from vaelab.models import clustering as clusters
 
     monkeypatch.setattr(clusters, "SPECTRAL_POINTS", 400)
     points, stroke = two_strokes()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from vaelab.config import Config
 from vaelab.errors import ConfigError
-from vaelab.models.model import build_model
+from vaelab.models.kinds import build_model
 from vaelab.prob.distributions import DiagGaussian, Laplace
 from vaelab.prob.objectives import (
     ElboTerms,

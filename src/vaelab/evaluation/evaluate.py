@@ -27,17 +27,19 @@ from vaelab.config import Config
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluation.clusters import Clusters, evaluate_clusters
-from vaelab.inference.e_steps import FAMILIES
-from vaelab.models.kinds import method_for
-from vaelab.prob.estimators import (
-    SEEDS,
+from vaelab.evaluation.log_px import (
     ExactLogPx,
     GapTerms,
+    estimate_gaps,
+    estimate_log_px,
+)
+from vaelab.inference.e_steps import FAMILIES
+from vaelab.inference.methods import method_for
+from vaelab.prob.estimators import (
+    SEEDS,
     ImageTerms,
     dequantize_held_out,
     estimate_bounds,
-    estimate_gaps,
-    estimate_log_px,
     slice_q,
 )
 from vaelab.prob.objectives import LatentVariableModel

@@ -22,8 +22,8 @@ from vaelab.evaluation.clusters import (
     cluster_stats,
     count_matrix,
 )
+from vaelab.figures.drawing import DPI, save_figure
 from vaelab.figures.plots import (
-    DPI,
     FigureContext,
     as_numpy,
     continuous_figures,
@@ -33,7 +33,6 @@ from vaelab.figures.plots import (
     plot_tiles,
     posterior_of,
     sample_images,
-    save_figure,
     tile_grid,
 )
 

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from vaelab.config import Config
 from vaelab.data import Dataset, class_names, label_kind
-from vaelab.models.kinds import kind_for, method_for
+from vaelab.figures.drawing import as_numpy
+from vaelab.inference.methods import method_for
+from vaelab.models.kinds import kind_for
 from vaelab.training.runfolder import atomic_write_bytes, cpu_copy
 
 EXPLORER = "explorer.html"
@@ -51,10 +53,6 @@ def _b64(array: Any, dtype: Any) -> str:
                             ).decode("ascii")
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().float().numpy()
-
-
 @torch.no_grad()
 def payload(
     model: torch.nn.Module, config: Config, dataset: Dataset,
@@ -71,9 +69,9 @@ def payload(
     x = test.images[torch.as_tensor(idx)].cpu()
     # The run's q (a vEM run's from a fixed seed's E-step).
     q = method_for(config).posterior(model, x)
-    variance = _np(model.likelihood.noise_variance())
-    w1 = _np(model.decoder_hidden.weight)  # (H, 2)
-    pixels = np.clip(np.rint(_np(x) * 255.0), 0, 255).astype(np.uint8)
+    variance = as_numpy(model.likelihood.noise_variance())
+    w1 = as_numpy(model.decoder_hidden.weight)  # (H, 2)
+    pixels = np.clip(np.rint(as_numpy(x) * 255.0), 0, 255).astype(np.uint8)
     lo, hi = means.min(0), means.max(0)
     return {
         "title": title,
@@ -81,17 +79,17 @@ def payload(
         "prior": config.prior,
         "hidden": int(w1.shape[0]),
         "w1": _b64(w1, np.float32),
-        "b1": _b64(_np(model.decoder_hidden.bias), np.float32),
-        "w2": _b64(_np(model.decoder_out.weight), np.float32),  # (784, H)
-        "b2": _b64(_np(model.decoder_out.bias), np.float32),
+        "b1": _b64(as_numpy(model.decoder_hidden.bias), np.float32),
+        "w2": _b64(as_numpy(model.decoder_out.weight), np.float32),  # (784, H)
+        "b2": _b64(as_numpy(model.decoder_out.bias), np.float32),
         "variance": _b64(variance, np.float32),
         "n_points": int(n),
         "means": _b64(means, np.float32),
         "labels": _b64(test.labels.numpy(), np.uint8),
         "image_index": _b64(idx, np.int32),
         "images": _b64(pixels, np.uint8),
-        "image_means": _b64(_np(q.mean), np.float32),
-        "image_sds": _b64(_np(q.stddev), np.float32),
+        "image_means": _b64(as_numpy(q.mean), np.float32),
+        "image_sds": _b64(as_numpy(q.stddev), np.float32),
         "range": [[float(lo[0]), float(hi[0])], [float(lo[1]),
                                                  float(hi[1])]],
         "class_names": list(class_names(dataset.name)),

@@ -8,8 +8,8 @@ class, what every other part of vaelab asks of it: q for new images
 (``posterior``), its words in model names and reports, its cost. The
 methods are ``vaelab.inference.amortized.Amortized`` and
 ``vaelab.inference.vem.VariationalEM``;
-``vaelab.models.kinds.method_for(config)``
-gives a config's. ``Method`` holds what they share.
+``vaelab.inference.methods.method_for(config)`` gives a config's.
+``Method`` holds what they share.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from torch import Tensor
 
 from vaelab.config import Config
 from vaelab.data import Dataset
-from vaelab.models.kinds import kind_for
-from vaelab.prob.estimators import SEEDS
+from vaelab.models.latents import Schedule
+from vaelab.prob.estimators import (
+    POSTERIOR_BATCH,
+    SEEDS,
+    posterior_in_batches,
+)
 from vaelab.prob.objectives import ElboTerms, LatentVariableModel
 
 # The gaps' names in reports (``vaelab.evaluation.evaluate.Gaps``).
@@ -33,13 +37,6 @@ GAP_LABELS = {
     "amortization_gap": "amortization gap",
     "approximation_gap": "approximation gap",
 }
-
-
-def concat(parts: list[Any]) -> Any:
-    """One distribution over (N, ...) from batches of one family."""
-    family = type(parts[0])
-    return family(*(torch.cat(ps) for ps in zip(
-        *(q.params for q in parts), strict=True)))
 
 
 class Method:
@@ -58,15 +55,18 @@ class Method:
     gap_note: ClassVar[str | None] = None
     # evaluation.json's timing of ``posterior`` (None: not worth one).
     posterior_timing: ClassVar[str | None] = None
-    posterior_batch: ClassVar[int] = 2000  # images per pass
+    posterior_batch: ClassVar[int] = POSTERIOR_BATCH  # images per pass
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
+        schedule: Schedule,
     ) -> None:
+        """``schedule``: the latent kind's part of training (the loop
+        builds it: ``kind.schedule(model, config, dataset)``)."""
         self.model = model
         self.config = config
         self.dequantized = dataset.preprocess == "dequantize"
-        self.schedule = kind_for(config).schedule(model, config, dataset)
+        self.schedule = schedule
 
     # -- what the rest of vaelab asks of a method -------------------------
     @classmethod
@@ -92,10 +92,8 @@ class Method:
         """q(z | x) of images x (N, D), on x's device, over (N, ...): the
         encoder's, in batches of ``batch_size`` (the other arguments
         serve methods that fit q)."""
-        batch = batch_size or cls.posterior_batch
-        parts = [model.posterior(x[i:i + batch])
-                 for i in range(0, x.shape[0], batch)]
-        return concat(parts) if parts else model.posterior(x)
+        return posterior_in_batches(model, x,
+                                    batch_size or cls.posterior_batch)
 
     # -- the training loop's side -----------------------------------------
     def start_epoch(self, epoch: int) -> None:

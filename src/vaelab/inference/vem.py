@@ -20,7 +20,8 @@ either split has had e_steps * E iterations. Test images (results.json,
 ``vaelab evaluate``) are inferred from the prior with that budget, at
 least ``vaelab.inference.e_steps.VEM_TEST_STEPS`` (``vem_test_steps``), so that
 their ELBO is that of a fitted q. The checkpoint holds the lambda
-tensors beside the model (``VariationalEM.state``), so
+tensors beside the model (``VariationalEM.state``;
+``vaelab.training.runfolder.load_lambdas`` reads them), so
 ``vaelab.training.runfolder.load_model`` gives the trained decoder (its encoder
 is
 the untrained initial one: ``VariationalEM.posterior`` gives q).
@@ -28,7 +29,6 @@ the untrained initial one: ``VariationalEM.posterior`` gives q).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,13 +45,13 @@ from vaelab.inference.e_steps import (
     vem_test_steps,
 )
 from vaelab.inference.method import GAP_LABELS, Method, seeded
+from vaelab.models.latents import Schedule
 from vaelab.prob.estimators import average_elbo
 from vaelab.prob.objectives import (
     ElboTerms,
     LatentVariableModel,
     compute_elbo,
 )
-from vaelab.training import runfolder
 
 LAMBDA_KEYS = ("vem.train_loc", "vem.train_log_spread", "vem.val_loc",
                "vem.val_log_spread")
@@ -117,43 +117,19 @@ class VariationalEM(Method):
         cls, model: LatentVariableModel, x: Tensor, *,
         generator: torch.Generator | None = None,
         steps: int | None = None, batch_size: int | None = None,
-        progress: bool = False, config: Config | None = None,
+        progress: bool = False,
     ) -> Any:
-        """q(z | x) of images x (N, D), over (N, P): the E-step of
-        ``config`` (default the model's; ``e_steps.e_step``) from the
-        prior with ``steps`` iterations (default ``vem_test_steps``), in
-        batches of ``batch_size``. Its draws come from ``generator``,
-        default a fixed seed's, so figures and the explorer show the same
-        q at every call."""
-        config = config or model.config
-        steps = vem_test_steps(config) if steps is None else steps
-        generator = seeded(generator, x.device)
-        # At most posterior_batch images per pass: the E-step's memory.
-        batch = min(batch_size or cls.posterior_batch, cls.posterior_batch)
-        n = x.shape[0]
-        bar = tqdm(total=steps * n, unit="img-step", unit_scale=True,
-                   leave=False, desc="E-step",
-                   disable=None if progress else True)
-        parts = []
-        for i in range(0, n, batch):
-            xb = x[i:i + batch]
-            b = xb.shape[0]
-            parts.append(e_step(
-                model, config, xb, prior_matched(model, b, x.device),
-                steps=steps, generator=generator,
-                progress=lambda k, b=b: bar.update(k * b)))
-        bar.close()
-        if not parts:
-            return prior_matched(model, 0, x.device)
-        # Joined as lambda is stored: location and log spread.
-        locs, spreads = zip(*(split_params(q) for q in parts), strict=True)
-        return join_params(type(parts[0]), torch.cat(locs),
-                           torch.cat(spreads))
+        """q(z | x) of images x (N, D), over (N, P): the model's config's
+        E-step from the prior (``e_step_posterior``)."""
+        return e_step_posterior(model, model.config, x, generator=generator,
+                                steps=steps, batch_size=batch_size,
+                                progress=progress)
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
+        schedule: Schedule,
     ) -> None:
-        super().__init__(model, config, dataset)
+        super().__init__(model, config, dataset, schedule)
         device = next(model.parameters()).device
         self.train_lam = Lambdas(model, len(dataset.train), device)
         self.val_lam = Lambdas(model, len(dataset.val), device)
@@ -225,12 +201,6 @@ class VariationalEM(Method):
         return out
 
 
-def load_lambdas(run_dir: str | Path) -> dict[str, Tensor]:
-    """The stored lambda tensors of a vEM run folder, by LAMBDA_KEYS."""
-    _, tensors, _ = runfolder.read_checkpoint(Path(run_dir))
-    return {k: tensors[k] for k in LAMBDA_KEYS if k in tensors}
-
-
 def heldout_elbo(
     model: LatentVariableModel, config: Config, images: Tensor,
     dequantized: bool, *, steps: int | None = None,
@@ -240,6 +210,43 @@ def heldout_elbo(
     the ELBO of the q it found. Fixed seed, so repeated calls agree."""
     return average_elbo(
         model, images, dequantized=dequantized,
-        posterior=lambda rows, x, g: VariationalEM.posterior(
-            model, x, generator=g, steps=steps, config=config),
+        posterior=lambda rows, x, g: e_step_posterior(
+            model, config, x, generator=g, steps=steps),
     )
+
+
+def e_step_posterior(
+    model: LatentVariableModel, config: Config, x: Tensor, *,
+    generator: torch.Generator | None = None,
+    steps: int | None = None, batch_size: int | None = None,
+    progress: bool = False,
+) -> Any:
+    """q(z | x) of images x (N, D), over (N, P): the E-step of ``config``
+    (``e_steps.e_step``) from the prior with ``steps`` iterations (default
+    ``vem_test_steps``), in batches of ``batch_size``. Its draws come from
+    ``generator``, default a fixed seed's, so figures and the explorer
+    show the same q at every call."""
+    steps = vem_test_steps(config) if steps is None else steps
+    generator = seeded(generator, x.device)
+    # At most posterior_batch images per pass: the E-step's memory.
+    batch = VariationalEM.posterior_batch
+    batch = min(batch_size or batch, batch)
+    n = x.shape[0]
+    bar = tqdm(total=steps * n, unit="img-step", unit_scale=True,
+               leave=False, desc="E-step",
+               disable=None if progress else True)
+    parts = []
+    for i in range(0, n, batch):
+        xb = x[i:i + batch]
+        b = xb.shape[0]
+        parts.append(e_step(
+            model, config, xb, prior_matched(model, b, x.device),
+            steps=steps, generator=generator,
+            progress=lambda k, b=b: bar.update(k * b)))
+    bar.close()
+    if not parts:
+        return prior_matched(model, 0, x.device)
+    # Joined as lambda is stored: location and log spread.
+    locs, spreads = zip(*(split_params(q) for q in parts), strict=True)
+    return join_params(type(parts[0]), torch.cat(locs),
+                       torch.cat(spreads))

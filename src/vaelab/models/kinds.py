@@ -1,39 +1,33 @@
-"""The two registries: the kind of latent and the inference method of a
-config, by name, as the objects that own their behaviour.
+"""The latent kinds by name: the registry of ``latents.LatentKind``
+classes, and ``build_model``.
 
-``config.LATENT_KINDS`` and ``config.INFERENCE_METHODS`` name where each
-entry is implemented ("module:attribute"); this module imports it on
-first use. Code that depends on the kind of latent or on the inference
-method asks these two functions instead of testing names.
+It sits above what it registers: the kinds' module and the models never
+import it. Code that depends on the kind of latent asks ``kind_for``
+instead of testing names. ``config.LATENT_KINDS`` lists the same names
+as plain strings (config sits below every registry;
+tests/models/test_kinds.py checks that the two agree).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-from typing import TYPE_CHECKING, Any
+from torch import nn
 
-from vaelab.config import INFERENCE_METHODS, LATENT_KINDS, Config
+from vaelab.config import Config
+from vaelab.models.latents import CategoricalKind, LatentKind, MixtureKind
 
-if TYPE_CHECKING:
-    from vaelab.inference.method import Method
-    from vaelab.models.latents import LatentKind
-
-
-@functools.cache
-def resolve(path: str) -> Any:
-    """The object a "module:attribute" path names (imported once)."""
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+KINDS: dict[str, type[LatentKind]] = {
+    "gaussian": LatentKind,
+    "categorical": CategoricalKind,
+    "mixture": MixtureKind,
+}
 
 
-def method_for(config: Config | str) -> type[Method]:
-    """The inference method class of a config (or of its name)."""
-    name = config if isinstance(config, str) else config.inference
-    return resolve(INFERENCE_METHODS[name])
-
-
-def kind_for(config: Config | str) -> LatentKind:
+def kind_for(config: Config | str) -> type[LatentKind]:
     """The latent kind of a config (or of its name)."""
-    name = config if isinstance(config, str) else config.latent
-    return resolve(LATENT_KINDS[name])
+    return KINDS[config if isinstance(config, str) else config.latent]
+
+
+def build_model(config: Config) -> nn.Module:
+    """The model a (validated) config describes, freshly initialized: its
+    latent kind's class (``VAE``, ``CategoricalVAE``, ``MixtureVAE``)."""
+    return kind_for(config).model(config)

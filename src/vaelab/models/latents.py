@@ -4,30 +4,27 @@ softmax anneal; the mixture's fit, pretraining and fitted classes), its
 figures, its class probabilities (clusters, the report) and whether the
 latent explorer can show it.
 
-``vaelab.models.kinds.kind_for(config)`` gives a config's kind (by
-``config.latent``, as ``config.LATENT_KINDS`` names them).
+Kinds are classes (as inference methods are), asked through class
+methods; ``vaelab.models.kinds`` registers them by name and
+``kind_for(config)`` gives a config's (by ``config.latent``). Their
+figure makers are ``vaelab.figures.make.FIGURE_MAKERS``'s.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vaelab.config import Config
 from vaelab.data import Dataset
-from vaelab.evaluation.clusters import cluster_labels
-from vaelab.inference.method import Method
-from vaelab.models.kinds import resolve
+from vaelab.models.clustering import cluster_labels
 from vaelab.models.model import VAE, CategoricalVAE, MixtureVAE
 from vaelab.prob.distributions import class_posterior
+from vaelab.prob.estimators import posterior_in_batches
 from vaelab.prob.objectives import ElboTerms, compute_elbo, labelled_elbo
-
-if TYPE_CHECKING:
-    from vaelab.figures.plots import FigureContext
 
 
 class Schedule:
@@ -122,7 +119,8 @@ class MixtureFit(Schedule):
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        q = Method.posterior(self.model, self.train_images.to(device))
+        q = posterior_in_batches(self.model,
+                                 self.train_images.to(device))
         self.model.train(was_training)
         return q.mean
 
@@ -151,40 +149,38 @@ class LatentKind:
     explorer = True  # a 2-D plane the explorer can show
     has_classes = False  # a discrete class per image (clusters)
 
-    def describe(self, config: Config) -> str:
+    @classmethod
+    def describe(cls, config: Config) -> str:
         """The latent's part of a model's name."""
         return f"P={config.latent_dim}"
 
-    def latent_width(self, config: Config) -> int:
+    @classmethod
+    def latent_width(cls, config: Config) -> int:
         """The size of one image's z: the decoder's input."""
         return config.latent_dim
 
-    def prior_name(self, config: Config) -> str:
+    @classmethod
+    def prior_name(cls, config: Config) -> str:
         """p(z)'s name in figure titles."""
         return config.prior
 
-    def first_epoch(self, config: Config) -> int:
+    @classmethod
+    def first_epoch(cls, config: Config) -> int:
         """The first epoch whose validation ELBO is of the final model
         (early stopping and the best epoch look from it on)."""
         return 1
 
-    def shaded_epochs(self, config: Config) -> range | None:
+    @classmethod
+    def shaded_epochs(cls, config: Config) -> range | None:
         """Epochs the training curves shade (trained on another
         objective)."""
         return None
 
-    def class_probabilities(self, model: Any, q: Any) -> Tensor | None:
+    @classmethod
+    def class_probabilities(cls, model: Any, q: Any) -> Tensor | None:
         """q(class | x), (N, M, K), of images with posterior q; None for a
         latent without classes."""
         return None
-
-    # Its figure maker ("module:function", imported when first drawn:
-    # figures need matplotlib, training does not).
-    figure_maker = "vaelab.figures.plots:continuous_figures"
-
-    def figures(self, ctx: FigureContext) -> list[Path]:
-        """Every figure of a model of this kind."""
-        return resolve(self.figure_maker)(ctx)
 
 
 class CategoricalKind(LatentKind):
@@ -193,18 +189,20 @@ class CategoricalKind(LatentKind):
 
     model = CategoricalVAE
     schedule = Anneal
-    figure_maker = "vaelab.figures.discrete:categorical_figures"
     explorer = False
     has_classes = True
 
-    def describe(self, config: Config) -> str:
+    @classmethod
+    def describe(cls, config: Config) -> str:
         return (f"M={config.groups} x K={config.classes} categorical, "
                 f"{config.estimator}")
 
-    def latent_width(self, config: Config) -> int:
+    @classmethod
+    def latent_width(cls, config: Config) -> int:
         return config.groups * config.classes  # the one-hot codes
 
-    def class_probabilities(self, model: Any, q: Any) -> Tensor:
+    @classmethod
+    def class_probabilities(cls, model: Any, q: Any) -> Tensor:
         return q.probs
 
 
@@ -214,29 +212,28 @@ class MixtureKind(LatentKind):
 
     model = MixtureVAE
     schedule = MixtureFit
-    figure_maker = "vaelab.figures.discrete:mixture_figures"
     has_classes = True
 
-    def describe(self, config: Config) -> str:
+    @classmethod
+    def describe(cls, config: Config) -> str:
         return (f"P={config.latent_dim}, mixture prior of "
                 f"{config.classes} classes")
 
-    def prior_name(self, config: Config) -> str:
+    @classmethod
+    def prior_name(cls, config: Config) -> str:
         return "mixture"
 
-    def first_epoch(self, config: Config) -> int:
+    @classmethod
+    def first_epoch(cls, config: Config) -> int:
         # The prior changes at the fit (random centres, or N(0, I) while
         # pretraining, before it): earlier ELBOs are of another model.
         return config.mixture_fit_epoch or 1
 
-    def shaded_epochs(self, config: Config) -> range | None:
+    @classmethod
+    def shaded_epochs(cls, config: Config) -> range | None:
         fit, hard = config.mixture_fit_epoch, config.mixture_hard_epochs
         return range(fit, fit + hard) if hard else None
 
-    def class_probabilities(self, model: Any, q: Any) -> Tensor:
+    @classmethod
+    def class_probabilities(cls, model: Any, q: Any) -> Tensor:
         return class_posterior(q, model.prior).unsqueeze(1)
-
-
-CONTINUOUS = LatentKind()
-CATEGORICAL = CategoricalKind()
-MIXTURE = MixtureKind()

@@ -7,7 +7,8 @@ The generative parameters Theta = (w, Sigma) are the decoder and the
 likelihood's variance; the variational parameters phi are the encoder.
 Nothing here is a pre-made VAE: two MLPs (``Networks``; one hidden layer
 each, the spec's, unless ``config.hidden`` lists more) and the likelihood
-written out. ``build_model(config)`` picks the class.
+written out. ``vaelab.models.kinds.build_model(config)`` picks the
+class.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab.config import DEQUANTIZATION_VARIANCE, Config
-from vaelab.models.kinds import kind_for
 from vaelab.prob.distributions import (
     LOG_2PI,
     Categorical,
@@ -435,7 +435,7 @@ class MixtureVAE(VAE):
         """Set mu_y and s_y^2 from a clustering of posterior means: each
         class gets the centre and the per-coordinate variance of its
         points (N, P) by ``labels`` (N,) (as VaDE starts its mixture;
-        ``clusters.cluster_labels`` gives them). A class without points
+        ``clustering.cluster_labels`` gives them). A class without points
         keeps its centre, with variance 1."""
         points = points.detach().double().cpu()
         labels = labels.cpu()
@@ -591,9 +591,3 @@ def init_from_data(
     if config.bias_init == "data":
         p = mean.clamp(MEAN_CLAMP, 1.0 - MEAN_CLAMP)
         model.decoder_out.bias.copy_((p / (1.0 - p)).log())
-
-
-def build_model(config: Config) -> nn.Module:
-    """The model a (validated) config describes, freshly initialized: its
-    latent kind's class (``VAE``, ``CategoricalVAE``, ``MixtureVAE``)."""
-    return kind_for(config).model(config)

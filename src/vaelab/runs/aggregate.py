@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from vaelab.figures.plots import save_figure
+from vaelab.figures.drawing import save_figure
 from vaelab.training import runfolder
 
 SWEEP_JSON = "sweep.json"

@@ -20,8 +20,8 @@ from typing import Any
 from vaelab.config import Config
 from vaelab.data import Dataset
 from vaelab.errors import VaelabError
-from vaelab.models.kinds import method_for
-from vaelab.models.model import build_model
+from vaelab.inference.methods import method_for
+from vaelab.models.kinds import build_model
 from vaelab.runs.zoo import run_finished
 from vaelab.training import runfolder
 

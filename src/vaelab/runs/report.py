@@ -31,7 +31,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
 from vaelab.figures.explorer import EXPLORER
 from vaelab.figures.plots import CAPTIONS, SCATTER_STATS
-from vaelab.models.kinds import method_for
+from vaelab.inference.methods import method_for
 from vaelab.training import runfolder
 
 if TYPE_CHECKING:

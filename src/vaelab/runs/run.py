@@ -29,7 +29,8 @@ from vaelab.config import Config, torch_device
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate_run
-from vaelab.figures.plots import make_figures, real_digits_figure
+from vaelab.figures.make import make_figures
+from vaelab.figures.plots import real_digits_figure
 from vaelab.runs.clock import QUICK_UNIT_IMAGES, RunClock, model_plan, run_cost
 from vaelab.runs.report import (
     cost_note,

@@ -34,8 +34,9 @@ from vaelab.config import Config, torch_device
 from vaelab.data import Dataset, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.inference.method import Method
-from vaelab.models.kinds import kind_for, method_for
-from vaelab.models.model import build_model, init_from_data
+from vaelab.inference.methods import method_for
+from vaelab.models.kinds import build_model, kind_for
+from vaelab.models.model import init_from_data
 from vaelab.training import runfolder
 from vaelab.training.resources import check_training_fits
 from vaelab.training.step import TrainStep, set_learning_rate
@@ -276,8 +277,9 @@ def _fresh(
     model.to(device)
     optimizer = make_optimizer(model.parameters(), config)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    schedule = kind_for(config).schedule(model, config, dataset)
     return (model, optimizer, generator,
-            method_for(config)(model, config, dataset))
+            method_for(config)(model, config, dataset, schedule))
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -37,7 +37,8 @@ from safetensors.torch import save as safetensors_bytes
 from vaelab import __version__
 from vaelab.config import Config
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.models.model import build_model
+from vaelab.inference.vem import LAMBDA_KEYS
+from vaelab.models.kinds import build_model
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"  # with --patience: the best validation epoch's
@@ -593,3 +594,10 @@ def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
         memo[id(t)] = (torch.nn.Parameter(host, t.requires_grad)
                        if isinstance(t, torch.nn.Parameter) else host)
     return copy.deepcopy(model, memo)
+
+
+def load_lambdas(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The stored lambda tensors of a vEM run folder, by LAMBDA_KEYS."""
+    _, tensors, _ = read_checkpoint(Path(run_dir))
+    return {k: tensors[k] for k in LAMBDA_KEYS if k in tensors}
+
