@@ -28,7 +28,7 @@ Variance = Literal["pixel", "shared", "fixed"]
 Preprocess = Literal["auto", "scale", "dequantize", "binarize",
                      "dynamic-binarize"]
 Optimizer = Literal["adam", "adagrad"]
-Prior = Literal["gaussian", "laplace"]
+Prior = Literal["gaussian", "laplace", "logistic"]
 Activation = Literal["relu", "tanh"]
 Estimator = Literal["gumbel", "straight-through", "reinforce", "enumerate"]
 EMethod = Literal["adam", "newton"]
@@ -138,7 +138,8 @@ class Config:
         default_text=f"{DEQUANTIZATION_VARIANCE:.4g}, the variance of "
         "the dequantization noise U(0, 1/256)")
     prior: Prior = option(
-        "gaussian", "model", "gaussian N(0, I) or laplace Lap(0, tau)")
+        "gaussian", "model", "gaussian N(0, I), laplace Lap(0, tau) or "
+        "logistic (unit variance)")
     tau: float = option(1.0, "model", "scale of the laplace prior")
     # A name of LATENT_KINDS (its choices are added to CHOICES below).
     latent: str = option(
@@ -426,7 +427,7 @@ class Config:
                 and self.prior != "gaussian"):
             raise ConfigError(
                 "--e-method newton fits a Gaussian q under the N(0, I) "
-                "prior; the laplace prior needs --e-method adam"
+                f"prior; the {self.prior} prior needs --e-method adam"
             )
 
     def _validate_objective(self) -> None:

@@ -32,13 +32,13 @@ import torch
 from torch import Tensor
 
 from vaelab.config import Config
-from vaelab.prob.distributions import DiagGaussian, Laplace
+from vaelab.prob.distributions import DiagGaussian, LocationFamily
 from vaelab.prob.objectives import LatentVariableModel, compute_elbo
 
 # The location-scale families q can be fitted in: constructor(loc, spread)
-# with spread = variance (Gaussian) or scale b (Laplace), q.params in
-# that order.
-FAMILIES = (DiagGaussian, Laplace)
+# with spread = variance (Gaussian) or scale (Laplace, logistic), q.params
+# in that order: every LocationFamily.
+FAMILIES = (LocationFamily,)
 
 
 def prior_matched(

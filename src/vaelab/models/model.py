@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab.config import DEQUANTIZATION_VARIANCE, Config
+from vaelab.models.priors import prior_for
 from vaelab.prob.distributions import (
     LOG_2PI,
     Categorical,
@@ -340,11 +341,12 @@ class VAE(Networks):
     Shapes: images x are (B, D) with D = 784 and pixels in [0, 1]; latents
     z are (..., P). All log-densities are in nats per image.
 
-    ``config.prior``: "gaussian" is the spec's N(0, I) prior with a
-    diagonal Gaussian posterior; "laplace" is Problem 4a's Lap(0, tau)
-    prior with a Laplace posterior Lap(mu, b), whose second encoder head
-    is log b instead of log sigma^2. Prior and posterior are of the same
-    family, ``self.family``.
+    ``config.prior`` (``vaelab.models.priors.PRIORS``): "gaussian" is the
+    spec's N(0, I) prior with a diagonal Gaussian posterior; "laplace" is
+    Problem 4a's Lap(0, tau) prior with a Laplace posterior Lap(mu, b),
+    whose second encoder head is log b instead of log sigma^2;
+    "logistic" a unit-variance logistic prior and posterior. Prior and
+    posterior are of the same family, ``self.family``.
     """
 
     def __init__(self, config: Config | None = None) -> None:
@@ -357,11 +359,9 @@ class VAE(Networks):
         # log sigma^2 (gaussian) or log b (laplace).
         self._build_networks(config, head=2 * p, decoder_in=p)
         self.likelihood = _make_likelihood(config)
-        self.family: type[DiagGaussian] | type[Laplace]
-        if config.prior == "laplace":
-            self.family, spread = Laplace, torch.full((p,), config.tau)
-        else:
-            self.family, spread = DiagGaussian, torch.ones(p)
+        prior = prior_for(config)
+        self.family = prior.family
+        spread = torch.full((p,), float(prior.spread(config)))
         # Buffers, so that model.to(device or dtype) moves the prior;
         # not persistent: they follow from the config, and checkpoints
         # keep the keys they always had.
