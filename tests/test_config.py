@@ -16,7 +16,8 @@ from vaelab.config import (
     preset_names,
 )
 from vaelab.errors import ConfigError
-from vaelab.models.kinds import build_model
+from vaelab.inference.methods import METHODS, check_config
+from vaelab.models.kinds import KINDS, build_model
 
 
 def test_defaults_are_the_spec_model() -> None:
@@ -67,8 +68,10 @@ def test_resolved_fills_per_likelihood_and_optimizer_defaults() -> None:
     ],
 )
 def test_bad_values_raise_one_line_errors(values: dict, words: str) -> None:
+    """Types and ranges (Config.validate, in resolved), and the rules of
+    the chosen latent kind and inference method (check_config)."""
     with pytest.raises(ConfigError) as e:
-        Config(**values).resolved()
+        check_config(Config(**values).resolved())
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
@@ -220,32 +223,32 @@ def test_mixture_fit_starts_must_be_positive() -> None:
 
 def test_mixture_pretrain_needs_a_fit_epoch() -> None:
     with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
-        Config(latent="mixture", mixture_pretrain=True).validate()
+        check_config(Config(latent="mixture", mixture_pretrain=True))
     with pytest.raises(ConfigError, match="must be true or false"):
-        Config(latent="mixture", mixture_pretrain="yes",
-               mixture_fit_epoch=2).validate()
+        check_config(Config(latent="mixture", mixture_pretrain="yes",
+                            mixture_fit_epoch=2))
 
 
 def test_mixture_hard_epochs_are_checked() -> None:
     with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
-        Config(latent="mixture", mixture_hard_epochs=3).validate()
+        check_config(Config(latent="mixture", mixture_hard_epochs=3))
     with pytest.raises(ConfigError, match="--objective iwae"):
-        Config(latent="mixture", mixture_fit_epoch=2, mixture_hard_epochs=3,
-               objective="iwae").validate()
+        check_config(Config(latent="mixture", mixture_fit_epoch=2,
+                            mixture_hard_epochs=3, objective="iwae"))
     for bad in (-1, 1.5, True):
         with pytest.raises(ConfigError, match="integer >= 0"):
-            Config(latent="mixture", mixture_fit_epoch=2,
-                   mixture_hard_epochs=bad).validate()
+            check_config(Config(latent="mixture", mixture_fit_epoch=2,
+                                mixture_hard_epochs=bad))
 
 
 def test_mixture_fit_method_is_checked() -> None:
     with pytest.raises(ConfigError, match="needs --mixture-fit-epoch"):
-        Config(latent="mixture", mixture_fit="spectral").validate()
+        check_config(Config(latent="mixture", mixture_fit="spectral"))
     with pytest.raises(ConfigError, match="mixture_fit must be one of"):
-        Config(latent="mixture", mixture_fit="gmm",
-               mixture_fit_epoch=2).validate()
-    Config(latent="mixture", mixture_fit="spectral",
-           mixture_fit_epoch=2).validate()
+        check_config(Config(latent="mixture", mixture_fit="gmm",
+                            mixture_fit_epoch=2))
+    check_config(Config(latent="mixture", mixture_fit="spectral",
+                        mixture_fit_epoch=2))
 
 
 def test_data_and_devices_share_the_config_rules() -> None:
@@ -268,3 +271,56 @@ def test_data_and_devices_share_the_config_rules() -> None:
     assert data.PREPROCESS == tuple(
         p for p in CHOICES["preprocess"] if p != "auto")
     assert data.DATASETS == CHOICES["dataset"]
+
+
+# The rules each latent kind and inference method owns (its
+# check_options), one case per rule: Config.validate (types, ranges, the
+# rules no entry owns) lets each through, check_config stops it.
+ENTRY_RULES = [
+    ({"latent": "categorical", "classes": 1}, "carries no information"),
+    ({"latent": "categorical", "prior": "laplace"}, "uniform prior"),
+    ({"latent": "categorical", "groups": 4, "classes": 10,
+      "estimator": "enumerate"}, "at most 1024 are allowed"),
+    ({"latent": "mixture", "prior": "laplace"}, "mixture of Gaussians"),
+    ({"latent": "mixture", "classes": 1}, "one class is the"),
+    ({"mixture_fit_epoch": 2}, "applies to --latent mixture"),
+    ({"latent": "categorical", "mixture_fit_epoch": 2},
+     "applies to --latent mixture"),
+    ({"latent": "mixture", "mixture_pretrain": True},
+     "--mixture-pretrain needs --mixture-fit-epoch"),
+    ({"mixture_hard_epochs": 2},
+     "--mixture-hard-epochs needs --mixture-fit-epoch"),
+    ({"latent": "mixture", "mixture_fit_epoch": 2, "mixture_hard_epochs": 2,
+      "objective": "iwae"}, "does not combine with --objective iwae"),
+    ({"latent": "mixture", "mixture_fit": "spectral"},
+     "--mixture-fit spectral needs --mixture-fit-epoch"),
+    ({"inference": "vem", "likelihood": "bernoulli",
+      "preprocess": "dynamic-binarize"}, "fixed images"),
+    ({"inference": "vem", "latent": "mixture"}, "--latent gaussian"),
+    ({"inference": "vem", "prior": "laplace", "e_method": "newton"},
+     "the laplace prior needs --e-method adam"),
+    ({"inference": "vem", "prior": "logistic", "e_method": "newton"},
+     "the logistic prior needs --e-method adam"),
+]
+
+
+@pytest.mark.parametrize("values, words", ENTRY_RULES)
+def test_each_entry_owns_its_rules(values: dict, words: str) -> None:
+    config = Config(**values).resolved()  # types and ranges: fine
+    with pytest.raises(ConfigError) as e:
+        check_config(config)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("latent", list(KINDS))
+@pytest.mark.parametrize("inference", list(METHODS))
+def test_every_registered_entry_checks_its_options(latent: str,
+                                                   inference: str) -> None:
+    """Each kind and method of the registries answers check_options: the
+    defaults pass but for vEM's rule against the discrete kinds."""
+    config = Config(latent=latent, inference=inference).resolved()
+    if inference == "vem" and latent != "gaussian":
+        with pytest.raises(ConfigError, match="--latent gaussian"):
+            check_config(config)
+    else:
+        check_config(config)

@@ -32,6 +32,7 @@ from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluation.evaluate import evaluate_run, format_table
 from vaelab.figures.make import make_figures
+from vaelab.inference.methods import check_config
 from vaelab.runs import sweep
 from vaelab.runs.run import RunOptions, default_jobs, run_zoo
 from vaelab.training import runfolder
@@ -249,8 +250,10 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
 
     def make_config(values: dict[str, Any]) -> Config:
         # The path of `vaelab train`: flags and --config, then the grid.
-        return config_from_args(
+        config = config_from_args(
             argparse.Namespace(**{**vars(args), **values})).resolved()
+        check_config(config)
+        return config
 
     settings, runs = sweep.plan(args.out, seeds, grid, make_config)
     sweep.run_sweep(args.out, settings, runs, options, **hooks)

@@ -328,6 +328,9 @@ class Config:
         self._validate_combinations()
 
     def _validate_combinations(self) -> None:
+        """The rules between options that no latent kind, inference
+        method or prior owns (theirs are their ``check_options``,
+        ``vaelab.inference.methods.check_config`` runs them all)."""
         if self.likelihood == "bernoulli" and self.preprocess not in (
             "binarize", "dynamic-binarize", "auto"
         ):
@@ -352,82 +355,15 @@ class Config:
                 f"warmup_epochs ({self.warmup_epochs:g}) must not exceed "
                 f"epochs ({self.epochs})"
             )
-        if self.latent == "categorical":
-            if self.classes < 2:
-                raise ConfigError(
-                    "--latent categorical needs --classes >= 2 (one class "
-                    "carries no information)")
-            if self.prior != "gaussian":
-                raise ConfigError(
-                    "--prior applies to continuous latents; the categorical "
-                    "latent has a uniform prior (leave --prior unset)"
-                )
-            n_codes = self.classes ** self.groups
-            if self.estimator == "enumerate" and n_codes > ENUMERATE_LIMIT:
-                raise ConfigError(
-                    f"--estimator enumerate sums over classes^groups = "
-                    f"{self.classes}^{self.groups} = {n_codes} codes; at "
-                    f"most {ENUMERATE_LIMIT} are allowed (use gumbel, "
-                    "straight-through or reinforce)"
-                )
-        if self.latent == "mixture" and self.prior != "gaussian":
-            raise ConfigError(
-                "--latent mixture has its own prior, a mixture of "
-                "Gaussians (leave --prior unset)"
-            )
-        if self.mixture_fit_epoch is not None and self.latent != "mixture":
-            raise ConfigError(
-                "--mixture-fit-epoch applies to --latent mixture"
-            )
         for name in ("mixture_pretrain", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, "
                                   f"got {getattr(self, name)!r}")
-        if self.mixture_pretrain and self.mixture_fit_epoch is None:
-            raise ConfigError(
-                "--mixture-pretrain needs --mixture-fit-epoch (the epoch "
-                "that ends the pretraining)")
-        if self.mixture_hard_epochs and self.mixture_fit_epoch is None:
-            raise ConfigError(
-                "--mixture-hard-epochs needs --mixture-fit-epoch (the fit "
-                "whose classes the images keep)")
-        if self.mixture_hard_epochs and self.objective != "elbo":
-            raise ConfigError(
-                "--mixture-hard-epochs trains on the ELBO with the fit's "
-                "classes; it does not combine with --objective "
-                f"{self.objective}")
-        if self.mixture_fit != "kmeans" and self.mixture_fit_epoch is None:
-            raise ConfigError(
-                f"--mixture-fit {self.mixture_fit} needs --mixture-fit-epoch "
-                "(the epoch of the fit)")
-        if self.latent == "mixture" and self.classes < 2:
-            raise ConfigError(
-                "--latent mixture needs --classes >= 2 (one class is the "
-                "Gaussian VAE)"
-            )
         self._validate_objective()
         if self.patience is not None and self.val_size == 0:
             raise ConfigError(
                 "--patience stops on the validation ELBO: it needs "
                 "--val-size > 0"
-            )
-        if (self.inference == "vem"
-                and self.preprocess == "dynamic-binarize"):
-            raise ConfigError(
-                "--inference vem keeps a q per training image; it needs "
-                "the fixed images of --preprocess binarize"
-            )
-        if self.inference == "vem" and self.latent != "gaussian":
-            raise ConfigError(
-                "--inference vem fits a Gaussian or Laplace q per image "
-                "under a Gaussian or Laplace prior; it needs --latent "
-                "gaussian"
-            )
-        if (self.inference == "vem" and self.e_method == "newton"
-                and self.prior != "gaussian"):
-            raise ConfigError(
-                "--e-method newton fits a Gaussian q under the N(0, I) "
-                f"prior; the {self.prior} prior needs --e-method adam"
             )
 
     def _validate_objective(self) -> None:

@@ -70,6 +70,11 @@ class Method:
 
     # -- what the rest of vaelab asks of a method -------------------------
     @classmethod
+    def check_options(cls, config: Config) -> None:
+        """Raise ConfigError (one line) on an option this method cannot
+        take (none here)."""
+
+    @classmethod
     def describe(cls, config: Config) -> tuple[str, list[str]]:
         """What the model is called ("VAE") and words to add to its name
         (none)."""

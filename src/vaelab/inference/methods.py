@@ -12,11 +12,22 @@ from vaelab.config import Config
 from vaelab.inference.amortized import Amortized
 from vaelab.inference.method import Method
 from vaelab.inference.vem import VariationalEM
+from vaelab.models.kinds import kind_for
 
 METHODS: dict[str, type[Method]] = {
     "amortized": Amortized,
     "vem": VariationalEM,
 }
+
+
+def check_config(config: Config) -> None:
+    """Every rule of a config: the types and ranges and the rules between
+    options (``Config.validate``), then the rules of its latent kind and
+    its inference method (their ``check_options``). Raises ConfigError,
+    one line."""
+    config.validate()
+    kind_for(config).check_options(config)
+    method_for(config).check_options(config)
 
 
 def method_for(config: Config | str) -> type[Method]:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from vaelab.config import Config
 from vaelab.data import Dataset
+from vaelab.errors import ConfigError
 from vaelab.inference.e_steps import (
     e_step,
     join_params,
@@ -101,6 +102,26 @@ class VariationalEM(Method):
     # versus variational EM": 5 Adam iterations per minibatch, and 1
     # Newton step): the run's ETA uses it until the model is timed.
     EPOCH_COST = {"adam": 2.5, "newton": 1.7}
+
+    @classmethod
+    def check_options(cls, config: Config) -> None:
+        if config.preprocess == "dynamic-binarize":
+            raise ConfigError(
+                "--inference vem keeps a q per training image; it needs "
+                "the fixed images of --preprocess binarize"
+            )
+        if config.latent != "gaussian":
+            raise ConfigError(
+                "--inference vem fits a Gaussian or Laplace q per image "
+                "under a Gaussian or Laplace prior; it needs --latent "
+                "gaussian"
+            )
+        if (config.e_method == "newton"
+                and config.prior != "gaussian"):
+            raise ConfigError(
+                "--e-method newton fits a Gaussian q under the N(0, I) "
+                f"prior; the {config.prior} prior needs --e-method adam"
+            )
 
     @classmethod
     def describe(cls, config: Config) -> tuple[str, list[str]]:

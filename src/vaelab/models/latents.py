@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vaelab.config import Config
+from vaelab.config import ENUMERATE_LIMIT, Config
 from vaelab.data import Dataset
+from vaelab.errors import ConfigError
 from vaelab.models.clustering import cluster_labels
 from vaelab.models.model import VAE, CategoricalVAE, MixtureVAE
 from vaelab.prob.distributions import class_posterior
@@ -140,6 +141,27 @@ class MixtureFit(Schedule):
             self.labels = labels.to(self.train_images.device)
 
 
+def check_fit_options(config: Config) -> None:
+    """The mixture fit's options need the fit's epoch (ConfigError)."""
+    if config.mixture_pretrain and config.mixture_fit_epoch is None:
+        raise ConfigError(
+            "--mixture-pretrain needs --mixture-fit-epoch (the epoch "
+            "that ends the pretraining)")
+    if config.mixture_hard_epochs and config.mixture_fit_epoch is None:
+        raise ConfigError(
+            "--mixture-hard-epochs needs --mixture-fit-epoch (the fit "
+            "whose classes the images keep)")
+    if config.mixture_hard_epochs and config.objective != "elbo":
+        raise ConfigError(
+            "--mixture-hard-epochs trains on the ELBO with the fit's "
+            "classes; it does not combine with --objective "
+            f"{config.objective}")
+    if config.mixture_fit != "kmeans" and config.mixture_fit_epoch is None:
+        raise ConfigError(
+            f"--mixture-fit {config.mixture_fit} needs --mixture-fit-epoch "
+            "(the epoch of the fit)")
+
+
 class LatentKind:
     """A continuous latent z in R^P (the spec's; ``VAE``, Gaussian or
     Laplace prior)."""
@@ -148,6 +170,16 @@ class LatentKind:
     schedule: type[Schedule] = Schedule
     explorer = True  # a 2-D plane the explorer can show
     has_classes = False  # a discrete class per image (clusters)
+
+    @classmethod
+    def check_options(cls, config: Config) -> None:
+        """Raise ConfigError (one line) on an option this kind cannot
+        take; ``Config.validate`` has checked each option's type and
+        range."""
+        if config.mixture_fit_epoch is not None:
+            raise ConfigError(
+                "--mixture-fit-epoch applies to --latent mixture")
+        check_fit_options(config)
 
     @classmethod
     def describe(cls, config: Config) -> str:
@@ -193,6 +225,27 @@ class CategoricalKind(LatentKind):
     has_classes = True
 
     @classmethod
+    def check_options(cls, config: Config) -> None:
+        if config.classes < 2:
+            raise ConfigError(
+                "--latent categorical needs --classes >= 2 (one class "
+                "carries no information)")
+        if config.prior != "gaussian":
+            raise ConfigError(
+                "--prior applies to continuous latents; the categorical "
+                "latent has a uniform prior (leave --prior unset)"
+            )
+        n_codes = config.classes ** config.groups
+        if config.estimator == "enumerate" and n_codes > ENUMERATE_LIMIT:
+            raise ConfigError(
+                f"--estimator enumerate sums over classes^groups = "
+                f"{config.classes}^{config.groups} = {n_codes} codes; at "
+                f"most {ENUMERATE_LIMIT} are allowed (use gumbel, "
+                "straight-through or reinforce)"
+            )
+        super().check_options(config)
+
+    @classmethod
     def describe(cls, config: Config) -> str:
         return (f"M={config.groups} x K={config.classes} categorical, "
                 f"{config.estimator}")
@@ -213,6 +266,20 @@ class MixtureKind(LatentKind):
     model = MixtureVAE
     schedule = MixtureFit
     has_classes = True
+
+    @classmethod
+    def check_options(cls, config: Config) -> None:
+        if config.prior != "gaussian":
+            raise ConfigError(
+                "--latent mixture has its own prior, a mixture of "
+                "Gaussians (leave --prior unset)"
+            )
+        check_fit_options(config)
+        if config.classes < 2:
+            raise ConfigError(
+                "--latent mixture needs --classes >= 2 (one class is the "
+                "Gaussian VAE)"
+            )
 
     @classmethod
     def describe(cls, config: Config) -> str:

@@ -24,6 +24,7 @@ import dacite
 
 from vaelab.config import Config, apply_budget
 from vaelab.errors import ConfigError
+from vaelab.inference.methods import check_config
 from vaelab.training import runfolder
 
 _T = TypeVar("_T")
@@ -164,7 +165,7 @@ def _check_options(options: dict[str, Any], where: str) -> None:
     # here, with the zoo entry, before anything trains.
     config = Config.from_dict(options, source=where)
     try:
-        config.validate()
+        check_config(config)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

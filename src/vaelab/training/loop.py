@@ -34,7 +34,7 @@ from vaelab.config import Config, torch_device
 from vaelab.data import Dataset, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged
 from vaelab.inference.method import Method
-from vaelab.inference.methods import method_for
+from vaelab.inference.methods import check_config, method_for
 from vaelab.models.kinds import build_model, kind_for
 from vaelab.models.model import init_from_data
 from vaelab.training import runfolder
@@ -213,6 +213,7 @@ def train(
         # would not say where a wrong value came from).
         runfolder.load_config(run_dir)
     config = config.resolved()
+    check_config(config)
     device = _device(config)
     # One step that cannot fit is refused here, not by the allocator
     # minutes later (or by the kernel's OOM killer, with no message).

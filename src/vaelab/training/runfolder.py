@@ -37,6 +37,7 @@ from safetensors.torch import save as safetensors_bytes
 from vaelab import __version__
 from vaelab.config import Config
 from vaelab.errors import ConfigError, VaelabError
+from vaelab.inference.methods import check_config
 from vaelab.inference.vem import LAMBDA_KEYS
 from vaelab.models.kinds import build_model
 
@@ -551,7 +552,7 @@ def load_config(run_dir: str | Path) -> Config:
         raise ConfigError(f"{path}: not a JSON object of options")
     config = Config.from_dict(values, source=str(path))
     try:
-        config.validate()
+        check_config(config)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return config
