@@ -207,9 +207,10 @@ def test_figures_dispatch_on_the_latent_kind(run_dir, data, tmp_path,
         calls.append(ctx)
         return []
 
+    from vaelab.figures import make
     from vaelab.models.latents import LatentKind
 
-    monkeypatch.setattr(LatentKind, "figures", lambda self, ctx: maker(ctx))
+    monkeypatch.setitem(make.FIGURE_MAKERS, LatentKind, maker)
     paths = make_figures(run_dir, tmp_path, data, title="T")
     assert len(calls) == 1 and calls[0].title == "T"
     assert calls[0].model.latent_dim == 2 and len(calls[0].pick) == 100

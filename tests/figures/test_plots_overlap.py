@@ -97,7 +97,7 @@ def test_scatter_legend_names_the_classes(tmp_path, monkeypatch):
                 seen["labels"] = [t.get_text() for t in legend.get_texts()]
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "save_figure", spy)
+    monkeypatch.setattr(drawing, "save_figure", spy)
     means, labels = blobs([(k, 0.0) for k in range(10)], n=5)
     names = data.class_names("fashion-mnist")
     path = plots.plot_scatter(means, labels, tmp_path / "s.png", "t",
