@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +227,7 @@ def train(
     with runfolder.lock(run_dir):
         start_epoch = _start_epoch(config, run_dir, resume)
         return _fit(config, run_dir, start_epoch, device, dataset,
-                    progress, log, on_epoch)
+                    _Hooks(progress, log, on_epoch))
 
 
 def _train_epoch(
@@ -318,10 +319,50 @@ def time_epoch(config: Config, dataset: Dataset, images: int | None = None,
     return seconds * x.shape[0] / n
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """What a run tells its caller: progress lines (``log``, when
+    ``progress``) and each epoch's record (``on_epoch``)."""
+
+    progress: bool
+    log: Callable[[str], None]
+    on_epoch: Callable[[dict[str, Any]], None] | None
+
+
+@dataclass(frozen=True)
+class _Best:
+    """Early stopping's model: the best validation epoch from ``first``
+    on (epochs before it trained another model, a mixture's prior before
+    its fit); none without ``patience``."""
+
+    patience: int | None
+    first: int
+
+    def epoch(self, history: list[dict[str, Any]]) -> int | None:
+        if self.patience is None:
+            return None
+        return _best_epoch(history, self.first)
+
+
+def _resume(run_dir: Path, start_epoch: int, model: Any,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            method: Method, log: Callable[[str], None]) -> float:
+    """Restore a run's last checkpoint into the fresh objects; returns the
+    training seconds it had (0 for a new run)."""
+    if start_epoch == 0:
+        return 0.0
+    _, tensors, extra = runfolder.read_checkpoint(run_dir)
+    runfolder.restore(tensors, model, optimizer, generator,
+                      source=runfolder.checkpoint_path(run_dir),
+                      state=method.state())
+    method.load_state(tensors)
+    log(f"resuming {run_dir} after epoch {start_epoch}")
+    return float(extra.get("train_seconds", 0.0))
+
+
 def _fit(
     config: Config, run_dir: Path, start_epoch: int, device: torch.device,
-    dataset: Dataset, progress: bool, log: Callable[[str], None],
-    on_epoch: Callable[[dict[str, Any]], None] | None,
+    dataset: Dataset, hooks: _Hooks,
 ) -> dict[str, Any]:
     runfolder.write_json(run_dir / runfolder.CONFIG, config.to_dict())
     runfolder.record_session(run_dir, str(device), start_epoch)
@@ -329,50 +370,30 @@ def _fit(
 
     # From the training images, before a checkpoint (if any) overwrites it.
     model, optimizer, generator, method = _fresh(config, dataset, device)
-    elapsed = 0.0
-    if start_epoch > 0:
-        _, tensors, extra = runfolder.read_checkpoint(run_dir)
-        runfolder.restore(tensors, model, optimizer, generator,
-                          source=runfolder.checkpoint_path(run_dir),
-                          state=method.state())
-        method.load_state(tensors)
-        elapsed = float(extra.get("train_seconds", 0.0))
-        log(f"resuming {run_dir} after epoch {start_epoch}")
-
-    x_train = dataset.train.images.to(device)
-    x_val = dataset.val.images.to(device)
-    n = x_train.shape[0]
-    step = TrainStep(method, optimizer, x_train, generator,
-                     dataset.preprocess, capture=config.cuda_graph, log=log)
-    if device.type == "cuda" and step.eager_reason is not None and progress:
-        log(f"CUDA graph: off, {step.eager_reason}")
+    elapsed = _resume(run_dir, start_epoch, model, optimizer, generator,
+                      method, hooks.log)
+    step = TrainStep(method, optimizer, dataset.train.images.to(device),
+                     generator, dataset.preprocess,
+                     capture=config.cuda_graph, log=hooks.log)
+    if (device.type == "cuda" and step.eager_reason is not None
+            and hooks.progress):
+        hooks.log(f"CUDA graph: off, {step.eager_reason}")
     # The stopping rule reads metrics.jsonl alone, so a resumed run stops
     # where an uninterrupted one does (and a stopped one stays stopped).
     history = runfolder.read_metrics(run_dir)
-    # Epochs before it trained another model (a mixture's prior before
-    # its fit), never the one to keep.
-    first = kind_for(config).first_epoch(config)
-    stop = stop_reason(history, config.patience, first)
-    if (config.patience is not None and start_epoch > 0
-            and _best_epoch(history, first) == start_epoch):
+    best = _Best(config.patience, kind_for(config).first_epoch(config))
+    stop = stop_reason(history, config.patience, best.first)
+    if start_epoch > 0 and best.epoch(history) == start_epoch:
         runfolder.keep_best(run_dir)  # a kill may have come before it
+    x_val = dataset.val.images.to(device)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if stop is not None:
             break
-        model.train()
-        method.start_epoch(epoch)
-        sums, seconds = _train_epoch(step, config, epoch,
-                                     label=method.label, progress=progress)
-        state = method.state()
-        train_terms = check_epoch(
-            sums / n, [*model.parameters(), *state.values()], epoch,
-            run_dir, method.divergence_hint)
+        record, seconds, state = _epoch(step, method, config, epoch,
+                                        x_val, run_dir, hooks.progress)
         elapsed += seconds
-        model.eval()
-        val = method.validate(x_val) if x_val.shape[0] else {}
-        record = epoch_record(epoch, train_terms, val, seconds, n)
         history.append(record)
-        stop = stop_reason(history, config.patience, first)
+        stop = stop_reason(history, config.patience, best.first)
         if stop is not None:
             record["stop"] = stop
         # Metrics first: a kill before the checkpoint lands leaves a line
@@ -382,21 +403,48 @@ def _fit(
             run_dir, model, optimizer, generator, epoch, config,
             {"train_seconds": elapsed}, method_state=state,
         )
-        if (config.patience is not None
-                and _best_epoch(history, first) == epoch):
+        if best.epoch(history) == epoch:
             runfolder.keep_best(run_dir)
-        if on_epoch is not None:
-            on_epoch(record)
-        if progress:
-            log(epoch_line(record, config.epochs))
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(record)
+        if hooks.progress:
+            hooks.log(epoch_line(record, config.epochs))
+    return _finish(run_dir, config, dataset, method, history,
+                   best.epoch(history), stop, elapsed)
 
+
+def _epoch(step: TrainStep, method: Method, config: Config, epoch: int,
+           x_val: Tensor, run_dir: Path, progress: bool
+           ) -> tuple[dict[str, Any], float, dict[str, Tensor]]:
+    """Train one epoch and validate: its metrics record, its seconds of
+    training steps and the method's state after the steps, to checkpoint
+    (TrainingDiverged on a non-finite ELBO)."""
+    model = method.model
+    model.train()
+    method.start_epoch(epoch)
+    sums, seconds = _train_epoch(step, config, epoch, label=method.label,
+                                 progress=progress)
+    state = method.state()
+    train_terms = check_epoch(
+        sums / step.x_train.shape[0], [*model.parameters(), *state.values()],
+        epoch, run_dir, method.divergence_hint)
     model.eval()
-    best = (_best_epoch(history, first) if config.patience is not None
-            else None)
+    val = method.validate(x_val) if x_val.shape[0] else {}
+    record = epoch_record(epoch, train_terms, val, seconds,
+                          step.x_train.shape[0])
+    return record, seconds, state
+
+
+def _finish(run_dir: Path, config: Config, dataset: Dataset,
+            method: Method, history: list[dict[str, Any]],
+            best: int | None, stop: str | None, elapsed: float,
+            ) -> dict[str, Any]:
+    """The model to keep (early stopping's best epoch's, or the last) and
+    results.json."""
+    method.model.eval()
     if best is not None:
-        # Early stopping's model is the best validation epoch's.
         _, tensors, _ = runfolder.read_checkpoint(run_dir, best=True)
-        runfolder.restore(tensors, model, state=method.state(),
+        runfolder.restore(tensors, method.model, state=method.state(),
                           source=runfolder.checkpoint_path(run_dir, True))
         method.load_state(tensors)
     results: dict[str, Any] = {
