@@ -1,0 +1,169 @@
+"""The documentation site, built strictly and read in a real browser.
+
+``mkdocs build --strict`` (no warning: no broken link, no missing API
+object), then headless Chromium (Debian's package, driven by Playwright)
+opens the built site served from localhost with every other request
+refused, follows every internal link, and checks each page: no console
+error, every image loaded, every formula typeset (no raw ``$...$`` or
+``\\begin`` left). Screenshots of the landing page and one API page go to
+``$VAELAB_SCREENSHOTS`` (default: pytest's temporary folder). Skipped
+without mkdocs, Playwright or Chromium.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urldefrag, urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytest.importorskip("mkdocs")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+# Raw TeX that MathJax failed to typeset, outside code: $x$, $$, \begin.
+RAW_MATH = re.compile(r"\$[^$\s\n][^$\n]*\$|\$\$|\\begin\{|\\\(|\\\[")
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no chromium installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1",
+           "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
+         "-d", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(site: Path):
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = _chromium()
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True)
+        yield b
+        b.close()
+
+
+_CHECK_PAGE = """() => {
+  const images = [...document.images].filter(i => !i.complete
+      || i.naturalWidth === 0).map(i => i.getAttribute('src'));
+  const math = document.querySelectorAll('.arithmatex');
+  const untypeset = [...math].filter(
+      m => !m.querySelector('.MathJax, .MathJax_Display')).length;
+  const errors = document.querySelectorAll('.MathJax_Error, merror').length;
+  const copy = document.querySelector('article').cloneNode(true);
+  copy.querySelectorAll('pre, code, script, .MathJax_Preview')
+      .forEach(e => e.remove());
+  const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
+  return {images, count: math.length, untypeset, errors,
+          text: copy.innerText, links};
+}"""
+
+
+def _typeset(page) -> None:
+    if page.locator(".arithmatex").count():
+        page.wait_for_function(
+            "() => window.MathJax && MathJax.Hub && "
+            "new Promise(r => MathJax.Hub.Queue(() => r(true)))",
+            timeout=60_000)
+
+
+def test_site_every_page_loads_with_its_images_and_math(
+        browser, server: str, tmp_path_factory: pytest.TempPathFactory):
+    shots = Path(os.environ.get("VAELAB_SCREENSHOTS")
+                 or tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def route(r) -> None:
+        if r.request.url.startswith(server):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{page.url}: {m.text}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: console.append(f"{page.url}: {e}"))
+
+    todo, seen, problems, formulas = [server], set(), [], 0
+    while todo:
+        url = todo.pop()
+        if url in seen:
+            continue
+        seen.add(url)
+        response = page.goto(url)
+        if response is None or response.status != 200:
+            problems.append(f"{url}: status "
+                            f"{response.status if response else None}")
+            continue
+        _typeset(page)
+        found = page.evaluate(_CHECK_PAGE)
+        formulas += found["count"]
+        if found["images"]:
+            problems.append(f"{url}: images not loaded {found['images']}")
+        if found["untypeset"] or found["errors"]:
+            problems.append(f"{url}: {found['untypeset']} formulas not "
+                            f"typeset, {found['errors']} MathJax errors")
+        raw = RAW_MATH.findall(found["text"])
+        if raw:
+            problems.append(f"{url}: raw TeX left {raw[:3]}")
+        for link in found["links"]:
+            target = urldefrag(link).url
+            if target.startswith(server) and not urlparse(target).path \
+                    .endswith((".png", ".svg", ".ipynb", ".xml", ".gz")):
+                todo.append(target)
+        if url == server:
+            page.screenshot(path=str(shots / "landing.png"))
+        if "/api/vaelab.config/" in url:
+            page.screenshot(path=str(shots / "api-config.png"))
+    context.close()
+    print(f"{len(seen)} pages, {formulas} formulas; screenshots in {shots}")
+    assert not problems, "\n".join(problems[:20])
+    assert not console, "\n".join(console[:20])
+    assert not outside, f"requests outside the site: {outside[:5]}"
+    # The crawl reached every part of the site (a broken nav would not).
+    paths = {urlparse(u).path for u in seen}
+    for part in ("/api/", "/benchmarks/", "/homework/notebook/",
+                 "/derivations/", "/cli/", "/models/"):
+        assert any(p.startswith(part) for p in paths), part
+    assert formulas > 100
+    assert (shots / "landing.png").exists()
+    assert (shots / "api-config.png").exists()
