@@ -41,7 +41,8 @@ def on_files(files: Files, config: Any) -> Files:
         files.append(File.generated(config, path, content=content))
     config["nav"] = [
         *_NAV_BEFORE,
-        {"The homework": [{"The notebook": "homework/notebook.md"},
+        {"The homework": [{"About": "homework.md"},
+                          {"The notebook": "homework/notebook.md"},
                           {"Derivations": "derivations.md"}]},
         {"Models and presets": "models.md"},
         {"CLI reference": "cli.md"},

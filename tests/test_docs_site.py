@@ -167,3 +167,17 @@ def test_site_every_page_loads_with_its_images_and_math(
     assert formulas > 100
     assert (shots / "landing.png").exists()
     assert (shots / "api-config.png").exists()
+
+
+def test_readme_is_short_and_its_links_exist() -> None:
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) < 150
+    # The picture first: an image before the first command.
+    assert text.index("![") < text.index("```")
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    assert links
+    # ../shared (the spec, the data) lies beside a checkout, not in it.
+    missing = [link for link in links if "://" not in link
+               and not link.startswith("../")
+               and not (REPO / link).exists()]
+    assert not missing, missing
