@@ -67,10 +67,22 @@ def api_pages() -> tuple[Pages, list[Any]]:
              "Generated from the docstrings of every module of the "
              "installed package.", "",
              "| module | what it is |", "| --- | --- |"]
-    for name in module_names():
+    names = module_names()
+    packages = {n for n in names
+                if any(m.startswith(n + ".") for m in names)}
+    entries: dict[str, list[Any]] = {}
+    for name in names:
         path = f"api/{name}.md"
         pages[path] = f"# `{name}`\n\n::: {name}\n"
-        nav.append({name: path})
+        parent = name.rpartition(".")[0]
+        # A subpackage's modules sit under it in the nav.
+        if name in packages and name != PACKAGE:
+            entries[name] = [{name: path}]
+            nav.append({name: entries[name]})
+        elif parent in entries:
+            entries[parent].append({name: path})
+        else:
+            nav.append({name: path})
         summary = _first_paragraph(importlib.import_module(name))
         lines.append(f"| [`{name}`]({name}.md) | {_cell(summary)} |")
     pages["api/index.md"] = "\n".join(lines) + "\n"

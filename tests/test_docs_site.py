@@ -84,7 +84,7 @@ _CHECK_PAGE = """() => {
   const untypeset = [...math].filter(
       m => !m.querySelector('.MathJax, .MathJax_Display')).length;
   const errors = document.querySelectorAll('.MathJax_Error, merror').length;
-  const copy = document.querySelector('article').cloneNode(true);
+  const copy = document.body.cloneNode(true);
   copy.querySelectorAll('pre, code, script, .MathJax_Preview')
       .forEach(e => e.remove());
   const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
@@ -119,8 +119,26 @@ def test_site_every_page_loads_with_its_images_and_math(
     context.route("**/*", route)
     page = context.new_page()
     console: list[str] = []
-    page.on("console", lambda m: console.append(f"{page.url}: {m.text}")
-            if m.type == "error" else None)
+
+    def on_console(message) -> None:
+        # A failed load is reported by on_failed and on_response, with its
+        # URL; MathJax 2 probes fonts with about:blank (harmless).
+        text = message.text
+        if message.type == "error" and "about:blank" not in text \
+                and not text.startswith("Failed to load resource"):
+            console.append(f"{page.url}: {text}")
+
+    def on_failed(request) -> None:
+        if request.url != "about:blank":
+            console.append(f"{page.url}: {request.url} {request.failure}")
+
+    def on_response(response) -> None:
+        if response.status >= 400:
+            console.append(f"{page.url}: {response.url} {response.status}")
+
+    page.on("console", on_console)
+    page.on("requestfailed", on_failed)
+    page.on("response", on_response)
     page.on("pageerror", lambda e: console.append(f"{page.url}: {e}"))
 
     todo, seen, problems, formulas = [server], set(), [], 0

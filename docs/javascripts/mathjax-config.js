@@ -1,6 +1,7 @@
 // MathJax 2 (shipped by the jupyter-server-mathjax package, copied into
 // the site by docs/hooks.py: no CDN): typeset what pymdownx.arithmatex
-// marked, \( \) and \[ \] inside elements of class "arithmatex".
+// marked, \( \) and \[ \] inside elements of class "arithmatex", and
+// the headings' math in the navigation (Material's md-nav__link).
 window.MathJax = {
   tex2jax: {
     inlineMath: [["\\(", "\\)"]],
@@ -8,7 +9,7 @@ window.MathJax = {
     processEscapes: true,
     processEnvironments: true,
     ignoreClass: ".*",
-    processClass: "arithmatex",
+    processClass: "arithmatex|md-nav__link",
   },
   TeX: { extensions: ["AMSmath.js", "AMSsymbols.js"] },
   // The package ships the STIX-Web fonts only (as Jupyter uses them).
@@ -16,6 +17,9 @@ window.MathJax = {
     availableFonts: ["STIX-Web"], preferredFont: "STIX-Web",
     webFont: "STIX-Web", imageFont: null,
   },
+  // No hidden MathML copy of each formula: it asks for fonts that the
+  // package does not ship (404s), and the page needs none of it.
+  menuSettings: { assistiveMML: false },
   showMathMenu: false,
   messageStyle: "none",
 };
