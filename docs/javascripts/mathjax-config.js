@@ -1,15 +1,13 @@
 // MathJax 2 (shipped by the jupyter-server-mathjax package, copied into
 // the site by docs/hooks.py: no CDN): typeset what pymdownx.arithmatex
-// marked, \( \) and \[ \] inside elements of class "arithmatex", and
-// the headings' math in the navigation (Material's md-nav__link).
+// wrote, \( \) and \[ \], anywhere but code: the pages' and the
+// headings' in the navigation (a heading's math is also in the toc).
 window.MathJax = {
   tex2jax: {
     inlineMath: [["\\(", "\\)"]],
     displayMath: [["\\[", "\\]"]],
     processEscapes: true,
     processEnvironments: true,
-    ignoreClass: ".*",
-    processClass: "arithmatex|md-nav__link",
   },
   TeX: { extensions: ["AMSmath.js", "AMSsymbols.js"] },
   // The package ships the STIX-Web fonts only (as Jupyter uses them).
