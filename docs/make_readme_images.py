@@ -88,7 +88,8 @@ def comparison_table(summary: dict[str, Any], machine: str) -> str:
     # load (the README quotes the benchmark's).
     lines += ["", f"Nats per image, from the summary.json of `{command}` "
               f"({summary['created']}, {machine}, "
-              f"torch {summary['versions']['torch']}). IWAE (k = {first.get('k')}) and "
+              f"torch {summary['versions']['torch']}). "
+              f"IWAE (k = {first.get('k')}) and "
               f"log p(x) on the first {first.get('n_images')} test images; "
               "log p(x) is exact (quadrature) for the 2-D models. "
               "Gaussian rows are densities of dequantized pixels, Bernoulli "
