@@ -192,7 +192,7 @@ def _option_row(action: argparse.Action) -> str:
         helptext = helptext[:match.start()]
         default = match.group(1)
     if default in (None, argparse.SUPPRESS) or action.nargs == 0:
-        default = ""
+        default = "required" if action.required else ""
     names = ", ".join(action.option_strings) or action.metavar or action.dest
     return (f"| `{names}` | {_cell(_type_name(action))} | {_cell(default)} "
             f"| {_cell(helptext)} |")

@@ -202,3 +202,50 @@ def test_readme_is_short_and_its_links_exist() -> None:
                and not link.startswith("../")
                and not (REPO / link).exists()]
     assert not missing, missing
+
+
+def _gen_pages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_pages", REPO / "docs" / "gen_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_split_at_level_two_headings_outside_code() -> None:
+    text = ("# Benchmarks\n\nIntro.\n\n## One: a\n\n### Sub\n\n```bash\n"
+            "## not a heading\n```\n\n## Two\n\nBody `benchmarks/x.py`.\n")
+    parts = _gen_pages().split_benchmarks(text)
+    assert [(slug, heading) for slug, heading, _ in parts] == [
+        ("index", ""), ("one-a", "One: a"), ("two", "Two")]
+    assert "## Sub" in parts[1][2] and "## not a heading" in parts[1][2]
+    # Every section of the real file is a page: none lost.
+    real = (REPO / "docs" / "benchmarks.md").read_text()
+    parts = _gen_pages().split_benchmarks(real)
+    assert len(parts) - 1 == len(re.findall(r"^## ", real, re.M))
+    assert sum(len(body.split()) for *_, body in parts) >= 0.99 * len(
+        real.split())
+
+
+def test_generated_references_name_every_entry() -> None:
+    from vaelab import config
+    from vaelab.cli import build_parser
+
+    gen = _gen_pages()
+    models = gen.models_page()["models.md"]
+    for name in [*config.LATENT_KINDS, *config.INFERENCE_METHODS,
+                 *config.preset_names()]:
+        assert f"`{name}`" in models, name
+    cli = gen.cli_page()["cli.md"]
+    commands = gen._subcommands(build_parser())
+    for name, (sub, _) in commands.items():
+        assert f"## `vaelab {name}`" in cli
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert re.search(rf"`[^`]*(?<![\w-]){flag}(?![\w-])",
+                                     cli), flag
+    pages, _ = gen.api_pages()
+    assert f"api/{config.__name__}.md" in pages
