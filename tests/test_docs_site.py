@@ -249,3 +249,18 @@ def test_generated_references_name_every_entry() -> None:
                                      cli), flag
     pages, _ = gen.api_pages()
     assert f"api/{config.__name__}.md" in pages
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    text = (REPO / "README.md").read_text()
+    command = next(line for line in text.splitlines()
+                   if line.startswith("apt-get update") and "pytest" in line)
+    steps = [s.strip() for s in command.split("&&")]
+    ci = (REPO / ".ci" / "run").read_text()
+    # From the install on, each step is a line of .ci/run, in order.
+    at = 0
+    for step in steps[steps.index("python3 -m venv .venv"):]:
+        step = step.replace("VAELAB_DATA=../shared/data/mnist ", "")
+        found = ci.find(step, at)
+        assert found >= 0, step
+        at = found
