@@ -314,9 +314,15 @@ def layers_svg(design: str) -> str | None:
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in match.group(1).splitlines()
             if line.startswith("|") and not line.startswith("| ---")]
-    rows = rows[1:]  # the header
-    if not rows:
+    if len(rows) < 2:
         return None
+    header, rows = [h.lower() for h in rows[0]], rows[1:]
+
+    def column(row: list[str], name: str) -> str:
+        at = header.index(name) if name in header else None
+        return re.sub(r"[`\\]", "", row[at]) if at is not None \
+            and at < len(row) else ""
+
     width, box, gap = 760, 62, 26
     height = len(rows) * (box + gap) - gap + 20
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
@@ -327,8 +333,9 @@ def layers_svg(design: str) -> str | None:
              ' fill="#555"/></marker></defs>']
     for i, row in enumerate(rows):
         y = 10 + i * (box + gap)
-        modules = re.sub(r"[`\\]", "", row[1] if len(row) > 1 else "")
-        shade = 245 - 18 * i
+        package, modules = column(row, "package"), column(row, "modules")
+        modules = f"{package}: {modules}" if package else modules
+        shade = 245 - 90 * i // max(1, len(rows) - 1)
         parts += [f'<rect x="10" y="{y}" width="{width - 20}" '
                   f'height="{box}" rx="8" fill="rgb({shade},{shade},255)" '
                   'stroke="#446"/>',
