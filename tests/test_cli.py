@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_choices_come_from_the_config_types(
     capsys: pytest.CaptureFixture,
 ) -> None:
     with pytest.raises(SystemExit):
-        main(["train", "--help"])
+        main(["train", "--help-all"])
     text = " ".join(capsys.readouterr().out.split())
     assert "gumbel|straight-through|reinforce|enumerate" in text
     assert "amortized|vem" in text
@@ -137,11 +138,7 @@ def test_config_file_with_unknown_key(
     assert code == 2 and "latent_size" in err and err.count("\n") == 1
 
 
-def test_missing_subcommand_and_version(
-    capsys: pytest.CaptureFixture,
-) -> None:
-    code, err = _run([], capsys)
-    assert code == 2 and err.count("\n") == 1
+def test_version() -> None:
     out = subprocess.run([sys.executable, "-m", "vaelab.cli", "--version"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith("vaelab ")
@@ -262,10 +259,10 @@ def _help_blocks(
     argv: list[str], capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, list[tuple[str, str]]]:
-    """``argv``'s --help as {section title: [(flag, its help text)]}."""
+    """``argv``'s --help-all as {section title: [(flag, its help text)]}."""
     monkeypatch.setenv("COLUMNS", "100")
     with pytest.raises(SystemExit):
-        main([*argv, "--help"])
+        main([*argv, "--help-all"])
     sections: dict[str, list[tuple[str, str]]] = {}
     title, blocks = "", []
     for line in capsys.readouterr().out.splitlines():
@@ -328,3 +325,38 @@ def test_help_shows_each_option_once_in_its_group_default_once(
     assert text.count("(default:") == len(FLAGS)
     assert "(default: mnist)" in text and "(default: 10000)" in text
     assert "(default: false)" in text  # --mixture-pretrain, as typed
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_help_is_short_most_used_first_and_names_every_group(
+    command: str, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert len(lines) <= 50 and max(map(len, lines)) <= 80
+    flags = re.findall(r"^  (--[\w-]+)", text, re.M)
+    assert flags[0] == "--out" and "--epochs" in flags
+    assert "--help-all" in flags
+    # The rare options are left to --help-all, which names them all.
+    assert "--mixture-hard-epochs" not in text
+    flat = " ".join(text.split())
+    for group in GROUPS:
+        assert f"{group} options (" in flat, group
+    assert f"vaelab {command} --help-all shows every one" in flat
+
+
+def test_vaelab_alone_says_what_to_type_first(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "vaelab run --out runs/zoo" in out
+    assert "vaelab run --quick" in out
+    for command in ("train", "run", "evaluate", "plot", "sweep", "info"):
+        assert command in out.split("commands:")[1]
+    assert max(map(len, out.splitlines())) <= 80

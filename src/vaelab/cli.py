@@ -40,9 +40,70 @@ from vaelab.training.loop import train
 
 
 class _Parser(argparse.ArgumentParser):
+    # The flags ``--help`` shows, most used first; None: all of them.
+    # A command with many options also gets ``--help-all`` (add_help_all).
+    brief: tuple[str, ...] | None = None
+
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block, as for every user mistake.
         self.exit(2, f"vaelab: error: {message} (see --help)\n")
+
+    def format_help(self) -> str:
+        if self.brief is None:
+            return super().format_help()
+        by_flag = {s: a for a in self._actions for s in a.option_strings}
+        shown = [by_flag[flag] for flag in self.brief]
+        formatter = self._get_formatter()
+        formatter.add_usage(self.usage, shown, [])
+        formatter.add_text(self.description)
+        formatter.start_section("most-used options")
+        formatter.add_arguments(shown)
+        formatter.end_section()
+        groups = [(g.title, len(g._group_actions))
+                  for g in self._action_groups if g._group_actions]
+        formatter.add_text(
+            f"{sum(n for _, n in groups)} options in all, by group: "
+            + ", ".join(f"{t} ({n})" for t, n in groups)
+            + f"; {self.prog} --help-all shows every one, with its "
+            "default.")
+        return formatter.format_help()
+
+    def format_help_all(self) -> str:
+        return super().format_help()
+
+
+class _HelpAll(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0,
+                         default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        assert isinstance(parser, _Parser)
+        print(parser.format_help_all(), end="")
+        parser.exit(0)
+
+
+def add_help_all(parser: _Parser, brief: tuple[str, ...]) -> None:
+    """``--help`` shows ``brief`` (flags, most used first) and names the
+    groups; ``--help-all`` shows every option in its group."""
+    parser.add_argument("--help-all", action=_HelpAll,
+                        help="every option, in its group, with its default")
+    parser.brief = (*brief, "--help-all")
+
+
+# What ``vaelab`` alone prints: what to type first.
+START = """\
+vaelab: variational autoencoders on MNIST. Start with
+
+  vaelab run --out runs/zoo          train the zoo of models (~5 min on
+                                     2 cores), write runs/zoo/report.html
+  vaelab run --quick --out runs/try  the same as a one-minute smoke test
+  vaelab train --out runs/spec       the spec's model alone
+
+commands: {commands}
+(vaelab COMMAND --help for one)
+"""
 
 
 def _int_list(text: str) -> int | list[int]:
@@ -267,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version",
                         version=f"vaelab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True,
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser,
+                                metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one model into a run folder")
     p.add_argument("--out", required=True, metavar="DIR",
@@ -277,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
+    add_help_all(p, ("--out", "--config", "--epochs", "--latent",
+                     "--latent-dim", "--hidden", "--likelihood", "--prior",
+                     "--inference", "--lr", "--seed", "--device",
+                     "--resume", "--quiet"))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="where the data is, device, versions")
@@ -390,12 +455,20 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="no line per finished run")
     add_config_flags(p)
+    add_help_all(p, ("--out", "--seeds", "--grid", "--config", "--epochs",
+                     "--jobs", "--backend", "--cpus-per-run", "--eval-n",
+                     "--eval-k", "--mlflow", "--device", "--quiet"))
     p.set_defaults(func=cmd_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        sub = next(a for a in parser._actions
+                   if isinstance(a, argparse._SubParsersAction))
+        print(START.format(commands=", ".join(sub.choices)), end="")
+        return 0
     try:
         return args.func(args)
     except VaelabError as e:
