@@ -23,6 +23,9 @@ PACKAGE = "vaelab"
 # Where the registries, options and presets are defined (config.py's
 # names); where the argparse parser is built.
 CONFIG = "vaelab.config"
+# The registries of the latent kinds and the inference methods.
+KINDS = "vaelab.models.kinds"
+METHODS = "vaelab.inference.methods"
 CLI = "vaelab.cli:build_parser"
 BENCHMARKS = REPO / "docs" / "benchmarks.md"
 NOTEBOOK = REPO / "examples" / "hw6.executed.ipynb"
@@ -128,18 +131,21 @@ def models_page() -> Pages:
     the zoo and the presets, from the registries and the files."""
     config = importlib.import_module(CONFIG)
     out = ["# Models, methods and presets", "",
-           "Generated from the registries of "
-           f"`{CONFIG}`, its options and the preset files' own headers: "
+           f"Generated from the registries (`{KINDS}`, `{METHODS}`), "
+           f"`{CONFIG}`'s options and the preset files' own headers: "
            "a new entry appears here without editing the docs.", ""]
+    kinds = importlib.import_module(KINDS).KINDS
+    methods = importlib.import_module(METHODS).METHODS
     for title, registry, flag in (
-            ("Latent kinds", config.LATENT_KINDS, "--latent"),
-            ("Inference methods", config.INFERENCE_METHODS, "--inference")):
+            ("Latent kinds", kinds, "--latent"),
+            ("Inference methods", methods, "--inference")):
         out += [f"## {title}", "", f"Chosen by `{flag} NAME`.", "",
                 "| name | implemented by | what it is |",
                 "| --- | --- | --- |"]
-        for name, where in registry.items():
+        for name, entry in registry.items():
+            where = f"{entry.__module__}.{entry.__qualname__}"
             out.append(f"| `{name}` | `{where}` | "
-                       f"{_cell(_first_paragraph(_obj(where)))} |")
+                       f"{_cell(_first_paragraph(entry))} |")
         out.append("")
     out += ["## Priors, likelihoods, objectives, estimators and the other "
             "choices", "",
