@@ -261,7 +261,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
         backend=args.backend, jobs=_jobs(args.jobs, args.device),
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         ray_address=args.ray_address, progress=not args.quiet,
-        mlflow=args.mlflow,
+        mlflow=args.mlflow, stack=args.stack,
         evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
         command=shlex.join(["vaelab", *sys.argv[1:]]))
     sweep.check_options(options)  # Ray missing: before any config
@@ -407,6 +407,10 @@ def add_sweep_parser(sub: Any) -> None:
                    metavar="URI", help="log each run's config, epochs "
                    "and evaluation to MLflow (vaelab[mlflow]; default "
                    "URI: a local store, DIR/mlflow.db)")
+    p.add_argument("--stack", action="store_true",
+                   help="train each setting's seeds as one stacked model "
+                   "in one process, into the same run folders (the "
+                   "Gaussian-latent amortized VAE only; local backend)")
     p.add_argument("--quiet", action="store_true",
                    help="no line per finished run")
     add_config_flags(p)
