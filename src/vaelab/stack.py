@@ -120,15 +120,22 @@ class StackedVAE:
         self.seeds = len(self.models)
         first = self.models[0]
         self.names = [n for n, _ in first.named_parameters()]
+        # A weight (out, in) is stacked transposed, (S, in, out): the
+        # batched product then reads it as it is, and its gradient comes
+        # out in its layout (stacked as nn.Linear keeps it, every step
+        # copied the weight gradients: a third of the stacked step).
+        self.transposed = {name: first.get_parameter(name).dim() == 2
+                           for name in self.names}
         self.params: dict[str, nn.Parameter] = {}
         with torch.no_grad():
             for name in self.names:
                 self.params[name] = nn.Parameter(torch.stack(
-                    [m.get_parameter(name).detach() for m in self.models]))
+                    [self._to_stack(name, m.get_parameter(name).detach())
+                     for m in self.models]))
             for s, model in enumerate(self.models):
                 for name in self.names:
-                    _set_parameter(model, name,
-                                   self.params[name].detach()[s])
+                    _set_parameter(model, name, self._of_seed(
+                        name, self.params[name].detach(), s))
         like = first.likelihood
         self.gaussian = isinstance(like, GaussianLikelihood)
         if self.gaussian and "likelihood.rho" not in self.params:
@@ -150,44 +157,53 @@ class StackedVAE:
         self.optimizer = make_optimizer(self.params.values(), config)
         self._load_optimizer_state()
 
-    def _pairs(self) -> list[tuple[nn.Parameter, list[Tensor]]]:
-        """(stacked parameter, each seed's optimizer key for it)."""
+    def _to_stack(self, name: str, value: Tensor) -> Tensor:
+        """A seed's tensor of parameter ``name`` in the stack's layout."""
+        return value.mT if self.transposed[name] else value
+
+    def _of_seed(self, name: str, stacked: Tensor, s: int) -> Tensor:
+        """Seed s's view of a stacked tensor of parameter ``name``, in
+        the seed's own layout."""
+        return stacked[s].mT if self.transposed[name] else stacked[s]
+
+    def _pairs(self) -> list[tuple[str, nn.Parameter, list[Tensor]]]:
+        """(name, stacked parameter, each seed's optimizer key for it)."""
         keys = [opt.param_groups[0]["params"] for opt in self.optimizers]
-        return [(self.params[name], [k[j] for k in keys])
+        return [(name, self.params[name], [k[j] for k in keys])
                 for j, name in enumerate(self.names)]
 
     def _load_optimizer_state(self) -> None:
-        for stacked, keys in self._pairs():
+        for name, stacked, keys in self._pairs():
             states = [opt.state.get(k) for opt, k in
                       zip(self.optimizers, keys, strict=True)]
             if any(not st for st in states):
                 continue  # Adam before its first step: no state yet
             self.optimizer.state[stacked] = {
-                name: (torch.stack([st[name] for st in states])
-                       if value.shape == keys[0].shape else value.clone())
-                for name, value in states[0].items()}
+                key: (torch.stack([self._to_stack(name, st[key])
+                                   for st in states]).contiguous()
+                      if value.shape == keys[0].shape else value.clone())
+                for key, value in states[0].items()}
 
     @torch.no_grad()
     def sync(self) -> None:
         """Each seed's optimizer state := its slice of the stack's."""
-        for stacked, keys in self._pairs():
+        for name, stacked, keys in self._pairs():
             state = self.optimizer.state.get(stacked)
             if not state:
                 continue
             for s, (opt, key) in enumerate(
                     zip(self.optimizers, keys, strict=True)):
                 opt.state[key] = {
-                    name: (value[s].clone()
-                           if value.shape == stacked.shape
-                           else value.clone())
-                    for name, value in state.items()}
+                    k: (self._of_seed(name, v, s).contiguous()
+                        if v.shape == stacked.shape else v.clone())
+                    for k, v in state.items()}
 
     # -- the stacked networks -------------------------------------------
     def _layer(self, name: str, h: Tensor) -> Tensor:
         """One linear layer of every seed: (S, B, in) -> (S, B, out)."""
-        weight = self.params[f"{name}.weight"]  # (S, out, in)
+        weight = self.params[f"{name}.weight"]  # (S, in, out)
         bias = self.params[f"{name}.bias"]  # (S, out)
-        return torch.baddbmm(bias[:, None], h, weight.mT)
+        return torch.baddbmm(bias[:, None], h, weight)
 
     def _mlp(self, names: list[str], h: Tensor) -> Tensor:
         for name in names[:-1]:
