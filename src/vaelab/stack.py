@@ -227,28 +227,33 @@ class StackedVAE:
         return -0.5 * (weighted + log_det[:, None, None]
                        + self.dim * LOG_2PI)
 
-    def terms(self, x: Tensor, generators: Sequence[torch.Generator]
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Each seed's (objective, elbo, log_lik, kl), each (S, B) in
-        nats, of its minibatch x[s] (S, B, D), with its reparameterization
-        noise drawn from its generator as ``compute_elbo`` (or
+    def noise(self, x: Tensor, generators: Sequence[torch.Generator]
+              ) -> Tensor:
+        """Each seed's reparameterization noise (S, n, B, P) for its
+        minibatch x[s], drawn from its generator as ``compute_elbo`` (or
         ``compute_iwae``) draws it."""
         c = self.config
-        iwae = c.objective == "iwae"
-        n = c.iwae_k if iwae else c.n_samples
-        s, b, p = x.shape[0], x.shape[1], self.latent_dim
+        n = c.iwae_k if c.objective == "iwae" else c.n_samples
+        shape = (n, x.shape[1], self.latent_dim)
+        return torch.stack([torch.randn(shape, generator=g,
+                                        device=x.device, dtype=x.dtype)
+                            for g in generators])
+
+    def terms(self, x: Tensor, eps: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Each seed's (objective, elbo, log_lik, kl), each (S, B) in
+        nats, of its minibatch x[s] (S, B, D) with its noise eps[s] (n,
+        B, P)."""
+        s, n, b, p = eps.shape
         loc, log_var = self._mlp(self.encoder, x).split(p, dim=-1)
         q = DiagGaussian(loc, log_var.exp())  # (S, B, P)
-        eps = torch.stack([torch.randn((n, b, p), generator=g,
-                                       device=x.device, dtype=x.dtype)
-                           for g in generators])  # (S, n, B, P)
         z = loc[:, None] + q.stddev[:, None] * eps
         logits = self._mlp(self.decoder, z.reshape(s, n * b, p))
         ll = self._log_lik(x[:, None], logits.reshape(s, n, b, -1))
         log_lik = ll.mean(1)
         kl = kl_divergence(q, self.prior)
         elbo = log_lik - kl
-        if not iwae:
+        if self.config.objective != "iwae":
             return elbo, elbo, log_lik, kl
         q_n = DiagGaussian(loc[:, None], q.variance[:, None])
         log_w = ll - (q_n.log_prob(z) - self.prior.log_prob(z))
@@ -262,7 +267,8 @@ class StackedVAE:
         3), detached."""
         x = torch.stack([training_batch(x_train[r], preprocess, g)
                          for r, g in zip(rows, generators, strict=True)])
-        objective, elbo, log_lik, kl = self.terms(x, generators)
+        objective, elbo, log_lik, kl = self.terms(
+            x, self.noise(x, generators))
         # Each seed's loss is its own mean: the sum's gradient in a seed's
         # slice is that seed's gradient alone.
         loss = -objective.mean(-1).sum()
