@@ -27,13 +27,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
+# A cold compile, as a run's first: inductor's on-disk caches would make
+# a second run of this script report a fraction of the cost.
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+
+import torch  # noqa: E402
 
 from vaelab.config import Config, find_config, load_toml
 from vaelab.data import load_data

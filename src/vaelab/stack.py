@@ -279,7 +279,7 @@ class StackedVAE:
                            dim=-1).detach()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (list.index, in)
 class _Seed:
     """One seed's run as the stack keeps it."""
 
