@@ -42,11 +42,11 @@ import torch  # noqa: E402
 
 from vaelab.config import Config, find_config, load_toml
 from vaelab.data import load_data
-from vaelab.distributions import kl_divergence
-from vaelab.objectives import compute_elbo
-from vaelab.stack import StackedVAE, _Seed, _stack_epoch
-from vaelab.step import TrainStep
-from vaelab.train import _fresh, _train_epoch, make_optimizer
+from vaelab.prob.distributions import kl_divergence
+from vaelab.prob.objectives import compute_elbo
+from vaelab.training.loop import _fresh, _train_epoch, make_optimizer
+from vaelab.training.stack import StackedVAE, _Seed, _stack_epoch
+from vaelab.training.step import TrainStep
 
 
 def preset(name: str, **changes: object) -> Config:
@@ -214,11 +214,11 @@ loaded = peak()
 open("/proc/self/clear_refs", "w").write("5")
 out = tempfile.mkdtemp()
 if seeds == 1:
-    from vaelab.train import train
+    from vaelab.training.loop import train
     train(configs[0], out + "/run", dataset=data, progress=False,
           log=lambda t: None)
 else:
-    from vaelab.stack import train_stack
+    from vaelab.training.stack import train_stack
     train_stack(configs, [f"{out}/seed-{s}" for s in range(seeds)], data,
                 log=lambda t: None)
 heavy = [m for m in ("matplotlib", "scipy", "PIL", "jinja2", "ray",

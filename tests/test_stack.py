@@ -11,11 +11,12 @@ import pytest
 import torch
 from helpers import synthetic_dataset
 
-from vaelab import aggregate, runfolder
 from vaelab.cli import build_parser, cmd_sweep, main
 from vaelab.config import Config
-from vaelab.stack import train_stack
-from vaelab.train import make_optimizer, train
+from vaelab.runs import aggregate
+from vaelab.training import runfolder
+from vaelab.training.loop import make_optimizer, train
+from vaelab.training.stack import train_stack
 
 SEEDS = (0, 1, 2)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vaelab import cli
-from vaelab.run import default_jobs
+from vaelab.runs.run import default_jobs
 
 
 @pytest.fixture(autouse=True)
