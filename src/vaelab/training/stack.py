@@ -48,7 +48,9 @@ from torch import Tensor, nn
 from vaelab.config import Config
 from vaelab.data import Dataset, first_training_images, training_batch
 from vaelab.errors import ConfigError, TrainingDiverged
-from vaelab.models.kinds import kind_for
+from vaelab.inference.amortized import Amortized
+from vaelab.models.kinds import kind_for, method_for
+from vaelab.models.latents import CONTINUOUS
 from vaelab.models.model import GaussianLikelihood
 from vaelab.prob.distributions import (
     LOG_2PI,
@@ -76,8 +78,8 @@ from vaelab.training.step import set_learning_rate
 def check_stackable(config: Config) -> None:
     """A ConfigError (one line) unless ``config`` is a setting the stack
     trains: the Gaussian latent with the Gaussian prior, amortized."""
-    if (config.latent != "gaussian" or config.prior != "gaussian"
-            or config.inference != "amortized"):
+    if (kind_for(config) is not CONTINUOUS or config.prior != "gaussian"
+            or method_for(config) is not Amortized):
         raise ConfigError(
             "--stack trains the Gaussian-latent amortized VAE with the "
             f"Gaussian prior only (got --latent {config.latent}, --prior "
@@ -390,7 +392,7 @@ def train_stack(
 ) -> list[dict[str, Any] | TrainingDiverged]:
     """Train the runs ``configs`` (one setting, seeds differing) into
     ``run_dirs`` as one stacked model, each resumed from its folder if
-    it has a checkpoint; per run its results (as ``train.train`` returns
+    it has a checkpoint; per run its results (as ``loop.train`` returns
     them) or the TrainingDiverged that stopped it. ``dataset``: the full
     data (each config's subset is taken). Runs at different epochs train
     in one stack per epoch. ``on_epoch(i, record)``: after run i's
