@@ -4,14 +4,15 @@ stacked model, and peak memory: one run, one thread (issue 34).
 For the spec's model (784-512-2, Gaussian, batch 100) and
 iwae-vae-dynamic (784-200-200-50 tanh, Bernoulli, batch 20) it prints
 
-1. an epoch (``train.time_epoch`` on ``--images`` MNIST images, scaled
-   to the whole training set) against the bound: the forward, weight-
-   gradient and input-gradient products of one step at the same shapes
-   (the faster operand layout of each), times the steps of an epoch;
+1. an epoch (``loop._train_epoch`` of a fresh run on ``--images``
+   MNIST images, scaled to the whole training set) against the bound:
+   the forward, weight-gradient and input-gradient products of one step
+   at the same shapes (the faster operand layout of each), times the
+   steps of an epoch;
 2. ``torch.compile`` (inductor, C++) of the step's ELBO, forward and
    backward, the noise drawn outside: its compile seconds, its step
    against the eager one, and the epochs it takes to pay for itself;
-3. S stacked seeds (``vaelab.stack``) against S separate runs, images
+3. S stacked seeds (``vaelab.training.stack``) against S separate runs, images
    per second, at batch 20 and 100 for both models;
 4. peak resident memory (VmHWM; ru_maxrss would count the parent that
    forked the child) of one spec run and of the stack of S, each in a
@@ -154,7 +155,7 @@ def _subset(data: Any, images: int) -> Any:
 
 def separate_epoch(config: Config, data: Any) -> Callable[[], float]:
     """A function timing one epoch of a fresh run of ``config`` over the
-    training images of ``data`` (``train._train_epoch``), in seconds."""
+    training images of ``data`` (``loop._train_epoch``), in seconds."""
     model, opt, gen, method = _fresh(config, data, torch.device("cpu"))
     model.train()
     step = TrainStep(method, opt, data.train.images, gen, data.preprocess,

@@ -12,7 +12,7 @@ writes the aggregate (``vaelab.runs.aggregate``). Runs go to a backend:
 ``ray`` (one Ray task per run; a task whose worker died is retried and
 resumes from its checkpoint). With ``stack`` (``--stack``, local
 backend) each setting's seeds train as one stacked model in one process
-(``vaelab.stack``), into the same run folders. Running the same sweep
+(``vaelab.training.stack``), into the same run folders. Running the same sweep
 again resumes it.
 """
 
