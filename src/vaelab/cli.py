@@ -200,7 +200,25 @@ def config_from_args(
     return Config.from_dict(apply_budget(given, base), source=source)
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads for this process (None: torch's
+    default, which only ``OMP_NUM_THREADS`` changes)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _add_threads(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"torch CPU threads {what} (default: torch's "
+                        "own, which OMP_NUM_THREADS sets; recorded in "
+                        "environment.json)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     out = Path(args.out)
     base = None
     if args.resume and (out / runfolder.CONFIG).exists():
@@ -251,6 +269,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # The run's threads, which --jobs shares out (default_jobs, workers).
+    set_threads(args.threads)
     only = [n.strip() for n in args.only.split(",") if n.strip()] \
         if args.only else None
     run_zoo(args.out, args.zoo, RunOptions(
@@ -275,6 +295,7 @@ def _jobs(value: str, device: str | None) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     for name, value in (("n", args.n), ("k", args.k)):
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
@@ -304,7 +325,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
         backend=args.backend, jobs=_jobs(args.jobs, args.device),
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         ray_address=args.ray_address, progress=not args.quiet,
-        mlflow=args.mlflow,
+        mlflow=args.mlflow, stack=args.stack,
         evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
         command=shlex.join(["vaelab", *sys.argv[1:]]))
     sweep.check_options(options)  # Ray missing: before any config
@@ -337,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p, "of the run")
     add_config_flags(p)
     add_help_all(p, ("--out", "--config", "--epochs", "--latent",
                      "--latent-dim", "--hidden", "--likelihood", "--prior",
@@ -388,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models at a time, each in its own process with "
                    "its share of the CPU threads (default auto: one per "
                    "thread on a CPU, 1 on a GPU)")
+    _add_threads(p, "of the whole run, shared among --jobs (each job "
+                 "gets N // jobs)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="ELBO, IWAE, exact log p(x) and "
@@ -411,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="run even when the IWAE would take more than a "
                    "day on this machine (measured before it starts)")
+    _add_threads(p, "of the evaluation")
     p.set_defaults(func=cmd_evaluate)
     add_sweep_parser(sub)
     return parser
@@ -452,6 +477,10 @@ def add_sweep_parser(sub: Any) -> None:
                    metavar="URI", help="log each run's config, epochs "
                    "and evaluation to MLflow (vaelab[mlflow]; default "
                    "URI: a local store, DIR/mlflow.db)")
+    p.add_argument("--stack", action="store_true",
+                   help="train each setting's seeds as one stacked model "
+                   "in one process, into the same run folders (the "
+                   "Gaussian-latent amortized VAE only; local backend)")
     p.add_argument("--quiet", action="store_true",
                    help="no line per finished run")
     add_config_flags(p)

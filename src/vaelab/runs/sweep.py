@@ -10,7 +10,10 @@ value is validated before anything runs) and its run folder
 writes the aggregate (``vaelab.runs.aggregate``). Runs go to a backend:
 ``local`` (in this process, or a pool of ``jobs`` spawned processes) or
 ``ray`` (one Ray task per run; a task whose worker died is retried and
-resumes from its checkpoint). Running the same sweep again resumes it.
+resumes from its checkpoint). With ``stack`` (``--stack``, local
+backend) each setting's seeds train as one stacked model in one process
+(``vaelab.training.stack``), into the same run folders. Running the same sweep
+again resumes it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from vaelab.runs.workers import Load, data_key
 from vaelab.runs.zoo import run_finished
 from vaelab.training import runfolder
 from vaelab.training.loop import train
+from vaelab.training.stack import check_stackable, train_stack
 
 BACKENDS = ("local", "ray")
 RAY_HINT = "pip install 'vaelab[ray]'"
@@ -73,7 +77,9 @@ class SweepOptions:
     (and Ray CPUs); ``gpus_per_run``: each Ray task's GPUs;
     ``ray_address``: a cluster to join (None: start a
     local instance); ``retries``: Ray's ``max_retries`` of a run whose
-    worker died; ``command``: the command line the HTML names.
+    worker died; ``command``: the command line the HTML names;
+    ``stack``: train each setting's seeds as one stacked model (a
+    pool's task is a setting, not a run).
     """
 
     backend: str = "local"
@@ -86,6 +92,7 @@ class SweepOptions:
     progress: bool = True
     command: str = ""
     mlflow: str | None = None
+    stack: bool = False
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -224,6 +231,49 @@ def run_one(run: SweepRun, ev: Evaluate, full: Dataset,
     return {"status": status, "seconds": time.perf_counter() - t0}
 
 
+def run_stack(runs: Sequence[SweepRun], ev: Evaluate, full: Dataset,
+              threads: int | None = None
+              ) -> list[tuple[SweepRun, dict[str, Any]]]:
+    """``run_one`` of one setting's runs, those not finished trained as
+    one stacked model (``stack.train_stack``); each outcome's seconds
+    are its share of the whole."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    status, todo = [], []
+    for i, run in enumerate(runs):
+        if run_finished(run.run_dir, run.config):
+            status.append({"status": "reused"})
+            continue
+        resume = (run.run_dir / runfolder.CHECKPOINT).exists()
+        status.append({"status": "resumed" if resume else "trained"})
+        todo.append(i)
+    if todo:
+        results = train_stack([runs[i].config for i in todo],
+                              [runs[i].run_dir for i in todo], full,
+                              log=lambda text: None)
+        for i, result in zip(todo, results, strict=True):
+            if isinstance(result, TrainingDiverged):
+                status[i] = {"status": "diverged", "error": str(result)}
+    for run, outcome in zip(runs, status, strict=True):
+        if (outcome["status"] != "diverged"
+                and not _evaluation_current(run.run_dir, ev,
+                                            len(full.test))):
+            evaluate_run(run.run_dir, n=ev.n, k=ev.k, gap_n=ev.gap_n,
+                         device=run.config.device, progress=False,
+                         dataset=full)
+    share = (time.perf_counter() - t0) / len(runs)
+    return [(run, {**outcome, "seconds": share})
+            for run, outcome in zip(runs, status, strict=True)]
+
+
+def _by_setting(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
+    groups: dict[str, list[SweepRun]] = {}
+    for run in runs:
+        groups.setdefault(run.setting, []).append(run)
+    return list(groups.values())
+
+
 class _Data:
     """Full datasets by ``workers.data_key``, each loaded once."""
 
@@ -259,10 +309,49 @@ def _pool_run(args: tuple[SweepRun, Evaluate]) -> tuple[SweepRun, dict]:
                         _POOL["threads"])
 
 
+def _pool_stack(args: tuple[list[SweepRun], Evaluate]
+                ) -> list[tuple[SweepRun, dict]]:
+    runs, ev = args
+    return run_stack(runs, ev, _POOL["data"](runs[0].config),
+                     _POOL["threads"])
+
+
+def _local_stacks(runs: Sequence[SweepRun], options: SweepOptions,
+                  load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
+    """``_local`` with one stacked model per setting (``run_stack``)."""
+    ev, threads = options.evaluate, _threads(options)
+    groups = _by_setting(runs)
+    if options.jobs == 1:
+        data, before = _Data(load), torch.get_num_threads()
+        try:
+            for group in groups:
+                yield from run_stack(group, ev, data(group[0].config),
+                                     threads)
+        finally:
+            torch.set_num_threads(before)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(options.jobs, initializer=_pool_init,
+                    initargs=(load, threads))
+    try:
+        for done in pool.imap_unordered(_pool_stack,
+                                        [(g, ev) for g in groups]):
+            yield from done
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 def _local(runs: Sequence[SweepRun], options: SweepOptions,
            load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
     """(run, outcome) as each run finishes: here, one at a time, or in
     ``jobs`` spawned processes, each run with cpus_per_run threads."""
+    if options.stack:
+        yield from _local_stacks(runs, options, load)
+        return
     ev = options.evaluate
     threads = _threads(options)
     if options.jobs == 1:
@@ -365,6 +454,10 @@ def check_options(options: SweepOptions) -> None:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}"
                           f", got {options.backend!r}")
     if options.backend == "ray":
+        if options.stack:
+            raise ConfigError("--stack trains on the local backend only "
+                              "(one process per setting); drop --backend "
+                              "ray or --stack")
         _import_ray()
     if options.mlflow is not None:
         tracking.import_mlflow()
@@ -429,6 +522,11 @@ def run_sweep(
     backend = _ray if options.backend == "ray" else _local
     outcomes: dict[tuple[str, int], dict[str, Any]] = {}
     for run in runs:
+        if options.stack:
+            try:
+                check_stackable(run.config)
+            except ConfigError as e:
+                raise ConfigError(f"setting {run.setting}: {e}") from None
         # A folder of another config stops the sweep before it starts,
         # not when a worker reaches it.
         runfolder.trained_epoch(run.run_dir, run.config, "delete that "

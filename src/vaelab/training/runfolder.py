@@ -313,7 +313,8 @@ def versions() -> dict[str, str]:
 
 
 def record_session(run_dir: Path, device: str, start_epoch: int) -> None:
-    """Append this session (command, versions, device) to environment.json."""
+    """Append this session (command, versions, device, torch's CPU
+    threads) to environment.json."""
     path = run_dir / ENVIRONMENT
     sessions = read_json(path)["sessions"] if path.exists() else []
     info = {
@@ -321,6 +322,7 @@ def record_session(run_dir: Path, device: str, start_epoch: int) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "start_epoch": start_epoch,
         "device": device,
+        "threads": torch.get_num_threads(),
         "versions": versions(),
     }
     if device.startswith("cuda"):
