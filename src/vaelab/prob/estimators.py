@@ -14,14 +14,9 @@ results.json's splits, ``vaelab evaluate``'s test images):
   objectives, with autograd, are ``vaelab.prob.objectives``'.
 - IWAE_k (``ImageTerms.iwae``): the importance-weighted bound of Burda,
   Grosse and Salakhutdinov (2015), log 1/k sum_k p(x, z_k) / q(z_k | x),
-  z_k ~ q; ELBO <= IWAE_k <= log p(x), rising to log p(x) as k grows;
-- ``estimate_log_px``: log p(x) itself, by quadrature over the latent
-  plane when P = 2 (``quadrature_log_px``) or by summing over every code
-  of a categorical latent;
-- ``estimate_gaps``: the amortization gap (ELBO of a q optimized for
-  each image minus the run's q's ELBO) and the approximation gap
-  (log p(x) minus the optimized ELBO), after Cremer, Li and Duvenaud
-  (2018).
+  z_k ~ q; ELBO <= IWAE_k <= log p(x), rising to log p(x) as k grows.
+  log p(x) itself and the inference gaps need the quadrature and the
+  E-steps, above this package: ``vaelab.evaluation.log_px``.
 
 Every random number comes from ``SEEDS``; dequantized held-out images
 get their noise from ``dequantize_held_out``, once, so that every
