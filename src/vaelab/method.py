@@ -58,6 +58,10 @@ class Method:
     # evaluation.json's timing of ``posterior`` (None: not worth one).
     posterior_timing: ClassVar[str | None] = None
     posterior_batch: ClassVar[int] = 2000  # images per pass
+    # True while the training step runs as a CUDA graph captures it
+    # (``vaelab.step``): optimizers made inside the step are then
+    # capturable.
+    in_graph: bool = False
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
@@ -101,6 +105,12 @@ class Method:
         """Set what depends on the epoch alone (so a resumed run does the
         same): the latent kind's schedule."""
         self.schedule.start_epoch(epoch)
+
+    def graph_key(self) -> tuple:
+        """What fixes this epoch's step beside its tensors (the latent
+        kind's schedule's): a CUDA graph captured for an equal key
+        replays it (``vaelab.step``)."""
+        return self.schedule.graph_key()
 
     def train_step(
         self, x: Tensor, rows: Tensor, generator: torch.Generator

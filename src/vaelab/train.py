@@ -38,7 +38,7 @@ from vaelab.method import Method
 from vaelab.model import build_model, init_from_data
 from vaelab.registry import kind_for, method_for
 from vaelab.resources import check_training_fits
-from vaelab.step import TrainStep, set_learning_rate
+from vaelab.step import TrainStep, device_reason, set_learning_rate
 
 
 def make_optimizer(
@@ -48,15 +48,15 @@ def make_optimizer(
 
     The fused kernels do the whole update in one pass over memory: on a
     2-core CPU about 8x faster than the foreach ones for this model, where
-    the update is otherwise a third of the step (docs/benchmarks.md). On
-    CUDA, Adam is capturable, with its learning rate a tensor on the
-    device, so that a step captured in a CUDA graph reads each step's
-    rate (``vaelab.step``).
+    the update is otherwise a third of the step (docs/benchmarks.md).
+    Where the step will be captured in a CUDA graph (``vaelab.step``),
+    Adam is capturable, with its learning rate a tensor on the device,
+    so that a replay reads each step's rate.
     """
     params = list(params)
     device = params[0].device if params else torch.device("cpu")
     if config.optimizer == "adam":
-        if device.type == "cuda":
+        if device_reason(device, config.cuda_graph) is None:
             return torch.optim.Adam(
                 params, lr=torch.tensor(float(config.lr), device=device),
                 fused=True, capturable=True)

@@ -164,7 +164,8 @@ class VariationalEM(Method):
         the ELBO at the new lambda, for the loop's M-step on Theta."""
         c = self.config
         q = e_step(self.model, c, x, self.train_lam.q(rows),
-                   steps=c.e_steps, generator=generator)
+                   steps=c.e_steps, generator=generator,
+                   capturable=self.in_graph)
         self.train_lam.store(rows, q)
         return compute_elbo(self.model, x, c.n_samples, generator, q=q)
 
