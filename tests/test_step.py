@@ -28,7 +28,7 @@ from vaelab import runfolder
 from vaelab import train as train_module
 from vaelab.config import Config
 from vaelab.runfolder import read_metrics
-from vaelab.step import Snapshot, TrainStep, graph_reason
+from vaelab.step import CapturableAdagrad, Snapshot, TrainStep, graph_reason
 from vaelab.train import train
 
 SMALL = dict(hidden=32, batch_size=40, device="cpu")
@@ -47,7 +47,7 @@ def tensor_lr_optimizer(params: Any, config: Config
         return torch.optim.Adam(list(params),
                                 lr=torch.tensor(float(config.lr)),
                                 fused=True)
-    return torch.optim.Adagrad(list(params), lr=config.lr, fused=True)
+    return CapturableAdagrad(list(params), lr=torch.tensor(float(config.lr)))
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -279,3 +279,38 @@ def test_cuda_graph_is_an_option_that_may_change_on_resume(
     train(Config(epochs=2, cuda_graph=False, **SMALL), tmp_path,
           dataset=ds, progress=False, resume=True)
     assert len(read_metrics(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_capturable_adagrad_takes_torchs_steps(fused: bool) -> None:
+    """30 steps of a changing rate on two parameters: torch's Adagrad's
+    and CapturableAdagrad's parameters agree to float32 rounding (the
+    updates, of size lr ~ 1e-2, are summed in another order), and each
+    one's state loads into the other."""
+    torch.manual_seed(0)
+    start = [torch.randn(6, 3), torch.randn(5)]
+    a = [t.clone().requires_grad_() for t in start]
+    b = [t.clone().requires_grad_() for t in start]
+    theirs = torch.optim.Adagrad(a, lr=0.05, fused=fused)
+    mine = CapturableAdagrad(b, lr=torch.tensor(0.05))
+    for i in range(30):
+        lr = 0.05 * 0.9 ** i
+        theirs.param_groups[0]["lr"] = lr
+        mine.param_groups[0]["lr"].fill_(lr)
+        for params in (a, b):
+            loss = sum(((p - 1) ** 2 * (i % 3 + 1)).sum() for p in params)
+            loss.backward()
+        theirs.step()
+        mine.step()
+        for p in (*a, *b):
+            p.grad = None
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+    for x, y in zip(theirs.state.values(), mine.state.values(),
+                    strict=True):
+        torch.testing.assert_close(x["sum"], y["sum"], rtol=1e-6, atol=0.0)
+        assert float(x["step"]) == float(y["step"]) == 30
+    other = CapturableAdagrad(b, lr=torch.tensor(0.05))
+    other.load_state_dict(theirs.state_dict())
+    torch.optim.Adagrad(a, lr=0.05).load_state_dict(mine.state_dict())
+    assert torch.equal(other.state[b[0]]["sum"], theirs.state[a[0]]["sum"])

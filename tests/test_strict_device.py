@@ -25,7 +25,6 @@ from vaelab.config import INFERENCE_METHODS, LATENT_KINDS, Config
 from vaelab.evaluate import evaluate_run
 from vaelab.plots import make_figures
 from vaelab.runfolder import read_metrics
-from vaelab.step import graph_reason, unstick_generators
 from vaelab.train import train
 
 SMALL = dict(hidden=16, batch_size=40, device="cpu")
@@ -130,7 +129,7 @@ def test_a_generator_a_failed_capture_leaves_is_unstuck(
     stick(g)
     with pytest.raises(DeviceError, match="Offset increment outside graph"):
         torch.rand(4, device=device, generator=g)
-    unstick_generators([g])
+    step_module.unstick_generators([g])
     assert torch.equal(torch.rand(4, device=device, generator=g), expected)
 
 
@@ -161,12 +160,13 @@ def _eager_run(monkeypatch: pytest.MonkeyPatch, device: torch.device,
                config: Config, run_dir: Path, ds: Any) -> None:
     """Every step eager, with the optimizer a graph run gets (capturable
     Adam's update differs from the plain one's in the last bits)."""
+    real = step_module.graph_reason
     FakeGraphs().install(monkeypatch, device_type=NAME)
     monkeypatch.setattr(step_module, "graph_reason",
                         lambda *args: "the eager reference")
     _on(monkeypatch, device)
     train(config, run_dir, dataset=ds, progress=False)
-    monkeypatch.setattr(step_module, "graph_reason", graph_reason)
+    monkeypatch.setattr(step_module, "graph_reason", real)
 
 
 @pytest.mark.parametrize("name", list(CASES))

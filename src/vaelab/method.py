@@ -20,7 +20,7 @@ from torch import Tensor
 
 from vaelab.config import Config
 from vaelab.data import Dataset
-from vaelab.estimators import SEEDS
+from vaelab.estimators import SEEDS, dequantize_held_out
 from vaelab.objectives import ElboTerms, LatentVariableModel
 from vaelab.registry import kind_for
 
@@ -122,6 +122,20 @@ class Method:
     def validate(self, images: Tensor) -> dict[str, float]:
         """Mean held-out ELBO, log_lik and kl (nats per image)."""
         raise NotImplementedError
+
+    def held_out(self, images: Tensor) -> tuple[Tensor, bool]:
+        """``images`` as the held-out ELBO sees them, and whether they
+        still need their fixed dequantization noise: the noisy copy of
+        the last images validated is kept, so the validation images get
+        their noise once per run, not once per epoch (the same noise:
+        ``estimators.dequantize_held_out``'s fixed seed)."""
+        if not self.dequantized:
+            return images, False
+        cached = getattr(self, "_held_out", None)
+        if cached is None or cached[0] is not images:
+            cached = (images, dequantize_held_out(images))
+            self._held_out = cached
+        return cached[1], False
 
     def state(self) -> dict[str, Tensor]:
         """Tensors to checkpoint beside the model's."""

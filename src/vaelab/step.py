@@ -28,9 +28,9 @@ starts where an eager one would, and a run resumed from a checkpoint
 captures and replays the very steps an uninterrupted one does. A capture
 that fails (an operation that cannot be captured, an old torch) falls
 back to eager with one line giving its cause; a GPU run never fails
-because of the graph. Adagrad is eager on CUDA: torch's Adagrad has no
-``capturable`` mode, so its learning rate, which changes every step,
-would be frozen into the graph.
+because of the graph. torch's Adagrad has no ``capturable`` mode (its
+learning rate, which changes every step, would be frozen into the
+graph): a captured Adagrad run uses ``CapturableAdagrad``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,49 @@ def graph_reason(optimizer: torch.optim.Optimizer, device: torch.device,
                   "torch (its per-step learning rate would be frozen into "
                   "the graph)")
     return reason
+
+
+class CapturableAdagrad(torch.optim.Optimizer):
+    """Adagrad (Duchi et al., 2011) as torch's ``torch.optim.Adagrad``
+    with its defaults (no rate decay, no weight decay, accumulators from
+    0), whose step a CUDA graph can capture: the learning rate ``lr`` is
+    a tensor on the parameters' device, read by every replay, and the
+    step count and accumulators live there too, made with the optimizer
+    (none is made inside a step). Its state has torch's names ("step",
+    "sum"), so a checkpoint resumes with either.
+
+    For each parameter p with gradient g: sum += g * g; p -= lr * g /
+    (sqrt(sum) + eps).
+    """
+
+    def __init__(self, params: Any, lr: Tensor, eps: float = 1e-10
+                 ) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, capturable=True,
+                                      differentiable=False))
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = {
+                    "step": torch.zeros((), device=p.device),
+                    "sum": torch.zeros_like(
+                        p, memory_format=torch.preserve_format),
+                }
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        """One update of every parameter with a gradient."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            sums = [self.state[p]["sum"] for p in params]
+            torch._foreach_add_([self.state[p]["step"] for p in params], 1)
+            torch._foreach_addcmul_(sums, grads, grads, value=1)
+            std = torch._foreach_sqrt(sums)
+            torch._foreach_add_(std, group["eps"])
+            update = torch._foreach_div(grads, std)
+            torch._foreach_mul_(update, group["lr"])
+            torch._foreach_sub_(params, update)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -181,7 +181,8 @@ class VariationalEM(Method):
             self.val_lam.store(rows, q)
             return q
 
-        return average_elbo(self.model, images, dequantized=self.dequantized,
+        x, dequantized = self.held_out(images)
+        return average_elbo(self.model, x, dequantized=dequantized,
                             posterior=advance)
 
     def _lambdas(self) -> dict[str, Tensor]:
