@@ -85,7 +85,9 @@ class OpRecorder(TorchDispatchMode):
         outs = [t for t in tree_flatten(out)[0]
                 if isinstance(t, torch.Tensor)]
         for j, t in enumerate(outs):
-            if _storage(t) not in read:  # not a view or an in-place op
+            # Not a view or an in-place op; a constant's memory is made
+            # here (lift_fresh returns its input).
+            if _storage(t) not in read or func in CONSTANTS:
                 self._made[_storage(t)] = (index, j)
         return out
 

@@ -67,13 +67,13 @@ def _same(a: Path, b: Path) -> bool:
 def test_replayed_steps_end_where_eager_steps_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """250 images in minibatches of 40: six replays and an eager tail of
-    10 per epoch; weights, optimizer and random state, lambda and every
+    """130 images in minibatches of 40: three replays and an eager tail
+    of 10 per epoch; weights, optimizer and random state, lambda and every
     metric equal the eager run's; the step is warmed up once and
     captured once, or again where the schedule changes it."""
     opts = {**SMALL, **STEP_MODELS[name]}
     preprocess = opts.pop("preprocess", "dequantize")
-    ds = synthetic_dataset(250, 80, 40, preprocess=preprocess)
+    ds = synthetic_dataset(130, 40, 40, preprocess=preprocess)
     monkeypatch.setattr(train_module, "make_optimizer", tensor_lr_optimizer)
     config = Config(epochs=3, preprocess=preprocess, **opts)
     train(config, tmp_path / "eager", dataset=ds, progress=False)
@@ -82,7 +82,7 @@ def test_replayed_steps_end_where_eager_steps_end(
     train(config, tmp_path / "graph", dataset=ds, progress=False)
     assert fake.warmups == WARMUPS.get(name, 1)
     assert fake.captures == CAPTURES.get(name, 1)
-    assert fake.replays == 3 * 6
+    assert fake.replays == 3 * 3
     assert _same(tmp_path / "eager", tmp_path / "graph")
 
 
@@ -314,3 +314,60 @@ def test_capturable_adagrad_takes_torchs_steps(fused: bool) -> None:
     other.load_state_dict(theirs.state_dict())
     torch.optim.Adagrad(a, lr=0.05).load_state_dict(mine.state_dict())
     assert torch.equal(other.state[b[0]]["sum"], theirs.state[a[0]]["sum"])
+
+
+# ------------------------------------------------ the minute's savings
+
+
+def test_validation_noise_is_drawn_once_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation images' fixed noise: drawn at the first epoch and
+    kept (the same noise each epoch, so the metrics are those of a draw
+    per epoch: test_replayed_steps_end_where_eager_steps_end compares
+    them with the eager run's)."""
+    from vaelab import method as method_module
+    calls: list[int] = []
+    real = method_module.dequantize_held_out
+
+    def counted(images: torch.Tensor) -> torch.Tensor:
+        calls.append(images.shape[0])
+        return real(images)
+
+    monkeypatch.setattr(method_module, "dequantize_held_out", counted)
+    seen: list[int] = []
+    ds = synthetic_dataset(120, 40, 40)
+    train(Config(epochs=3, **SMALL), tmp_path, dataset=ds, progress=False,
+          on_epoch=lambda record: seen.append(len(calls)))
+    assert seen == [1, 1, 1]
+    # Validation through the cache gives what a fresh draw gives.
+    m = read_metrics(tmp_path)[-1]
+    model = runfolder.load_model(tmp_path)[0].eval()
+    from vaelab.estimators import average_elbo
+    fresh = average_elbo(model, ds.val.images, dequantized=True)
+    assert m["val_elbo"] == fresh["elbo"]
+
+
+def test_the_best_checkpoint_is_copied_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[str] = []
+    real = runfolder.read_file
+
+    def spy(path: Path) -> bytes:
+        read.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(runfolder, "read_file", spy)
+    kept: list[bytes] = []
+    ds = synthetic_dataset(120, 40, 40)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        best = tmp_path / runfolder.BEST
+        kept.append(best.read_bytes() == (
+            tmp_path / runfolder.CHECKPOINT).read_bytes())
+
+    train(Config(epochs=3, patience=5, **SMALL), tmp_path, dataset=ds,
+          progress=False, on_epoch=on_epoch)
+    assert runfolder.CHECKPOINT not in read
+    assert kept[0]  # epoch 1 is the best so far: best == checkpoint
