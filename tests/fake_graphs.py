@@ -96,12 +96,27 @@ def first_difference(captured: list, replayed: list) -> str | None:
     """Where the replayed op stream leaves the captured one, or None."""
     for i, (a, b) in enumerate(zip(captured, replayed, strict=False)):
         if a != b:
-            return (f"op {i}: the graph holds {a[0]} {a[1]!r:.600}, the "
-                    f"replay would issue {b[0]} {b[1]!r:.600}")
+            return f"op {i}: {_difference(a, b)}"
     if len(captured) != len(replayed):
         return (f"the graph holds {len(captured)} ops, the replay would "
                 f"issue {len(replayed)}")
     return None
+
+
+def _difference(a: tuple, b: tuple) -> str:
+    if a[0] != b[0]:
+        return f"the graph holds {a[0]}, the replay would issue {b[0]}"
+    (name, da), (_, db) = a, b
+    if da[0] != "value":
+        (args_a, kw_a), (args_b, kw_b) = da, db
+        named = [*enumerate(zip(args_a, args_b, strict=True)),
+                 *((k, (kw_a.get(k), kw_b.get(k))) for k in {**kw_a, **kw_b})]
+        for key, (x, y) in named:
+            if x != y:
+                return (f"{name}, argument {key}: the graph holds "
+                        f"{x!r:.300}, the replay would pass {y!r:.300}")
+    return (f"{name}: the graph holds {da!r:.300}, the replay would pass "
+            f"{db!r:.300}")
 
 
 class FakeGraphs:
