@@ -1,4 +1,4 @@
-"""A stand-in for vaelab.step's CUDA graph calls, on the CPU, that
+"""A stand-in for vaelab.training.step's CUDA graph calls, on the CPU, that
 freezes what it captured as a real graph does (issue 32).
 
 A real capture records the step's kernels once, with their arguments:
@@ -32,7 +32,7 @@ from strict_device import capturing, plain, stick
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from vaelab import step as step_module
+from vaelab.training import step as step_module
 
 aten = torch.ops.aten
 # Ops that make a tensor from Python data: their value is an argument.
@@ -120,7 +120,7 @@ def _difference(a: tuple, b: tuple) -> str:
 
 
 class FakeGraphs:
-    """The CUDA graph calls of vaelab.step, on the CPU (module doc).
+    """The CUDA graph calls of vaelab.training.step, on the CPU (module doc).
     ``fail``: every capture fails as torch's does."""
 
     def __init__(self, fail: bool = False) -> None:
@@ -172,10 +172,11 @@ class FakeGraphs:
 
     def install(self, monkeypatch: pytest.MonkeyPatch, *,
                 device_type: str | None = None) -> None:
-        """In vaelab.step. ``device_type``: a stand-in device whose steps
-        are captured as CUDA's (the optimizer built for it, capturable);
-        without it, every step is (on the CPU: the test's optimizer must
-        then be capturable or have a tensor learning rate)."""
+        """In vaelab.training.step. ``device_type``: a stand-in device
+        whose steps are captured as CUDA's (the optimizer built for it,
+        capturable); without it, every step is (on the CPU: the test's
+        optimizer must then be capturable or have a tensor learning
+        rate)."""
         if device_type is None:
             monkeypatch.setattr(step_module, "graph_reason",
                                 lambda *args: None)

@@ -18,14 +18,14 @@ from fake_graphs import FakeGraphs
 from helpers import STEP_MODELS, synthetic_dataset
 from strict_device import NAME, DeviceError, capturing, stick, strict_device
 
-from vaelab import runfolder
-from vaelab import step as step_module
-from vaelab import train as train_module
 from vaelab.config import INFERENCE_METHODS, LATENT_KINDS, Config
-from vaelab.evaluate import evaluate_run
-from vaelab.plots import make_figures
-from vaelab.runfolder import read_metrics
-from vaelab.train import train
+from vaelab.evaluation.evaluate import evaluate_run
+from vaelab.figures.plots import make_figures
+from vaelab.training import loop as train_module
+from vaelab.training import runfolder
+from vaelab.training import step as step_module
+from vaelab.training.loop import train
+from vaelab.training.runfolder import read_metrics
 
 SMALL = dict(hidden=16, batch_size=40, device="cpu")
 # The models of test_step, the mixture hard for its last two epochs (the
