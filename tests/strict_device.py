@@ -70,6 +70,13 @@ def _register() -> None:
         _registered = True
 
 
+# At import (pytest collects every test module before any test runs):
+# autograd's engine sizes its per-device queues at its first backward
+# pass, and one on the stand-in device after it would fail an internal
+# assert.
+_register()
+
+
 class DeviceTensor(torch.Tensor):
     """A CPU tensor ``elem`` that reports the stand-in device."""
 
