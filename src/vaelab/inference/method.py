@@ -22,7 +22,7 @@ from torch import Tensor
 from vaelab.config import Config
 from vaelab.data import Dataset
 from vaelab.models.kinds import kind_for
-from vaelab.prob.estimators import SEEDS
+from vaelab.prob.estimators import SEEDS, dequantize_held_out
 from vaelab.prob.objectives import ElboTerms, LatentVariableModel
 
 # The gaps' names in reports (``vaelab.evaluation.evaluate.Gaps``).
@@ -59,6 +59,10 @@ class Method:
     # evaluation.json's timing of ``posterior`` (None: not worth one).
     posterior_timing: ClassVar[str | None] = None
     posterior_batch: ClassVar[int] = 2000  # images per pass
+    # True while the training step runs as a CUDA graph captures it
+    # (``vaelab.training.step``): optimizers made inside the step are then
+    # capturable.
+    in_graph: bool = False
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
@@ -103,6 +107,12 @@ class Method:
         same): the latent kind's schedule."""
         self.schedule.start_epoch(epoch)
 
+    def graph_key(self) -> tuple:
+        """What fixes this epoch's step beside its tensors (the latent
+        kind's schedule's): a CUDA graph captured for an equal key
+        replays it (``vaelab.training.step``)."""
+        return self.schedule.graph_key()
+
     def train_step(
         self, x: Tensor, rows: Tensor, generator: torch.Generator
     ) -> ElboTerms:
@@ -113,6 +123,20 @@ class Method:
     def validate(self, images: Tensor) -> dict[str, float]:
         """Mean held-out ELBO, log_lik and kl (nats per image)."""
         raise NotImplementedError
+
+    def held_out(self, images: Tensor) -> tuple[Tensor, bool]:
+        """``images`` as the held-out ELBO sees them, and whether they
+        still need their fixed dequantization noise: the noisy copy of
+        the last images validated is kept, so the validation images get
+        their noise once per run, not once per epoch (the same noise:
+        ``estimators.dequantize_held_out``'s fixed seed)."""
+        if not self.dequantized:
+            return images, False
+        cached = getattr(self, "_held_out", None)
+        if cached is None or cached[0] is not images:
+            cached = (images, dequantize_held_out(images))
+            self._held_out = cached
+        return cached[1], False
 
     def state(self) -> dict[str, Tensor]:
         """Tensors to checkpoint beside the model's."""
