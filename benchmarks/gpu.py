@@ -16,7 +16,10 @@ prints, all measured in this run:
 3. train (one epoch on 3,000 images), plot and evaluate (200 test
    images, k = 10) on the device for every model of the zoo and every
    preset: each stage's seconds, or its error;
-4. the whole default ``vaelab run`` (wall clock, report included).
+4. the whole default ``vaelab run`` (wall clock, report included), each
+   of its stages' seconds (train, figures, evaluate, data, report) and
+   the share of the run, and of each stage, that the GPU was busy
+   (NVML's utilization, sampled every 0.1 s).
 
 ``--device cpu --quick`` runs it on a CPU (no graph: the eager bound
 only), to check the script itself.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import platform
@@ -198,23 +202,135 @@ def _data(config: Config, cache: dict[Any, Any]) -> Any:
 
 
 # -- 4. the whole run ----------------------------------------------------
+# The child that runs ``vaelab run``: vaelab.run's stages, timed (on a GPU
+# the run trains in this process, one model at a time), as
+# "STAGES <json>" on its last line: [stage, start, end] in time.time().
+CHILD = r"""
+import json, sys, time
+import torch
+import vaelab.runs.run as run
+spans = []
+def timed(name, fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            spans.append([name, t0, time.time()])
+    return wrapper
+for name, attr in (("train", "train"), ("figures", "make_figures"),
+                   ("figures", "real_digits_figure"),
+                   ("evaluate", "evaluate_run"), ("data", "load_data"),
+                   ("report", "write_report")):
+    setattr(run, attr, timed(name, getattr(run, attr)))
+from vaelab.cli import main
+code = main(sys.argv[1:])
+print("STAGES " + json.dumps(spans), flush=True)
+sys.exit(code)
+"""
+
+
+class Utilization:
+    """The GPU's utilization (NVML's: the share of each sample period in
+    which a kernel ran), sampled every ``period`` seconds in a thread:
+    (time.time(), percent) pairs; empty where neither NVML nor
+    nvidia-smi answers."""
+
+    def __init__(self, device: torch.device, period: float = 0.1) -> None:
+        import threading
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._device = device
+        self._period = period
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _read(self) -> float | None:
+        try:
+            return float(torch.cuda.utilization(self._device))
+        except Exception:  # noqa: BLE001 - no NVML: try nvidia-smi
+            index = self._device.index or 0
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu",
+                     "--format=csv,noheader,nounits", f"--id={index}"],
+                    capture_output=True, text=True, timeout=5)
+                return float(out.stdout.strip().splitlines()[0])
+            except Exception:  # noqa: BLE001 - no reading at all
+                return None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            value = self._read()
+            if value is None:
+                return
+            self.samples.append((time.time(), value))
+            self._stop.wait(self._period)
+
+    def __enter__(self) -> Utilization:
+        if self._device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def busy(self, start: float, end: float) -> float | None:
+        """The mean share of [start, end] the GPU was busy, or None."""
+        inside = [v for t, v in self.samples if start <= t <= end]
+        return sum(inside) / len(inside) / 100.0 if inside else None
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def whole_run(device: str, quick: bool, root: Path, limit: float) -> None:
-    cmd = [sys.executable, "-m", "vaelab.cli", "run", "--out",
-           str(root / "zoo"), "--device", device, "--quiet"]
+    """``vaelab run`` in a child process: its wall clock, each stage's
+    seconds (summed over the models) and the share of the run, and of
+    each stage, that the GPU was busy."""
+    cmd = [sys.executable, "-c", CHILD, "run", "--out", str(root / "zoo"),
+           "--device", device, "--quiet"]
     if quick:
         cmd.append("--quick")
-    t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=limit)
-        wall = time.perf_counter() - t0
-        status = "ok" if done.returncode == 0 else (
-            f"exit {done.returncode}: "
-            + (done.stderr.strip().splitlines() or ["?"])[-1])
-    except subprocess.TimeoutExpired:
-        wall, status = time.perf_counter() - t0, f"killed after {limit:.0f} s"
+    spans: list[list[Any]] = []
+    t0 = time.time()
+    with Utilization(torch.device(device)) as gpu:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=limit)
+            status = "ok" if done.returncode == 0 else (
+                f"exit {done.returncode}: "
+                + (done.stderr.strip().splitlines() or ["?"])[-1])
+            for line in done.stdout.splitlines():
+                if line.startswith("STAGES "):
+                    spans = json.loads(line[7:])
+        except subprocess.TimeoutExpired:
+            status = f"killed after {limit:.0f} s"
+        t1 = time.time()
     print(f"vaelab run{' --quick' if quick else ''} --device {device}: "
-          f"{wall:.1f} s wall ({status})")
+          f"{t1 - t0:.1f} s wall ({status}); GPU busy "
+          f"{_share(gpu.busy(t0, t1))} of it")
+    stages: dict[str, list[float]] = {}
+    for name, start, end in spans:
+        stages.setdefault(name, []).append(end - start)
+    timed = sum(sum(v) for v in stages.values())
+    print(f"  {'stage':10s} {'seconds':>8s} {'share':>6s} {'GPU busy':>9s}")
+    for name, seconds in stages.items():
+        busy = [gpu.busy(a, b) for n, a, b in spans if n == name]
+        weights = [b - a for n, a, b in spans if n == name]
+        known = [(x, w) for x, w in zip(busy, weights, strict=True)
+                 if x is not None]
+        mean = (sum(x * w for x, w in known) / sum(w for _, w in known)
+                if known and sum(w for _, w in known) > 0 else None)
+        print(f"  {name:10s} {sum(seconds):8.1f} "
+              f"{sum(seconds) / (t1 - t0):6.0%} {_share(mean):>9s}")
+    print(f"  {'other':10s} {t1 - t0 - timed:8.1f} "
+          f"{(t1 - t0 - timed) / (t1 - t0):6.0%}   (start-up, the run's "
+          "own bookkeeping, stages in worker processes)")
 
 
 def main() -> None:

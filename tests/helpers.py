@@ -50,7 +50,7 @@ def edit_checkpoint(run_dir: Path, edit: Callable[[dict, dict], None]
 
 # The kinds of model whose step must capture: every latent kind, both
 # kinds of inference and both E-steps, a Bernoulli likelihood with
-# dynamic binarization, IWAE, REINFORCE's baseline.
+# dynamic binarization, IWAE, REINFORCE's baseline, both optimizers.
 STEP_MODELS = {
     "gaussian": {},
     "laplace": {"prior": "laplace"},
@@ -67,4 +67,5 @@ STEP_MODELS = {
     "vem": {"inference": "vem", "e_steps": 2},
     "vem-newton": {"inference": "vem", "e_method": "newton",
                    "e_steps": 1},
+    "adagrad": {"optimizer": "adagrad"},
 }

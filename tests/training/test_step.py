@@ -3,14 +3,15 @@ on the CPU with a stand-in for the graph.
 
 A real capture records the step's kernels without running them, and a
 replay runs them again on whatever the graph's input tensors then hold.
-``FakeGraphs`` does the same on the CPU: its capture runs the step once
-(``TrainStep`` undoes whatever a capture leaves, as it must for a failed
-one), its replay calls the step again on the captured index tensor, and
-it checks that the learning rate is still the tensor it captured (a rate
-rebound to a number would be frozen into a real graph). So a run whose
-full minibatches replay must end bit for bit where the eager run ends:
-the warm-up undone, the indices copied in, the tail eager, the sums
-accumulated, one capture per epoch.
+``fake_graphs.FakeGraphs`` does the same on the CPU: its capture runs
+the step once (``TrainStep`` undoes whatever a capture leaves, as it
+must for a failed one) and records its op stream; each replay runs the
+step again and must issue the very same ops, numbers and memory (a rate
+passed as a float, a tensor made from a Python number, an attribute
+rebound between replays would be frozen into a real graph). So a run
+whose full minibatches replay must end bit for bit where the eager run
+ends: the warm-up undone, the indices copied in, the tail eager, the
+sums accumulated, one capture per model and per change of the schedule.
 """
 
 from __future__ import annotations
@@ -20,17 +21,29 @@ from typing import Any
 
 import pytest
 import torch
+from fake_graphs import FakeGraphs, FrozenStep
 from helpers import STEP_MODELS, synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.training import loop as train_module
 from vaelab.training import runfolder
-from vaelab.training import step as step_module
 from vaelab.training.loop import train
 from vaelab.training.runfolder import read_metrics
-from vaelab.training.step import Snapshot, TrainStep, graph_reason
+from vaelab.training.step import (
+    CapturableAdagrad,
+    Snapshot,
+    TrainStep,
+    graph_reason,
+)
 
 SMALL = dict(hidden=32, batch_size=40, device="cpu")
+# Captures in 3 epochs: the categorical latents' temperature changes each
+# epoch, the mixture's stages (pretraining, hard labels, free) too.
+CAPTURES = {"categorical": 3, "reinforce": 3, "mixture": 3}
+# The mixture warms up again at its fit: its classes' parameters have no
+# optimizer state before (no gradient while pretraining).
+WARMUPS = {"mixture": 2}
+
 
 def tensor_lr_optimizer(params: Any, config: Config
                         ) -> torch.optim.Optimizer:
@@ -39,51 +52,7 @@ def tensor_lr_optimizer(params: Any, config: Config
         return torch.optim.Adam(list(params),
                                 lr=torch.tensor(float(config.lr)),
                                 fused=True)
-    return torch.optim.Adagrad(list(params), lr=config.lr, fused=True)
-
-
-class FakeGraphs:
-    """The CUDA graph calls of vaelab.training.step, on the CPU (module doc)."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.captures = 0
-        self.replays = 0
-        self.fail = fail
-
-    def side(self, fn: Any, times: int, device: torch.device) -> None:
-        for _ in range(times):
-            fn()
-
-    def capture(self, fn: Any, generator: torch.Generator) -> Any:
-        if self.fail:
-            fn()  # half a capture, then the failure
-            raise RuntimeError("operation not permitted when stream is "
-                               "capturing\nsecond line")
-        self.captures += 1
-        step = _current_step(fn)
-        lrs = [g["lr"] for g in step.optimizer.param_groups]
-        out = fn()
-
-        def replay() -> None:
-            now = [g["lr"] for g in step.optimizer.param_groups]
-            assert all(a is b and isinstance(a, torch.Tensor)
-                       for a, b in zip(now, lrs, strict=True))
-            self.replays += 1
-            fn()
-
-        return replay, out
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(step_module, "graph_reason",
-                            lambda *args: None)
-        monkeypatch.setattr(step_module, "on_side_stream", self.side)
-        monkeypatch.setattr(step_module, "capture_graph", self.capture)
-
-
-def _current_step(fn: Any) -> TrainStep:
-    # The lambda TrainStep passes closes over the TrainStep itself.
-    cells = [c.cell_contents for c in fn.__closure__ or ()]
-    return next(c for c in cells if isinstance(c, TrainStep))
+    return CapturableAdagrad(list(params), lr=torch.tensor(float(config.lr)))
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -103,20 +72,22 @@ def _same(a: Path, b: Path) -> bool:
 def test_replayed_steps_end_where_eager_steps_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """250 images in minibatches of 40: six replays and an eager tail of
-    10 per epoch; weights, optimizer and random state, lambda and every
-    metric equal the eager run's, and the step is captured each epoch."""
+    """130 images in minibatches of 40: three replays and an eager tail
+    of 10 per epoch; weights, optimizer and random state, lambda and every
+    metric equal the eager run's; the step is warmed up once and
+    captured once, or again where the schedule changes it."""
     opts = {**SMALL, **STEP_MODELS[name]}
     preprocess = opts.pop("preprocess", "dequantize")
-    ds = synthetic_dataset(250, 80, 40, preprocess=preprocess)
+    ds = synthetic_dataset(130, 40, 40, preprocess=preprocess)
     monkeypatch.setattr(train_module, "make_optimizer", tensor_lr_optimizer)
     config = Config(epochs=3, preprocess=preprocess, **opts)
     train(config, tmp_path / "eager", dataset=ds, progress=False)
     fake = FakeGraphs()
     fake.install(monkeypatch)
     train(config, tmp_path / "graph", dataset=ds, progress=False)
-    assert fake.captures == 3
-    assert fake.replays == 3 * 6
+    assert fake.warmups == WARMUPS.get(name, 1)
+    assert fake.captures == CAPTURES.get(name, 1)
+    assert fake.replays == 3 * 3
     assert _same(tmp_path / "eager", tmp_path / "graph")
 
 
@@ -131,6 +102,8 @@ def test_a_failed_capture_trains_eagerly_with_one_line(
     lines: list[str] = []
     train(config, tmp_path / "graph", dataset=ds, progress=False,
           log=lines.append)
+    # The cause, not capture_end's "operation failed due to a previous
+    # error during capture".
     assert lines == ["CUDA graph: the capture failed (RuntimeError: "
                      "operation not permitted when stream is capturing); "
                      "training eagerly"]
@@ -183,7 +156,6 @@ def test_why_a_step_is_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     assert graph_reason(adam, cpu, True) == "not on CUDA"
     cuda = torch.device("cuda")
     assert graph_reason(adam, cuda, False) == "--cuda-graph false"
-    assert "Adam has no capturable mode" in graph_reason(adam, cuda, True)
     capturable = torch.optim.Adam(p, lr=1e-3)
     capturable.param_groups[0]["capturable"] = True
 
@@ -191,13 +163,117 @@ def test_why_a_step_is_eager(monkeypatch: pytest.MonkeyPatch) -> None:
         def register_generator_state(self, generator: Any) -> None: ...
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    assert "Adam has no capturable mode" in graph_reason(adam, cuda, True)
     assert graph_reason(capturable, cuda, True) is None
     monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
     assert "cannot replay a graph that draws from the run's own" in (
         graph_reason(capturable, cuda, True))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     adagrad = torch.optim.Adagrad(p, lr=1e-3)
     assert "Adagrad has no capturable mode" in graph_reason(
         adagrad, cuda, True)
+
+
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_adam_is_capturable_only_where_a_graph_is_captured(
+    monkeypatch: pytest.MonkeyPatch, cuda_graph: bool
+) -> None:
+    """--cuda-graph false: a plain Adam (a capturable one warns at every
+    step outside a capture). The device's type is the stand-in's."""
+    from vaelab.training import step as step_module
+    monkeypatch.setattr(step_module, "GRAPH_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    config = Config(cuda_graph=cuda_graph, **SMALL).resolved()
+    opt = train_module.make_optimizer(p, config)
+    assert opt.param_groups[0]["capturable"] is cuda_graph
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor) is cuda_graph
+
+
+class _Graph:
+    def register_generator_state(self, generator: Any) -> None: ...
+
+
+# ------------------------------------------ what a graph freezes, planted
+
+
+def _plant(monkeypatch: pytest.MonkeyPatch, make: Any) -> Any:
+    """Train 2 epochs with every minibatch replayed from a fake graph,
+    after ``make(method)`` replaced the method's train_step."""
+    from vaelab.inference.amortized import Amortized
+    real = Amortized.train_step
+
+    def planted(self: Any, x: Any, rows: Any, generator: Any) -> Any:
+        return make(self, real(self, x, rows, generator))
+
+    monkeypatch.setattr(Amortized, "train_step", planted)
+    FakeGraphs().install(monkeypatch)
+
+
+def test_a_float_learning_rate_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU's optimizer (its rate a float, rebound every step): a
+    graph would keep the rate of its capture."""
+    FakeGraphs().install(monkeypatch)
+    ds = synthetic_dataset(250, 80, 40)
+    with pytest.raises(FrozenStep, match="lr"):
+        train(Config(epochs=1, **SMALL), tmp_path, dataset=ds,
+              progress=False)
+
+
+def test_a_tensor_made_from_a_changing_number_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_module, "make_optimizer", tensor_lr_optimizer)
+    calls = []
+
+    def scale(method: Any, terms: Any) -> Any:
+        calls.append(1)
+        terms.elbo = terms.elbo * torch.tensor(1.0 + len(calls) / 1e3)
+        return terms
+
+    _plant(monkeypatch, scale)
+    ds = synthetic_dataset(250, 80, 40)
+    with pytest.raises(FrozenStep, match="value"):
+        train(Config(epochs=1, **SMALL), tmp_path, dataset=ds,
+              progress=False)
+
+
+def test_a_tensor_made_inside_and_constant_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a graph holds well: a tensor made in the step, the same
+    every replay (its memory is the graph's)."""
+    monkeypatch.setattr(train_module, "make_optimizer", tensor_lr_optimizer)
+
+    def scale(method: Any, terms: Any) -> Any:
+        terms.elbo = terms.elbo * torch.ones(terms.elbo.shape)
+        return terms
+
+    _plant(monkeypatch, scale)
+    ds = synthetic_dataset(250, 80, 40)
+    train(Config(epochs=2, **SMALL), tmp_path, dataset=ds, progress=False)
+
+
+def test_an_attribute_rebound_between_replays_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor the step reads, rebound to a new one: the graph reads
+    the old one's memory."""
+    monkeypatch.setattr(train_module, "make_optimizer", tensor_lr_optimizer)
+
+    def rebind(method: Any, terms: Any) -> Any:
+        method.weight = torch.ones(1) if not hasattr(
+            method, "weight") else method.weight.clone()
+        terms.elbo = terms.elbo * method.weight
+        return terms
+
+    _plant(monkeypatch, rebind)
+    ds = synthetic_dataset(250, 80, 40)
+    with pytest.raises(FrozenStep, match="memory"):
+        train(Config(epochs=1, **SMALL), tmp_path, dataset=ds,
+              progress=False)
 
 
 def test_cuda_graph_is_an_option_that_may_change_on_resume(
@@ -208,3 +284,95 @@ def test_cuda_graph_is_an_option_that_may_change_on_resume(
     train(Config(epochs=2, cuda_graph=False, **SMALL), tmp_path,
           dataset=ds, progress=False, resume=True)
     assert len(read_metrics(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_capturable_adagrad_takes_torchs_steps(fused: bool) -> None:
+    """30 steps of a changing rate on two parameters: torch's Adagrad's
+    and CapturableAdagrad's parameters agree to float32 rounding (the
+    updates, of size lr ~ 1e-2, are summed in another order), and each
+    one's state loads into the other."""
+    torch.manual_seed(0)
+    start = [torch.randn(6, 3), torch.randn(5)]
+    a = [t.clone().requires_grad_() for t in start]
+    b = [t.clone().requires_grad_() for t in start]
+    theirs = torch.optim.Adagrad(a, lr=0.05, fused=fused)
+    mine = CapturableAdagrad(b, lr=torch.tensor(0.05))
+    for i in range(30):
+        lr = 0.05 * 0.9 ** i
+        theirs.param_groups[0]["lr"] = lr
+        mine.param_groups[0]["lr"].fill_(lr)
+        for params in (a, b):
+            loss = sum(((p - 1) ** 2 * (i % 3 + 1)).sum() for p in params)
+            loss.backward()
+        theirs.step()
+        mine.step()
+        for p in (*a, *b):
+            p.grad = None
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+    for x, y in zip(theirs.state.values(), mine.state.values(),
+                    strict=True):
+        torch.testing.assert_close(x["sum"], y["sum"], rtol=1e-6, atol=0.0)
+        assert float(x["step"]) == float(y["step"]) == 30
+    other = CapturableAdagrad(b, lr=torch.tensor(0.05))
+    other.load_state_dict(theirs.state_dict())
+    torch.optim.Adagrad(a, lr=0.05).load_state_dict(mine.state_dict())
+    assert torch.equal(other.state[b[0]]["sum"], theirs.state[a[0]]["sum"])
+
+
+# ------------------------------------------------ the minute's savings
+
+
+def test_validation_noise_is_drawn_once_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation images' fixed noise: drawn at the first epoch and
+    kept (the same noise each epoch, so the metrics are those of a draw
+    per epoch: test_replayed_steps_end_where_eager_steps_end compares
+    them with the eager run's)."""
+    from vaelab.inference import method as method_module
+    calls: list[int] = []
+    real = method_module.dequantize_held_out
+
+    def counted(images: torch.Tensor) -> torch.Tensor:
+        calls.append(images.shape[0])
+        return real(images)
+
+    monkeypatch.setattr(method_module, "dequantize_held_out", counted)
+    seen: list[int] = []
+    ds = synthetic_dataset(120, 40, 40)
+    train(Config(epochs=3, **SMALL), tmp_path, dataset=ds, progress=False,
+          on_epoch=lambda record: seen.append(len(calls)))
+    assert seen == [1, 1, 1]
+    # Validation through the cache gives what a fresh draw gives.
+    m = read_metrics(tmp_path)[-1]
+    model = runfolder.load_model(tmp_path)[0].eval()
+    from vaelab.prob.estimators import average_elbo
+    fresh = average_elbo(model, ds.val.images, dequantized=True)
+    assert m["val_elbo"] == fresh["elbo"]
+
+
+def test_the_best_checkpoint_is_copied_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[str] = []
+    real = runfolder.read_file
+
+    def spy(path: Path) -> bytes:
+        read.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(runfolder, "read_file", spy)
+    kept: list[bytes] = []
+    ds = synthetic_dataset(120, 40, 40)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        best = tmp_path / runfolder.BEST
+        kept.append(best.read_bytes() == (
+            tmp_path / runfolder.CHECKPOINT).read_bytes())
+
+    train(Config(epochs=3, patience=5, **SMALL), tmp_path, dataset=ds,
+          progress=False, on_epoch=on_epoch)
+    assert runfolder.CHECKPOINT not in read
+    assert kept[0]  # epoch 1 is the best so far: best == checkpoint

@@ -38,8 +38,8 @@ class Amortized(Method):
 
     def validate(self, images: Tensor) -> dict[str, float]:
         k = self.config.iwae_k if self.config.objective == "iwae" else None
-        return average_elbo(self.model, images, dequantized=self.dequantized,
-                            iwae_k=k)
+        x, dequantized = self.held_out(images)
+        return average_elbo(self.model, x, dequantized=dequantized, iwae_k=k)
 
     def results(self, dataset: Dataset) -> dict[str, Any]:
         device = next(self.model.parameters()).device

@@ -87,6 +87,7 @@ def fit_posterior(
     generator: torch.Generator | None = None,
     decay: bool = False,
     progress: Callable[[int], None] | None = None,
+    capturable: bool = False,
 ) -> Any:
     """Maximize each image's ELBO over its own q, starting from q0.
 
@@ -98,7 +99,9 @@ def fit_posterior(
     (the prior) and of width 0.001 (a sharp MNIST posterior) alike. Only q
     moves; the model's parameters get no gradient. ``decay``: learning
     rate falling linearly to zero, to settle at the optimum rather than
-    jitter around it. Returns q, detached, of q0's family.
+    jitter around it. ``capturable``: Adam's capturable mode, for a step
+    a CUDA graph captures (``vaelab.training.step``). Returns q, detached,
+    of q0's family.
     """
     family = type(q0)
     loc0, log_spread0 = (t.detach() for t in split_params(q0))
@@ -107,12 +110,11 @@ def fit_posterior(
     eta = torch.zeros_like(log_spread0, requires_grad=True)
     if steps <= 0:
         return join_params(family, loc0, log_spread0)
-    # Capturable on CUDA: the training step that runs this E-step may be
-    # captured in a CUDA graph (vaelab.training.step); a fresh optimizer per
-    # call,
-    # so the capture records its zeroed moments too.
-    opt = torch.optim.Adam([delta, eta], lr=lr,
-                           capturable=delta.device.type == "cuda")
+    # A fresh optimizer per call, so a captured step records its zeroed
+    # moments too. (torch has no capturable Adam on the CPU, where tests
+    # fake the capture.)
+    opt = torch.optim.Adam([delta, eta], lr=lr, capturable=capturable
+                           and delta.device.type != "cpu")
     with torch.enable_grad():
         for t in range(steps):
             if decay:
@@ -230,10 +232,12 @@ def e_step(
     model: LatentVariableModel, config: Config, x: Tensor, q0: Any, *,
     steps: int, generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    capturable: bool = False,
 ) -> Any:
     """The run's E-step on images x (B, D) from q0 (B, P): ``steps``
     iterations of ``config.e_method`` (Adam at ``config.e_lr`` with
-    ``config.n_samples`` draws, or Gauss-Newton). Returns q, detached."""
+    ``config.n_samples`` draws, capturable when ``capturable``, or
+    Gauss-Newton). Returns q, detached."""
     if config.e_method == "newton":
         q = newton_posterior(model, x, q0, steps=steps)
         if progress is not None:
@@ -241,7 +245,7 @@ def e_step(
         return q
     return fit_posterior(model, x, q0, steps=steps, lr=config.e_lr,
                          n_samples=config.n_samples, generator=generator,
-                         progress=progress)
+                         progress=progress, capturable=capturable)
 
 
 # The fewest E-step iterations of a held-out image: from the prior, 50

@@ -25,6 +25,7 @@ from vaelab.models.latents import Schedule
 from vaelab.prob.estimators import (
     POSTERIOR_BATCH,
     SEEDS,
+    dequantize_held_out,
     posterior_in_batches,
 )
 from vaelab.prob.objectives import ElboTerms, LatentVariableModel
@@ -56,6 +57,10 @@ class Method:
     # evaluation.json's timing of ``posterior`` (None: not worth one).
     posterior_timing: ClassVar[str | None] = None
     posterior_batch: ClassVar[int] = POSTERIOR_BATCH  # images per pass
+    # True while the training step runs as a CUDA graph captures it
+    # (``vaelab.training.step``): optimizers made inside the step are then
+    # capturable.
+    in_graph: bool = False
 
     def __init__(
         self, model: LatentVariableModel, config: Config, dataset: Dataset,
@@ -106,6 +111,12 @@ class Method:
         same): the latent kind's schedule."""
         self.schedule.start_epoch(epoch)
 
+    def graph_key(self) -> tuple:
+        """What fixes this epoch's step beside its tensors (the latent
+        kind's schedule's): a CUDA graph captured for an equal key
+        replays it (``vaelab.training.step``)."""
+        return self.schedule.graph_key()
+
     def train_step(
         self, x: Tensor, rows: Tensor, generator: torch.Generator
     ) -> ElboTerms:
@@ -116,6 +127,20 @@ class Method:
     def validate(self, images: Tensor) -> dict[str, float]:
         """Mean held-out ELBO, log_lik and kl (nats per image)."""
         raise NotImplementedError
+
+    def held_out(self, images: Tensor) -> tuple[Tensor, bool]:
+        """``images`` as the held-out ELBO sees them, and whether they
+        still need their fixed dequantization noise: the noisy copy of
+        the last images validated is kept, so the validation images get
+        their noise once per run, not once per epoch (the same noise:
+        ``estimators.dequantize_held_out``'s fixed seed)."""
+        if not self.dequantized:
+            return images, False
+        cached = getattr(self, "_held_out", None)
+        if cached is None or cached[0] is not images:
+            cached = (images, dequantize_held_out(images))
+            self._held_out = cached
+        return cached[1], False
 
     def state(self) -> dict[str, Tensor]:
         """Tensors to checkpoint beside the model's."""

@@ -162,7 +162,8 @@ class VariationalEM(Method):
         the ELBO at the new lambda, for the loop's M-step on Theta."""
         c = self.config
         q = e_step(self.model, c, x, self.train_lam.q(rows),
-                   steps=c.e_steps, generator=generator)
+                   steps=c.e_steps, generator=generator,
+                   capturable=self.in_graph)
         self.train_lam.store(rows, q)
         return compute_elbo(self.model, x, c.n_samples, generator, q=q)
 
@@ -178,7 +179,8 @@ class VariationalEM(Method):
             self.val_lam.store(rows, q)
             return q
 
-        return average_elbo(self.model, images, dequantized=self.dequantized,
+        x, dequantized = self.held_out(images)
+        return average_elbo(self.model, x, dequantized=dequantized,
                             posterior=advance)
 
     def _lambdas(self) -> dict[str, Tensor]:

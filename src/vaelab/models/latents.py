@@ -47,6 +47,12 @@ class Schedule:
         ``rows``, that amortized training ascends."""
         return compute_elbo(self.model, x, n_samples, generator)
 
+    def graph_key(self) -> tuple:
+        """The Python values (and tensors' identities) this epoch's step
+        reads beside the tensors it is given: equal keys, equal steps
+        (none here)."""
+        return ()
+
     def state(self) -> dict[str, Tensor]:
         """Tensors to checkpoint (none)."""
         return {}
@@ -77,6 +83,9 @@ class Anneal(Schedule):
         self.model.estimator.temperature = temperature_at(
             self.config, epoch, (epoch - 1) * self.steps_per_epoch)
 
+    def graph_key(self) -> tuple:
+        return (self.model.estimator.temperature,)
+
 
 class MixtureFit(Schedule):
     """The mixture's: N(0, I) pretraining before
@@ -91,7 +100,9 @@ class MixtureFit(Schedule):
     def __init__(self, model: Any, config: Config, dataset: Dataset) -> None:
         super().__init__(model, config, dataset)
         self.train_images = dataset.train.images
-        self.labels: Tensor | None = None  # each training image's, (N,)
+        # Each training image's, (N,), on the model's device: the step
+        # indexes them with the minibatch's rows there.
+        self.labels: Tensor | None = None
         self.hard = False
 
     def start_epoch(self, epoch: int) -> None:
@@ -108,16 +119,23 @@ class MixtureFit(Schedule):
                 c.mixture_fit)
             self.model.fit_components(means[:len(fitted)], fitted)
             if c.mixture_hard_epochs:
-                self.labels = labels.to(self.train_images.device)
+                self.labels = labels.to(self._device())
         hard = c.mixture_hard_epochs
         self.hard = bool(hard) and fit_epoch <= epoch < fit_epoch + hard
         if self.hard and self.labels is None:
             raise RuntimeError("the fit's labels are missing from the "
                                "checkpoint")
 
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def graph_key(self) -> tuple:
+        # The labels' identity: a fit (or a resume) binds new ones.
+        return (self.model.pretraining, self.hard, id(self.labels))
+
     def _train_means(self) -> Tensor:
         """Posterior means of the training images, (N, P)."""
-        device = next(self.model.parameters()).device
+        device = self._device()
         was_training = self.model.training
         self.model.eval()
         q = posterior_in_batches(self.model,
@@ -138,7 +156,7 @@ class MixtureFit(Schedule):
     def load_state(self, tensors: dict[str, Tensor]) -> None:
         labels = tensors.get("mixture_labels")
         if labels is not None:
-            self.labels = labels.to(self.train_images.device)
+            self.labels = labels.to(self._device())
 
 
 def check_fit_options(config: Config) -> None:

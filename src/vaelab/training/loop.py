@@ -40,7 +40,12 @@ from vaelab.models.kinds import build_model, kind_for
 from vaelab.models.model import init_from_data
 from vaelab.training import runfolder
 from vaelab.training.resources import check_training_fits
-from vaelab.training.step import TrainStep, set_learning_rate
+from vaelab.training.step import (
+    CapturableAdagrad,
+    TrainStep,
+    device_reason,
+    set_learning_rate,
+)
 
 
 def make_optimizer(
@@ -50,19 +55,23 @@ def make_optimizer(
 
     The fused kernels do the whole update in one pass over memory: on a
     2-core CPU about 8x faster than the foreach ones for this model, where
-    the update is otherwise a third of the step (docs/benchmarks.md). On
-    CUDA, Adam is capturable, with its learning rate a tensor on the
-    device, so that a step captured in a CUDA graph reads each step's
-    rate (``vaelab.training.step``).
+    the update is otherwise a third of the step (docs/benchmarks.md).
+    Where the step will be captured in a CUDA graph (``vaelab.training.step``),
+    Adam is capturable and Adagrad ``step.CapturableAdagrad``, with the
+    learning rate a tensor on the device, so that a replay reads each
+    step's rate.
     """
     params = list(params)
     device = params[0].device if params else torch.device("cpu")
     if config.optimizer == "adam":
-        if device.type == "cuda":
+        if device_reason(device, config.cuda_graph) is None:
             return torch.optim.Adam(
                 params, lr=torch.tensor(float(config.lr), device=device),
                 fused=True, capturable=True)
         return torch.optim.Adam(params, lr=config.lr, fused=True)
+    if device_reason(device, config.cuda_graph) is None:
+        return CapturableAdagrad(
+            params, lr=torch.tensor(float(config.lr), device=device))
     # Older torch fuses Adagrad on the CPU only.
     return torch.optim.Adagrad(params, lr=config.lr,
                                fused=device.type == "cpu" or None)
@@ -399,12 +408,12 @@ def _fit(
         # Metrics first: a kill before the checkpoint lands leaves a line
         # that resuming trims, never a checkpoint without its line.
         runfolder.append_metrics(run_dir, record)
-        runfolder.save_checkpoint(
+        checkpoint = runfolder.save_checkpoint(
             run_dir, model, optimizer, generator, epoch, config,
             {"train_seconds": elapsed}, method_state=state,
         )
         if best.epoch(history) == epoch:
-            runfolder.keep_best(run_dir)
+            runfolder.keep_best(run_dir, checkpoint)
         if hooks.on_epoch is not None:
             hooks.on_epoch(record)
         if hooks.progress:

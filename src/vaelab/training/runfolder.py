@@ -340,12 +340,13 @@ def save_checkpoint(
     config: Config,
     extra: dict[str, Any] | None = None,
     method_state: dict[str, torch.Tensor] | None = None,
-) -> None:
+) -> bytes:
     """Write model, optimizer and RNG state for ``epoch``, atomically,
     with ``method_state``: the inference method's own tensors (e.g. variational
     EM's per-image parameters), under their keys, in the same file, so
     that everything of one epoch lands together. ``extra``: JSON-able
-    numbers (seconds of training so far)."""
+    numbers (seconds of training so far). Returns the file's bytes
+    (``keep_best`` copies them without reading the file back)."""
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -369,14 +370,18 @@ def save_checkpoint(
         "extra": json.dumps(extra or {}),
     }
     # In memory, then the one atomic writer (the model is small: MBs).
-    atomic_write_bytes(run_dir / CHECKPOINT,
-                       safetensors_bytes(tensors, metadata=meta))
+    data = safetensors_bytes(tensors, metadata=meta)
+    atomic_write_bytes(run_dir / CHECKPOINT, data)
+    return data
 
 
-def keep_best(run_dir: Path) -> None:
-    """Copy the checkpoint to best.safetensors, atomically."""
-    atomic_write_bytes(Path(run_dir) / BEST,
-                       read_file(Path(run_dir) / CHECKPOINT))
+def keep_best(run_dir: Path, checkpoint: bytes | None = None) -> None:
+    """Copy the checkpoint to best.safetensors, atomically;
+    ``checkpoint``: its bytes, as ``save_checkpoint`` returned them
+    (default: read from the file)."""
+    if checkpoint is None:
+        checkpoint = read_file(Path(run_dir) / CHECKPOINT)
+    atomic_write_bytes(Path(run_dir) / BEST, checkpoint)
 
 
 def _metadata(path: Path) -> dict[str, str]:
