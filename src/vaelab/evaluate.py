@@ -584,7 +584,8 @@ def _check_memory(model: LatentVariableModel, config: Config,
         "points": EVAL_POINTS,
         "enum_points": ENUM_POINTS,
     }
-    return evaluation_chunk(n, EVAL_CHUNK, sizes)
+    return evaluation_chunk(n, EVAL_CHUNK, sizes,
+                            device=next(model.parameters()).device)
 
 
 def format_table(result: Evaluation) -> str:

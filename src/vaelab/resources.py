@@ -183,12 +183,13 @@ def evaluation_bytes(n: int, chunk: int, *, hidden: int,
 
 
 def evaluation_chunk(n: int, chunk: int, sizes: dict[str, Any],
-                     free: int | None = None) -> int:
+                     free: int | None = None,
+                     device: torch.device | None = None) -> int:
     """The largest chunk (``chunk``, halved down to ``MIN_CHUNK``) whose
     ``evaluation_bytes`` (with ``sizes``, its keyword arguments) fits
-    ``free`` bytes (default ``available_memory()``); ConfigError, one
-    line, when none does."""
-    free = available_memory() if free is None else free
+    ``free`` bytes (default ``available_memory(device)``); ConfigError,
+    one line, when none does."""
+    free = available_memory(device) if free is None else free
     c = chunk
     while True:
         need = evaluation_bytes(n, c, **sizes)
