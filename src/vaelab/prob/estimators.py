@@ -39,13 +39,17 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vaelab.data import dequantize
-from vaelab.evaluation.quadrature import Quadrature, quadrature_log_px
+from vaelab.evaluation.quadrature import (
+    Quadrature,
+    QuadratureSettings,
+    quadrature_log_px,
+)
 from vaelab.inference.e_steps import FAMILIES, fit_posterior
 from vaelab.prob.distributions import Categorical, DiagGaussian, kl_divergence
 from vaelab.prob.objectives import (
     LatentVariableModel,
+    code_log_lik,
     enumerated_log_lik,
-    exact_log_marginal,
 )
 
 
@@ -76,6 +80,15 @@ SEEDS = Seeds()
 # took 1.6-1.9x the time of the decoder's products then, 1.2-1.3x now
 # (docs/benchmarks.md, "IWAE-k against the decoder's products").
 EVAL_POINTS = 2048
+# Images per chunk of the quadrature and of the inference gaps' fits
+# (the gaps' draws are seeded per chunk): their memory depends on it,
+# not on the number of images. ``resources.evaluation_chunk`` picks a
+# smaller one where the machine's memory is short.
+EVAL_CHUNK = 500
+# (code, image) pairs per pass of a categorical latent's exact log p(x):
+# one pass's (codes, images, D) terms are then ~13 MB for D = 784,
+# whatever the number of images.
+ENUM_POINTS = 4096
 # q for rows of a batch: (rows, x, generator) -> posterior over (B, ...).
 PosteriorOf = Callable[[slice, Tensor, torch.Generator], Any]
 
@@ -90,6 +103,20 @@ def dequantize_held_out(images: Tensor) -> Tensor:
     """
     g = torch.Generator(device="cpu").manual_seed(SEEDS.dequantize)
     return dequantize(images, g)
+
+
+def _per_image(n: int, device: torch.device, *shape: int) -> Tensor:
+    """An (n, *shape) float64 buffer for per-image results, allocated
+    before a loop over chunks and filled in place.
+
+    Why not a list of per-chunk results joined at the end: each chunk's
+    small result, allocated while its large temporaries are being freed,
+    can land inside their freed memory, so that the next chunk's
+    temporaries need fresh memory; glibc then keeps the holes resident
+    (issue 37: +4 MB per image for IWAE_5000, 24 GB on 10,000 images).
+    """
+    return torch.full((n, *shape), math.nan, dtype=torch.float64,
+                      device=device)
 
 
 def slice_q(q: Any, sl: slice | Tensor) -> Any:
@@ -163,9 +190,10 @@ class LogMeanExp:
         shift = torch.where(torch.isneginf(new_max), 0.0, new_max)
         old = torch.exp(self.max - shift)
         e = torch.exp(lw - shift)
-        self.sum_w = self.sum_w * old + e.sum(0)
-        self.sum_w2 = self.sum_w2 * old.square() + e.square().sum(0)
-        self.max = new_max
+        # In place: the sums outlive the pass (see ``_per_image``).
+        self.sum_w.mul_(old).add_(e.sum(0))
+        self.sum_w2.mul_(old.square()).add_(e.square().sum(0))
+        self.max.copy_(new_max)
         self.sum_lw += lw.sum(0)
         self.sum_ll += log_lik.double().sum(0)
         self.n += lw.shape[0]
@@ -225,7 +253,8 @@ def chunked_terms(
         raise ValueError(f"k must be >= 1, got {k}")
     batch = max(1, max_points // k)
     exact = _enumerates(model, q)
-    parts = []
+    out = ImageTerms(*(_per_image(x.shape[0], x.device)
+                       for _ in fields(ImageTerms)))
     for i in range(0, x.shape[0], batch):
         sl = slice(i, i + batch)
         xb, qb = x[sl], slice_q(q, sl)
@@ -240,10 +269,11 @@ def chunked_terms(
         if exact:
             terms.log_lik = _exact_log_lik(model, xb, qb, max_points)
             terms.elbo = terms.log_lik - terms.kl
-        parts.append(terms)
+        for f in fields(ImageTerms):
+            getattr(out, f.name)[sl] = getattr(terms, f.name)
         if progress is not None:
             progress(b)
-    return ImageTerms.cat(parts)
+    return out
 
 
 def average_elbo(
@@ -330,14 +360,22 @@ class ExactLogPx:
 
 @torch.no_grad()
 def enumerated_log_px(
-    model: LatentVariableModel, x: Tensor, batch_size: int = 500
+    model: LatentVariableModel, x: Tensor, max_points: int = ENUM_POINTS
 ) -> Tensor:
     """log p(x) (N,) of a categorical-latent model, exactly, by summing
-    over all K^M codes (``objectives.exact_log_marginal``)."""
-    return torch.cat([
-        exact_log_marginal(model, x[i:i + batch_size]).double()
-        for i in range(0, x.shape[0], batch_size)
-    ])
+    over all K^M codes (``objectives.exact_log_marginal``): the codes
+    decoded once, the images in batches of max(1, max_points // K^M)."""
+    # The limit's check, and the codes (C, M, K).
+    codes, _ = code_log_lik(model, x[:1])
+    logits = model.decode_logits(codes.unsqueeze(1))  # (C, 1, D)
+    log_prior = model.prior.log_prob(codes).unsqueeze(1)  # (C, 1)
+    per = max(1, max_points // codes.shape[0])
+    out = _per_image(x.shape[0], x.device)
+    for i in range(0, x.shape[0], per):
+        out[i:i + per] = torch.logsumexp(
+            model.likelihood.log_prob(x[i:i + per], logits) + log_prior,
+            dim=0)
+    return out
 
 
 def enumerated_estimate(model: LatentVariableModel, x: Tensor) -> ExactLogPx:
@@ -348,13 +386,16 @@ def enumerated_estimate(model: LatentVariableModel, x: Tensor) -> ExactLogPx:
 
 
 def quadrature_estimate(
-    model: LatentVariableModel, x: Tensor, q: Any, progress: bool = False
+    model: LatentVariableModel, x: Tensor, q: Any, progress: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> ExactLogPx:
     """log p(x) of images x (N, D) of a 2-D latent model by quadrature,
-    windows placed by q (a Gaussian or Laplace over (N, 2))."""
+    windows placed by q (a Gaussian or Laplace over (N, 2)), ``chunk``
+    images at a time."""
     bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
                desc="quadrature", disable=None if progress else True)
     quad = quadrature_log_px(model, x, q.mean, q.stddev,
+                             QuadratureSettings(images=chunk),
                              progress=bar.update)
     bar.close()
     return ExactLogPx(quad.log_px, quad.error, "quadrature", quad)
@@ -362,11 +403,13 @@ def quadrature_estimate(
 
 def estimate_log_px(
     model: LatentVariableModel,
-    x: Tensor, q: Any, k: int, progress: bool = False
+    x: Tensor, q: Any, k: int, progress: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> tuple[ExactLogPx | None, list[str]]:
     """log p(x) of images x (N, D) by enumeration (categorical q) or
-    quadrature (P = 2, Gaussian or Laplace q), or None; and notes on what
-    failed or could not be computed (``k``: the IWAE's, for the note)."""
+    quadrature (P = 2, Gaussian or Laplace q, ``chunk`` images at a
+    time), or None; and notes on what failed or could not be computed
+    (``k``: the IWAE's, for the note)."""
     if isinstance(q, Categorical):
         try:
             return enumerated_estimate(model, x), []
@@ -378,7 +421,7 @@ def estimate_log_px(
                       f"IWAE_{k} is the best estimate"]
     if not isinstance(q, FAMILIES):
         return None, []
-    exact = quadrature_estimate(model, x, q, progress)
+    exact = quadrature_estimate(model, x, q, progress, chunk)
     quad = exact.quadrature
     assert quad is not None
     covered = float(quad.covered.double().mean())
@@ -417,7 +460,8 @@ def inference_gaps(
     near it; a start at the true posterior's moments (``starts``, from
     the quadrature) finds the better mode when there is one.
     """
-    enc, opt = [], []
+    enc = _per_image(x.shape[0], x.device)
+    opt = _per_image(x.shape[0], x.device)
     starts = starts or []
     for i in range(0, x.shape[0], batch_size):
         sl = slice(i, i + batch_size)
@@ -440,9 +484,8 @@ def inference_gaps(
         best = type(qb)(*(p[pick, rows] for p in params))
         report = _crn_elbos(model, xb, [qb, best], eval_samples,
                             seed + i + 2)
-        enc.append(report[0])
-        opt.append(report[1])
-    return torch.cat(enc), torch.cat(opt)
+        enc[sl], opt[sl] = report
+    return enc, opt
 
 
 def _crn_elbos(
@@ -484,12 +527,13 @@ class GapTerms:
 def estimate_gaps(
     model: LatentVariableModel, x: Tensor, q: Any, *, steps: int,
     exact: ExactLogPx | None, iwae: Tensor, k: int, progress: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> GapTerms:
     """Inference gaps on images x (m, D), q (a Gaussian or Laplace over
     (m, P)) the run's: ``inference_gaps`` with ``steps`` steps, started
     also at the quadrature posterior's moments when ``exact`` has them.
     The reference log p(x) is ``exact``'s, else the per-image IWAE_k
-    ``iwae``; both (N,) with N >= m."""
+    ``iwae``; both (N,) with N >= m. ``chunk``: images per fit."""
     m = x.shape[0]
     starts = []
     if exact is not None and exact.quadrature is not None:
@@ -498,7 +542,7 @@ def estimate_gaps(
                unit_scale=True, leave=False, desc="per-image q",
                disable=None if progress else True)
     enc, opt = inference_gaps(model, x, q, starts=starts, steps=steps,
-                              progress=bar.update)
+                              batch_size=chunk, progress=bar.update)
     bar.close()
     if exact is not None:
         return GapTerms(enc, opt, exact.values[:m], exact.method)
