@@ -409,6 +409,72 @@ def test_the_time_limit_is_arithmetic() -> None:
         check_evaluation_time(10_000, 5000, 1e-2)
 
 
+def test_the_evaluation_chunk_is_the_largest_that_fits() -> None:
+    from vaelab.errors import ConfigError
+    from vaelab.training.resources import (
+        MIN_CHUNK,
+        evaluation_bytes,
+        evaluation_chunk,
+    )
+    sizes = {"hidden": 512, "quadrature": True, "gap_n": 1000}
+    need = {c: evaluation_bytes(10_000, c, **sizes) for c in (500, 250, 125)}
+    # Memory grows with the chunk, and beyond it only by the images kept.
+    assert need[125] < need[250] < need[500]
+    assert (evaluation_bytes(20_000, 500, **sizes) - need[500]
+            < 10_000 * 10_000)
+    assert evaluation_chunk(10_000, 500, sizes, free=need[500]) == 500
+    assert evaluation_chunk(10_000, 500, sizes, free=need[500] - 1) == 250
+    assert evaluation_chunk(10_000, 500, sizes, free=need[125]) == 125
+    floor = evaluation_bytes(10_000, MIN_CHUNK, **sizes)
+    with pytest.raises(ConfigError, match=r"^--n 10000: evaluation needs "
+                       rf"about .* \(in chunks of {MIN_CHUNK} images\), "
+                       "more than the 1.0 MB available"):
+        evaluation_chunk(10_000, 500, sizes, free=10**6)
+    assert floor > 10**6
+
+
+def test_evaluate_picks_a_chunk_that_fits_or_refuses(
+    run: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vaelab.evaluation import evaluate
+    from vaelab.prob.estimators import EVAL_CHUNK
+    from vaelab.training import resources
+    chunks: list[int] = []
+
+    def no_work(*args: object, chunk: int, **kwargs: object) -> None:
+        chunks.append(chunk)
+        raise AssertionError("evaluated")
+    monkeypatch.setattr(evaluate, "evaluate_model", no_work)
+    argv = ["evaluate", str(run), "--quiet", "--k", "10"]
+    # Too little memory for even the smallest chunk: one line, no work.
+    monkeypatch.setattr(resources, "available_memory",
+                        lambda device=None: 10**6)
+    _one_line_exit_2(argv, capsys, "evaluation needs about",
+                     "1.0 MB available")
+    assert chunks == [] and not (run / runfolder.EVALUATION).exists()
+    # Plenty: the usual chunk.
+    seen: list[tuple[int, dict]] = []
+    real = resources.evaluation_chunk
+
+    def spy(n: int, chunk: int, sizes: dict, **kw: object) -> int:
+        seen.append((n, sizes))
+        return real(n, chunk, sizes, **kw)
+    monkeypatch.setattr(evaluate, "evaluation_chunk", spy)
+    monkeypatch.setattr(resources, "available_memory",
+                        lambda device=None: 10**12)
+    with pytest.raises(AssertionError, match="evaluated"):
+        main(argv)
+    # A byte short of what that chunk needs: a smaller one.
+    n, sizes = seen[0]
+    short = resources.evaluation_bytes(n, EVAL_CHUNK, **sizes) - 1
+    monkeypatch.setattr(resources, "available_memory",
+                        lambda device=None: short)
+    with pytest.raises(AssertionError, match="evaluated"):
+        main(argv)
+    assert chunks[0] == EVAL_CHUNK and chunks[1] < EVAL_CHUNK
+
+
 def _idx_gz(path: Path, claimed: int, held: int, extra: int = 0) -> Path:
     """A gzipped IDX file whose header says ``claimed`` 28x28 images and
     whose stream holds ``held`` images' bytes and ``extra`` more."""

@@ -23,7 +23,7 @@ import dacite
 import torch
 from torch import Tensor
 
-from vaelab.config import Config
+from vaelab.config import ENUMERATE_LIMIT, Config
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluation.clusters import Clusters, evaluate_clusters
@@ -35,7 +35,11 @@ from vaelab.evaluation.log_px import (
 )
 from vaelab.inference.e_steps import FAMILIES
 from vaelab.inference.methods import method_for
+from vaelab.prob.distributions import Categorical
 from vaelab.prob.estimators import (
+    ENUM_POINTS,
+    EVAL_CHUNK,
+    EVAL_POINTS,
     SEEDS,
     ImageTerms,
     dequantize_held_out,
@@ -44,7 +48,11 @@ from vaelab.prob.estimators import (
 )
 from vaelab.prob.objectives import LatentVariableModel
 from vaelab.training import runfolder
-from vaelab.training.resources import check_evaluation_time, seconds_per_point
+from vaelab.training.resources import (
+    check_evaluation_time,
+    evaluation_chunk,
+    seconds_per_point,
+)
 
 LN2 = math.log(2.0)
 
@@ -403,10 +411,14 @@ def evaluate_model(
     gap_n: int | None = None,
     gap_steps: int | None = None,
     labels: Tensor | None = None,
+    chunk: int = EVAL_CHUNK,
 ) -> Evaluation:
     """``evaluate_run`` for a model in memory and its test ``images``
     (N, D), pixels as the preprocessing left them, and their ``labels``
-    (N,) for the clusters of a discrete latent; writes nothing."""
+    (N,) for the clusters of a discrete latent; writes nothing.
+    ``chunk``: images per chunk of the quadrature and the gaps' fits
+    (memory grows with it, not with n; other values change the gaps'
+    draws and the quadrature's float rounding)."""
     t_start = time.perf_counter()
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -436,7 +448,7 @@ def evaluate_model(
     timings["elbo_iwae"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    exact, notes = estimate_log_px(model, x, q, k, progress)
+    exact, notes = estimate_log_px(model, x, q, k, progress, chunk)
     if exact is not None:
         timings["log_px"] = time.perf_counter() - t
 
@@ -445,12 +457,13 @@ def evaluate_model(
         pass
     elif isinstance(q, FAMILIES):
         t = time.perf_counter()
-        m = min(n, gap_n if gap_n is not None else (100 if quick else 1000))
+        m = _gap_images(n, gap_n, quick)
         steps = gap_steps if gap_steps is not None else (30 if quick
                                                          else 100)
         gaps = gaps_summary(estimate_gaps(
             model, x[:m], slice_q(q, slice(0, m)), steps=steps,
-            exact=exact, iwae=terms.iwae, k=k, progress=progress))
+            exact=exact, iwae=terms.iwae, k=k, progress=progress,
+            chunk=chunk))
         timings["gaps"] = time.perf_counter() - t
     else:
         notes.append(f"no gaps: a {type(q).__name__} q cannot be fitted "
@@ -502,6 +515,9 @@ def evaluate_run(
     data, preprocessed as in training (default: loaded from its config or
     ``data_dir``); only its test split is used. ``force``: run even when
     the IWAE's decoding would take more than a day (else ConfigError).
+    Before any work, the memory it needs is estimated too: chunks of
+    fewer images where the machine's free memory is short, ConfigError
+    where even the smallest do not fit (``resources.evaluation_chunk``).
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -512,10 +528,11 @@ def evaluate_run(
         dataset = load_data(config, data_dir)
     if not force:
         _check_time(model, dataset, n, k, quick)
+    chunk = _check_memory(model, config, dataset, n, quick, gap_n)
     result = evaluate_model(
         model, config, dataset.test.images, dataset.preprocess, n=n, k=k,
         progress=progress, quick=quick, gap_n=gap_n,
-        labels=dataset.test.labels,
+        labels=dataset.test.labels, chunk=chunk,
     )
     # Loading the model and the data counts too.
     result = dataclasses.replace(result,
@@ -538,6 +555,39 @@ def _check_time(model: LatentVariableModel, dataset: Dataset,
     device = next(model.parameters()).device
     x = _prepare(images, dataset.preprocess, 1, device)
     check_evaluation_time(n, k, seconds_per_point(model, x))
+
+
+def _gap_images(n: int, gap_n: int | None, quick: bool) -> int:
+    """Images of the inference gaps: the first min(n, gap_n) (default
+    1000, 100 under --quick)."""
+    return min(n, gap_n if gap_n is not None else (100 if quick else 1000))
+
+
+def _check_memory(model: LatentVariableModel, config: Config,
+                  dataset: Dataset, n: int | None, quick: bool,
+                  gap_n: int | None) -> int:
+    """The chunk (images) whose evaluation fits the memory available
+    (``resources.evaluation_chunk``), ``EVAL_CHUNK`` where it does;
+    ConfigError, one line, where none does."""
+    total = dataset.test.images.shape[0]
+    if quick:
+        n = min(n or total, 1000)
+    n = total if n is None else min(n, total)
+    if n < 1:
+        return EVAL_CHUNK  # evaluate_model says what is wrong
+    prior = model.prior
+    categorical = isinstance(prior, Categorical)
+    codes = prior.n_codes if categorical else None
+    sizes = {
+        "hidden": sum(config.hidden_sizes),
+        "quadrature": not categorical and prior.dim == 2,
+        "n_codes": codes if codes and codes <= ENUMERATE_LIMIT else None,
+        "gap_n": 0 if gap_n == 0 else _gap_images(n, gap_n, quick),
+        "points": EVAL_POINTS,
+        "enum_points": ENUM_POINTS,
+    }
+    return evaluation_chunk(n, EVAL_CHUNK, sizes,
+                            device=next(model.parameters()).device)
 
 
 def format_table(result: Evaluation) -> str:

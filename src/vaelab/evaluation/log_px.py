@@ -17,17 +17,24 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vaelab.evaluation.quadrature import Quadrature, quadrature_log_px
+from vaelab.evaluation.quadrature import (
+    Quadrature,
+    QuadratureSettings,
+    quadrature_log_px,
+)
 from vaelab.inference.e_steps import FAMILIES, fit_posterior
 from vaelab.prob.distributions import Categorical, DiagGaussian
 from vaelab.prob.estimators import (
+    ENUM_POINTS,
+    EVAL_CHUNK,
     SEEDS,
+    _per_image,
     chunked_terms,
     slice_q,
 )
 from vaelab.prob.objectives import (
     LatentVariableModel,
-    exact_log_marginal,
+    code_log_lik,
 )
 
 # ------------------------------------------------------- exact log p(x)
@@ -48,14 +55,22 @@ class ExactLogPx:
 
 @torch.no_grad()
 def enumerated_log_px(
-    model: LatentVariableModel, x: Tensor, batch_size: int = 500
+    model: LatentVariableModel, x: Tensor, max_points: int = ENUM_POINTS
 ) -> Tensor:
     """log p(x) (N,) of a categorical-latent model, exactly, by summing
-    over all K^M codes (``objectives.exact_log_marginal``)."""
-    return torch.cat([
-        exact_log_marginal(model, x[i:i + batch_size]).double()
-        for i in range(0, x.shape[0], batch_size)
-    ])
+    over all K^M codes (``objectives.exact_log_marginal``): the codes
+    decoded once, the images in batches of max(1, max_points // K^M)."""
+    # The limit's check, and the codes (C, M, K).
+    codes, _ = code_log_lik(model, x[:1])
+    logits = model.decode_logits(codes.unsqueeze(1))  # (C, 1, D)
+    log_prior = model.prior.log_prob(codes).unsqueeze(1)  # (C, 1)
+    per = max(1, max_points // codes.shape[0])
+    out = _per_image(x.shape[0], x.device)
+    for i in range(0, x.shape[0], per):
+        out[i:i + per] = torch.logsumexp(
+            model.likelihood.log_prob(x[i:i + per], logits) + log_prior,
+            dim=0)
+    return out
 
 
 def enumerated_estimate(model: LatentVariableModel, x: Tensor) -> ExactLogPx:
@@ -66,13 +81,16 @@ def enumerated_estimate(model: LatentVariableModel, x: Tensor) -> ExactLogPx:
 
 
 def quadrature_estimate(
-    model: LatentVariableModel, x: Tensor, q: Any, progress: bool = False
+    model: LatentVariableModel, x: Tensor, q: Any, progress: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> ExactLogPx:
     """log p(x) of images x (N, D) of a 2-D latent model by quadrature,
-    windows placed by q (a Gaussian or Laplace over (N, 2))."""
+    windows placed by q (a Gaussian or Laplace over (N, 2)), ``chunk``
+    images at a time."""
     bar = tqdm(unit="img-tile", unit_scale=True, leave=False,
                desc="quadrature", disable=None if progress else True)
     quad = quadrature_log_px(model, x, q.mean, q.stddev,
+                             QuadratureSettings(images=chunk),
                              progress=bar.update)
     bar.close()
     return ExactLogPx(quad.log_px, quad.error, "quadrature", quad)
@@ -80,11 +98,13 @@ def quadrature_estimate(
 
 def estimate_log_px(
     model: LatentVariableModel,
-    x: Tensor, q: Any, k: int, progress: bool = False
+    x: Tensor, q: Any, k: int, progress: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> tuple[ExactLogPx | None, list[str]]:
     """log p(x) of images x (N, D) by enumeration (categorical q) or
-    quadrature (P = 2, Gaussian or Laplace q), or None; and notes on what
-    failed or could not be computed (``k``: the IWAE's, for the note)."""
+    quadrature (P = 2, Gaussian or Laplace q, ``chunk`` images at a
+    time), or None; and notes on what failed or could not be computed
+    (``k``: the IWAE's, for the note)."""
     if isinstance(q, Categorical):
         try:
             return enumerated_estimate(model, x), []
@@ -96,7 +116,7 @@ def estimate_log_px(
                       f"IWAE_{k} is the best estimate"]
     if not isinstance(q, FAMILIES):
         return None, []
-    exact = quadrature_estimate(model, x, q, progress)
+    exact = quadrature_estimate(model, x, q, progress, chunk)
     quad = exact.quadrature
     assert quad is not None
     covered = float(quad.covered.double().mean())
@@ -135,7 +155,8 @@ def inference_gaps(
     near it; a start at the true posterior's moments (``starts``, from
     the quadrature) finds the better mode when there is one.
     """
-    enc, opt = [], []
+    enc = _per_image(x.shape[0], x.device)
+    opt = _per_image(x.shape[0], x.device)
     starts = starts or []
     for i in range(0, x.shape[0], batch_size):
         sl = slice(i, i + batch_size)
@@ -158,9 +179,8 @@ def inference_gaps(
         best = type(qb)(*(p[pick, rows] for p in params))
         report = _crn_elbos(model, xb, [qb, best], eval_samples,
                             seed + i + 2)
-        enc.append(report[0])
-        opt.append(report[1])
-    return torch.cat(enc), torch.cat(opt)
+        enc[sl], opt[sl] = report
+    return enc, opt
 
 
 def _crn_elbos(
@@ -202,12 +222,13 @@ class GapTerms:
 def estimate_gaps(
     model: LatentVariableModel, x: Tensor, q: Any, *, steps: int,
     exact: ExactLogPx | None, iwae: Tensor, k: int, progress: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> GapTerms:
     """Inference gaps on images x (m, D), q (a Gaussian or Laplace over
     (m, P)) the run's: ``inference_gaps`` with ``steps`` steps, started
     also at the quadrature posterior's moments when ``exact`` has them.
     The reference log p(x) is ``exact``'s, else the per-image IWAE_k
-    ``iwae``; both (N,) with N >= m."""
+    ``iwae``; both (N,) with N >= m. ``chunk``: images per fit."""
     m = x.shape[0]
     starts = []
     if exact is not None and exact.quadrature is not None:
@@ -216,7 +237,7 @@ def estimate_gaps(
                unit_scale=True, leave=False, desc="per-image q",
                disable=None if progress else True)
     enc, opt = inference_gaps(model, x, q, starts=starts, steps=steps,
-                              progress=bar.update)
+                              batch_size=chunk, progress=bar.update)
     bar.close()
     if exact is not None:
         return GapTerms(enc, opt, exact.values[:m], exact.method)

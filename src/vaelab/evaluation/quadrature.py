@@ -45,6 +45,9 @@ with brute-force lattices of spacing 1/256 to 0.002 nats.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,7 +89,10 @@ class QuadratureSettings:
     ``max_radius``. The net: spacing ``net_spacing``, candidates within
     ``net_margin`` nats of an image's best point. ``res_tol``: the
     resolution error (nats) above which an image zooms in, at most
-    ``max_levels`` times.
+    ``max_levels`` times. ``images``: images per chunk (each chunk's
+    work is done and reduced to per-image results before the next's, so
+    memory depends on it, not on the number of images); ``block``:
+    images per block of a tile's (images, T^2) arrays.
     """
 
     finest: int = 5
@@ -102,6 +108,8 @@ class QuadratureSettings:
     res_tol: float = 0.05
     max_levels: int = 6
     zoom_tile: int = 16
+    images: int = 500
+    block: int = 4096
 
 
 @dataclass
@@ -225,7 +233,7 @@ def _columns(ii: Tensor, jj: Tensor, h: float) -> tuple[Tensor, Tensor]:
 def _window_pass(
     model: LatentVariableModel,
     x: Tensor, lo: Tensor, hi: Tensor, h: float, tile: int,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None, block: int = 4096,
 ) -> tuple[_Sums, Tensor, Tensor]:
     """Riemann sums over each image's window [lo, hi] (integer lattice
     indices, (n, 2), inclusive) of the lattice of spacing h, tile by tile.
@@ -262,18 +270,14 @@ def _window_pass(
         cols, origin = _columns(ii, jj, h)
         log_lik = shared_points(model, z)
         log_prior = model.prior.log_prob(z)
-        row_ok = (ii >= lo[idx, :1]) & (ii <= hi[idx, :1])  # (b, T)
-        col_ok = (jj >= lo[idx, 1:]) & (jj <= hi[idx, 1:])
-        mask = (row_ok[:, :, None] & col_ok[:, None, :]).reshape(c, -1)
-        row_edge = (ii == lo[idx, :1]) | (ii == hi[idx, :1])
-        col_edge = (jj == lo[idx, 1:]) | (jj == hi[idx, 1:])
-        ring = ((row_edge[:, :, None] & col_ok[:, None, :])
-                | (row_ok[:, :, None] & col_edge[:, None, :])).reshape(c, -1)
-        for b0 in range(0, c, 4096):
-            bs = slice(b0, b0 + 4096)
+        for b0 in range(0, c, block):
+            bs = slice(b0, b0 + block)
+            # The block's (b, T^2) masks only: a tile can touch every
+            # image of the chunk.
+            mask, ring = _window_masks(ii, jj, lo[idx[bs]], hi[idx[bs]])
             lf = log_lik(x[idx[bs]]) + log_prior
-            lf = lf.masked_fill(~mask[bs], -math.inf)
-            tmax = sums.add(idx[bs], lf, cols, ring[bs], origin)
+            lf = lf.masked_fill(~mask, -math.inf)
+            tmax = sums.add(idx[bs], lf, cols, ring, origin)
             pair_max[sl][bs] = tmax
             sig = (lf >= tmax[:, None] - SIGNIFICANT).reshape(-1, tile, tile)
             rows, cols_ok = sig.any(2), sig.any(1)  # (b, T)
@@ -293,6 +297,21 @@ def _window_pass(
     sig_hi.scatter_reduce_(0, img[keep, None].expand(-1, 2), pair_hi[keep],
                            "amax")
     return sums, sig_lo, sig_hi
+
+
+def _window_masks(ii: Tensor, jj: Tensor, lo: Tensor, hi: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+    """Which of a tile's points ii x jj (T^2, row-major) lie in each
+    window [lo, hi] (b, 2) and on its outer ring: two (b, T^2) masks."""
+    b = lo.shape[0]
+    row_ok = (ii >= lo[:, :1]) & (ii <= hi[:, :1])  # (b, T)
+    col_ok = (jj >= lo[:, 1:]) & (jj <= hi[:, 1:])
+    mask = (row_ok[:, :, None] & col_ok[:, None, :]).reshape(b, -1)
+    row_edge = (ii == lo[:, :1]) | (ii == hi[:, :1])
+    col_edge = (jj == lo[:, 1:]) | (jj == hi[:, 1:])
+    ring = ((row_edge[:, :, None] & col_ok[:, None, :])
+            | (row_ok[:, :, None] & col_edge[:, None, :])).reshape(b, -1)
+    return mask, ring
 
 
 def _first(mask: Tensor) -> Tensor:
@@ -337,7 +356,7 @@ def _estimates(
 def _passes(
     model: LatentVariableModel,
     x: Tensor, idx: Tensor, lo: Tensor, hi: Tensor, k: Tensor,
-    tile: int, progress: Callable[[int], None] | None,
+    tile: int, progress: Callable[[int], None] | None, block: int = 4096,
 ) -> dict[str, Tensor]:
     """``_window_pass`` and ``_estimates`` for images ``idx`` whose
     lattices have spacings 2^-k (k (n,), lo and hi (n, 2) lattice indices),
@@ -356,7 +375,7 @@ def _passes(
         sel = (k == kk).nonzero().flatten()
         h = 2.0 ** -kk
         sums, s_lo, s_hi = _window_pass(model, x[idx[sel]], lo[sel],
-                                        hi[sel], h, tile, progress)
+                                        hi[sel], h, tile, progress, block)
         log_i, err, edge = _estimates(sums, h)
         mean, cov = sums.moments()
         out["log_i"][sel], out["err"][sel], out["edge"][sel] = \
@@ -412,11 +431,38 @@ def quadrature_log_px(
     reaches its edge (``settings``). ``progress`` is called with the
     images of each tile. The model needs ``prior`` (``log_prob``,
     ``icdf``), ``decode_logits`` and ``likelihood.pairwise_log_prob``.
-    Runs with denormals flushed (``flushed_denormals``).
+    Runs with denormals flushed (``flushed_denormals``), on
+    ``settings.images`` images at a time, all in one net box.
     """
+    # One box for all chunks: an image's result does not depend on the
+    # chunk it falls in beyond float rounding (the tiles' matrix products
+    # have other row counts).
+    box = net_box(model, center, settings)
+    step, b = max(1, settings.images), x.shape[0]
     with flushed_denormals():
-        return _quadrature_log_px(model, x, center, sd, settings,
-                                  progress=progress)
+        first = _quadrature_log_px(model, x[:step], center[:step],
+                                   sd[:step], settings, progress=progress,
+                                   box=box)
+        if b <= step:
+            return first
+        # Each chunk's results go into buffers for all images at once,
+        # not a list joined at the end (``estimators._per_image`` says
+        # why: small results left among freed temporaries fragment the
+        # heap).
+        out = {f.name: torch.empty((b, *getattr(first, f.name).shape[1:]),
+                                   dtype=getattr(first, f.name).dtype,
+                                   device=x.device)
+               for f in dataclasses.fields(Quadrature)
+               if f.name not in ("box", "prior_outside")}
+        for i in range(0, b, step):
+            part = first if i == 0 else _quadrature_log_px(
+                model, x[i:i + step], center[i:i + step], sd[i:i + step],
+                settings, progress=progress, box=box)
+            for name, buf in out.items():
+                buf[i:i + step] = getattr(part, name)
+            del part
+            release_freed_memory()
+    return Quadrature(**out, box=box, prior_outside=first.prior_outside)
 
 
 def _quadrature_log_px(
@@ -427,18 +473,15 @@ def _quadrature_log_px(
     settings: QuadratureSettings,
     *,
     progress: Callable[[int], None] | None,
+    box: float | None = None,
 ) -> Quadrature:
     device = x.device
     b = x.shape[0]
     c = center.double()
     half = torch.maximum(torch.full_like(c, settings.radius),
                          settings.sds * sd.double())
-    # The net's box holds the prior's mass and every encoder mean (with a
-    # unit to spare); the encoder's sd, which can be absurd early in
-    # training, only widens windows within it.
-    box = max(_prior_box(model.prior),
-              float(c.abs().max()) + settings.radius)
-    box = math.ceil(box / settings.net_spacing) * settings.net_spacing
+    if box is None:
+        box = net_box(model, center, settings)
     lo_z = torch.maximum(c - half, torch.full_like(c, -box))
     hi_z = torch.minimum(c + half, torch.full_like(c, box))
     lo_z, hi_z, log_out = _net_windows(
@@ -464,7 +507,7 @@ def _quadrature_log_px(
         lo_i[active] = torch.floor(lo_z[active] * scale).long()
         hi_i[active] = torch.ceil(hi_z[active] * scale).long()
         r = _passes(model, x, active, lo_i[active], hi_i[active], k[active],
-                    settings.tile, progress)
+                    settings.tile, progress, settings.block)
         log_px[active], res[active], edge[active] = (r["log_i"], r["err"],
                                                      r["edge"])
         sig_lo[active], sig_hi[active] = r["sig_lo"], r["sig_hi"]
@@ -494,7 +537,7 @@ def _quadrature_log_px(
         k[todo] += 1
         lo, hi = lo * 2, hi * 2
         r = _passes(model, x, todo, lo, hi, k[todo], settings.zoom_tile,
-                    progress)
+                    progress, settings.block)
         top = torch.maximum(log_px[todo], r["log_i"])
         rest = (torch.exp(log_px[todo] - top)
                 - torch.exp(r["log_c"] - top)).clamp(min=0.0)
@@ -517,6 +560,40 @@ def _quadrature_log_px(
         mean=mean, cov=cov, box=box,
         prior_outside=_prior_tail(model.prior, box),
     )
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed heap memory back to the system (glibc's
+    malloc_trim; elsewhere nothing).
+
+    A chunk's temporaries are freed at its end, but glibc keeps the holes
+    they leave among longer-lived small blocks resident, and the next
+    chunk's temporaries do not always fit them: without this the peak
+    crept up chunk by chunk (issue 37).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def net_box(model: LatentVariableModel, center: Tensor,
+            settings: QuadratureSettings = QuadratureSettings()) -> float:
+    """The coarse net's half-width L (latent units) for windows centred
+    at ``center`` (B, 2): [-L, L]^2 holds the prior's mass and every
+    centre (with ``settings.radius`` to spare), on the net's spacing."""
+    # The encoder's sd, which can be absurd early in training, only
+    # widens windows within the box.
+    box = max(_prior_box(model.prior),
+              float(center.double().abs().max()) + settings.radius)
+    return math.ceil(box / settings.net_spacing) * settings.net_spacing
 
 
 def _prior_box(prior: Any) -> float:

@@ -120,3 +120,85 @@ def check_evaluation_time(n: int, k: int, per_point: float, *,
     raise ConfigError(
         f"{flag}: about {hours:,.0f} hours of decoding on this machine "
         f"({n:,} images x {k:,} draws); pass --force to run it anyway")
+
+
+# -- evaluation memory --------------------------------------------------
+# Float32 copies of one IWAE pass's (points, D + hidden) decoder tensors
+# alive at once (activations, logits, the likelihood's temporaries).
+IWAE_COPIES = 6
+# The quadrature's coarse net: 2^22 (image, point) pairs per pass, each
+# a float32 log p(x, z), its float64 copy and a few masks.
+NET_PAIRS = 2**22
+NET_BYTES_PER_PAIR = 32
+# Per image of a quadrature chunk: a tile block's (image, 32^2) float32
+# and boolean arrays, its image rows, and its (image, tile) index lists.
+QUAD_BYTES_PER_IMAGE = 1024 * 40 + DATA_DIM * 4 * 2 + 64 * 200
+# The gaps' fits: (draws, images, D + hidden) float32 tensors kept for
+# the backward pass, their gradients and Adam's temporaries.
+GAP_DRAWS = 8
+GAP_COPIES = 8
+# Per image evaluated, kept to the end: its pixels (prepared and
+# dequantized copies) and its per-image results (float64 vectors).
+BYTES_PER_IMAGE = DATA_DIM * 4 * 2 + 400
+# `evaluation_chunk` tries chunks down to this many images.
+MIN_CHUNK = 16
+
+
+def process_memory() -> int:
+    """Resident bytes of this process now (0 without psutil)."""
+    try:
+        import psutil
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return 0
+
+
+def evaluation_bytes(n: int, chunk: int, *, hidden: int,
+                     quadrature: bool = False, n_codes: int | None = None,
+                     gap_n: int = 0,
+                     points: int = 2048, enum_points: int = 4096) -> int:
+    """Bytes `vaelab evaluate` adds to the process at its peak: n images
+    kept throughout, plus the largest of its parts' working memory,
+    which depends on ``chunk`` (images per chunk), not on n.
+
+    ``hidden``: the networks' summed hidden widths; ``quadrature``:
+    log p(x) by quadrature (P = 2); ``n_codes``: the K^M codes of a
+    categorical latent's enumeration (None: none); ``gap_n``: images of the
+    gaps (0: none); ``points``, ``enum_points``: decoded points per pass
+    of the IWAE and of the enumeration. An estimate from the sizes, on
+    the generous side, so that a refusal means it cannot fit.
+    """
+    width = DATA_DIM + hidden
+    parts = [points * width * FLOAT_BYTES * IWAE_COPIES]
+    if quadrature:
+        parts.append(NET_PAIRS * NET_BYTES_PER_PAIR
+                     + min(chunk, n) * QUAD_BYTES_PER_IMAGE)
+    if n_codes is not None:
+        parts.append(enum_points * DATA_DIM * FLOAT_BYTES * IWAE_COPIES
+                     + n_codes * width * FLOAT_BYTES)
+    if gap_n > 0:
+        parts.append(min(chunk, gap_n) * GAP_DRAWS * width * FLOAT_BYTES
+                     * GAP_COPIES)
+    return n * BYTES_PER_IMAGE + max(parts)
+
+
+def evaluation_chunk(n: int, chunk: int, sizes: dict[str, Any],
+                     free: int | None = None,
+                     device: torch.device | None = None) -> int:
+    """The largest chunk (``chunk``, halved down to ``MIN_CHUNK``) whose
+    ``evaluation_bytes`` (with ``sizes``, its keyword arguments) fits
+    ``free`` bytes (default ``available_memory(device)``); ConfigError,
+    one line, when none does."""
+    free = available_memory(device) if free is None else free
+    c = chunk
+    while True:
+        need = evaluation_bytes(n, c, **sizes)
+        if need <= free:
+            return c
+        if c <= MIN_CHUNK:
+            break
+        c = max(MIN_CHUNK, c // 2)
+    raise ConfigError(
+        f"--n {n}: evaluation needs about {human_bytes(need)} of memory "
+        f"(in chunks of {c} images), more than the {human_bytes(free)} "
+        "available; choose a smaller --n or free memory")
