@@ -27,11 +27,18 @@ SAFE_CHARS = "-_.=,+:@~"
 NAME_MAX = 255  # bytes of one component on Linux and macOS
 
 
-def component(text: str) -> str:
+def component(text: str, safe: str = SAFE_CHARS) -> str:
     """``text`` as one safe path component: percent-encoded outside
-    ``SAFE_CHARS``, and a leading dot too (no "." or "..", no hidden
-    name). A VaelabError when it is longer than ``NAME_MAX`` bytes."""
-    name = urllib.parse.quote(text, safe=SAFE_CHARS)
+    ``safe`` (``check_component`` then)."""
+    return check_component(urllib.parse.quote(text, safe=safe))
+
+
+def check_component(name: str) -> str:
+    """``name`` when it is one safe path component: no "/" or NUL, its
+    leading dot percent-encoded (no "." or "..", no hidden name); a
+    VaelabError when it is empty or longer than ``NAME_MAX`` bytes."""
+    if "/" in name or "\0" in name:
+        raise VaelabError(f"{name[:40]!r}: not one folder name")
     if name.startswith("."):
         name = "%2E" + name[1:]
     if not name or len(name.encode()) > NAME_MAX:

@@ -177,7 +177,7 @@ def setting_name(values: dict[str, Any]) -> str:
         + urllib.parse.quote(_text(v), safe=VALUE_CHARS)
         for k, v in values.items()) or "base"
     try:
-        return folders.component(name)
+        return folders.check_component(name)
     except VaelabError as e:
         raise ConfigError(f"--grid: a setting's folder name: {e}; use "
                           "fewer or shorter values") from None

@@ -45,7 +45,9 @@ def import_mlflow() -> Any:
 def default_uri(out: Path) -> str:
     """A local SQLite store under the sweep folder (DIR/mlflow.db):
     works offline; MLflow 3 refuses its old file store."""
-    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+    # The folder resolved, not the file: a link planted at mlflow.db is
+    # refused by check_uri, never followed to where it points.
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
 # Bounds of one HTTP request to a tracking server (MLflow's defaults
@@ -101,6 +103,8 @@ def check_uri(uri: str) -> None:
 
 
 def _check_sqlite(uri: str, fail: Any) -> None:
+    if "://" not in uri:
+        raise fail("expected sqlite:///PATH")
     rest = uri.split("://", 1)[1].split("?", 1)[0]
     if rest in ("", "/", "/:memory:"):
         return  # an in-memory database
