@@ -179,6 +179,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     # Checked, so a typo says so; the figures use a CPU copy anyway.
     torch_device(args.device)
+    # A kill mid-write leaves a temporary: the next command removes it.
+    runfolder.remove_stale_temps(args.out or args.run_dir)
     paths = make_figures(
         args.run_dir, args.out, title=args.title, device=args.device,
         noise=args.noise, manifold=args.manifold, seed=args.seed,
@@ -221,6 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--gap-n must be >= 0 (0: no gaps), got {args.gap_n}")
     torch_device(args.device)  # one line, before the model is loaded
+    runfolder.remove_stale_temps(args.run_dir)
     result = evaluate_run(
         args.run_dir, n=args.n, k=args.k, device=args.device,
         progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
