@@ -666,16 +666,22 @@ def boundary_cases() -> list[Case]:
     out.append(Case("links: zoo/a (fresh) -> elsewhere: run", ZOO_RUN,
                     "error", lambda r, t: (copy_base("sweep")(r, t),
                                            folder_link("zoo/a")(r, t))))
-    for rel in ("sweep/.lock", f"{seed0}/.lock"):
-        out.append(Case(f"links: hard link {rel}: sweep", SWEEP, "error",
+    # A finished run is reused without its lock ("safe": nothing written
+    # there); the sweep's and the zoo's own locks are always taken.
+    for rel, expect in (("sweep/.lock", "error"),
+                        (f"{seed0}/.lock", "safe")):
+        out.append(Case(f"links: hard link {rel}: sweep", SWEEP, expect,
                         then(swp, file_link(rel, hard=True))))
-    for rel in ("zoo/.lock", "zoo/a/.lock"):
-        out.append(Case(f"links: hard link {rel}: run", ZOO_RUN, "error",
+    for rel, expect in (("zoo/.lock", "error"), ("zoo/a/.lock", "safe")):
+        out.append(Case(f"links: hard link {rel}: run", ZOO_RUN, expect,
                         then(zoo, file_link(rel, hard=True))))
     out.append(Case("links: hard link run/.lock: train --resume",
                     TRAIN_RESUME, "error", file_link("run/.lock", True)))
-    out.append(Case(f"links: symlink {seed0}/.lock: sweep", SWEEP, "error",
+    out.append(Case(f"links: symlink {seed0}/.lock: sweep", SWEEP, "safe",
                     then(swp, file_link(f"{seed0}/.lock"))))
+    out.append(Case(f"links: hard link {seed0}/.lock, unfinished: sweep",
+                    [*SWEEP, "--epochs", "2"], "error",
+                    then(swp, file_link(f"{seed0}/.lock", hard=True))))
     for rel in ("zoo/a/samples.png", "zoo/a/latent_scatter.png",
                 "zoo/a/training_curves.png", "zoo/real_digits.png"):
         out.append(Case(f"links: {rel} -> target: run (redrawn)", ZOO_RUN,
@@ -829,17 +835,17 @@ def boundary_cases() -> list[Case]:
                     f"kills: {name} to sweep --jobs {jobs} {stage}",
                     [*fresh, "--jobs", jobs], "killed",
                     interrupt=(glob, sig, "main"),
-                    then=[*fresh[:-5], "--epochs", "1", *fresh[-4:],
+                    then=[*fresh, "--epochs", "1",
                           "--jobs", jobs], timeout=60))
     out.append(Case("kills: SIGKILL to sweep --jobs 2 mid-training",
                     [*fresh, "--jobs", "2"], "killed",
                     interrupt=("s/base/seed-*/metrics.jsonl", 9, "main"),
-                    then=[*fresh[:-5], "--epochs", "1", *fresh[-4:],
+                    then=[*fresh, "--epochs", "1",
                           "--jobs", "2"], timeout=60))
     out.append(Case("kills: SIGKILL to a sweep worker mid-training",
                     [*fresh, "--jobs", "2"], "error",
                     interrupt=("s/base/seed-*/metrics.jsonl", 9, "worker"),
-                    then=[*fresh[:-5], "--epochs", "1", *fresh[-4:],
+                    then=[*fresh, "--epochs", "1",
                           "--jobs", "2"], timeout=60))
     zfresh = ["run", "--out", "{tmp}/z", "--zoo", "{tmp}/zoo.toml",
               "--quiet", "--jobs", "1"]
