@@ -29,7 +29,8 @@ held-out batch (the first ``--batch-images`` validation images):
   held-out images, for scale).
 
 At the end: test purity, accuracy and classes used
-(``vaelab.clusters``) and the test ELBO (exact for enumerate), nats per
+(``vaelab.evaluation.clusters``) and the test ELBO (exact for enumerate), nats
+per
 image.
 
     VAELAB_DATA=/path/to/mnist python benchmarks/categorical_collapse.py \
@@ -44,15 +45,15 @@ import time
 
 import torch
 
-from vaelab.clusters import evaluate_clusters
 from vaelab.config import Config
 from vaelab.data import Dataset, dequantize, load_data
-from vaelab.estimators import average_elbo
-from vaelab.model import build_model, init_from_data
-from vaelab.objectives import code_log_lik, compute_elbo
-from vaelab.train import learning_rate, make_optimizer
+from vaelab.evaluation.clusters import evaluate_clusters
+from vaelab.models.model import build_model, init_from_data
+from vaelab.prob.estimators import average_elbo
+from vaelab.prob.objectives import code_log_lik, compute_elbo
+from vaelab.training.loop import learning_rate, make_optimizer
 
-# The zoo's categorical model (src/vaelab/zoo.toml) before this study.
+# The zoo's categorical model (src/vaelab/runs/zoo.toml) before this study.
 ZOO = {"var_init": "constant", "bias_init": "constant", "lr": 1e-3,
        "lr_schedule": "constant", "warmup_epochs": 0.0}
 COLUMNS = ("step", "H(agg)", "used", "KL", "maxq", "p-used", "maxp",

@@ -19,10 +19,10 @@ import math
 
 import torch
 
-from vaelab.clusters import cluster_stats
 from vaelab.data import load_data
-from vaelab.distributions import kl_divergence
-from vaelab.runfolder import load_model, read_json
+from vaelab.evaluation.clusters import cluster_stats
+from vaelab.prob.distributions import kl_divergence
+from vaelab.training.runfolder import load_model, read_json
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ test metrics are the proper hard-sample ELBO. Two parts:
    point (the rest of the model frozen); "reinforce-nobaseline" is the same
    estimator with b(x) = 0.
 2. Training. A fresh model per estimator, ``--epochs`` epochs through
-   ``vaelab.train.train`` (as ``vaelab train`` runs it); then on the test
+   ``vaelab.training.loop.train`` (as ``vaelab train`` runs it); then on the
+   test
    set: the ELBO as training reports it (hard samples), the exact ELBO and
    the exact log p(x) by enumeration, the number of classes in use and
    their purity (how well the most probable class predicts the digit);
@@ -46,8 +47,8 @@ import torch
 
 from vaelab.config import ENUMERATE_LIMIT, Config
 from vaelab.data import Split, load_data, training_batch
-from vaelab.objectives import compute_elbo, exact_log_marginal
-from vaelab.train import make_optimizer, train
+from vaelab.prob.objectives import compute_elbo, exact_log_marginal
+from vaelab.training.loop import make_optimizer, train
 
 ESTIMATORS = ("enumerate", "gumbel", "straight-through", "reinforce")
 
@@ -89,7 +90,7 @@ def fixed_point(
 ) -> torch.nn.Module:
     """A model after ``steps`` Adam steps on the exact (enumerated) ELBO,
     or on the Gumbel-softmax surrogate when there are too many codes."""
-    from vaelab.model import build_model, init_from_data
+    from vaelab.models.model import build_model, init_from_data
 
     exact = config_for(config, "enumerate" if enumerable(config)
                        else "gumbel")
@@ -121,7 +122,7 @@ def as_estimator(
     base: torch.nn.Module, config: Config, estimator: str,
 ) -> torch.nn.Module:
     """The fixed point's weights in a model using ``estimator``."""
-    from vaelab.model import build_model
+    from vaelab.models.model import build_model
 
     model = build_model(config_for(config, estimator))
     model.load_state_dict(base.state_dict(), strict=False)
@@ -204,8 +205,8 @@ def test_metrics(
 ) -> dict[str, float]:
     """Exact ELBO and log p(x) by enumeration (NaN with too many codes),
     classes used (mean over groups), purity (the best group's)."""
-    from vaelab.clusters import cluster_stats
-    from vaelab.objectives import enumerated_log_lik
+    from vaelab.evaluation.clusters import cluster_stats
+    from vaelab.prob.objectives import enumerated_log_lik
 
     g = torch.Generator().manual_seed(seed)
     sums = np.zeros(2)
@@ -325,7 +326,7 @@ def main() -> None:
         cfg = config_for(config, est)
         with tempfile.TemporaryDirectory() as tmp:
             res = train(cfg, tmp, dataset=data, progress=False)
-            from vaelab.runfolder import load_model
+            from vaelab.training.runfolder import load_model
 
             model, _ = load_model(tmp)
         m = test_metrics(model, data.test.images, data.test.labels,

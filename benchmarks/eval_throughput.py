@@ -25,9 +25,9 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data import load_data
-from vaelab.estimators import EVAL_POINTS, SEEDS, estimate_bounds
-from vaelab.evaluate import _prepare
-from vaelab.model import build_model
+from vaelab.evaluation.evaluate import _prepare
+from vaelab.models.model import build_model
+from vaelab.prob.estimators import EVAL_POINTS, SEEDS, estimate_bounds
 
 MODELS: dict[str, dict[str, object]] = {
     "bernoulli-50": {"likelihood": "bernoulli", "latent_dim": 50},

@@ -10,7 +10,7 @@ prints, all measured in this run:
    device, eager and with the whole step (forward, backward, fused
    capturable Adam) captured in one CUDA graph: seconds per epoch of
    50,000 images, at batch 100 and 1000;
-2. vaelab's epoch of the same model (``vaelab.train.time_epoch``, the
+2. vaelab's epoch of the same model (``vaelab.training.loop.time_epoch``, the
    zoo's gaussian-adam) with its CUDA graph and without, and the ratio
    to the graph bound (the goal: at most 1.3);
 3. train (one epoch on 3,000 images), plot and evaluate (200 test
@@ -43,10 +43,10 @@ from torch import nn
 
 from vaelab.config import Config, find_config, load_toml, preset_names
 from vaelab.data import load_data
-from vaelab.evaluate import evaluate_run
-from vaelab.plots import make_figures
-from vaelab.train import time_epoch, train
-from vaelab.zoo import load_zoo, model_config
+from vaelab.evaluation.evaluate import evaluate_run
+from vaelab.figures.plots import make_figures
+from vaelab.runs.zoo import load_zoo, model_config
+from vaelab.training.loop import time_epoch, train
 
 LOG_2PI = math.log(2.0 * math.pi)
 

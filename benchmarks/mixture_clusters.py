@@ -2,10 +2,12 @@
 
 For each run folder of ``vaelab train --latent mixture``: the purity,
 accuracy and classes in use of its classes (argmax q(y | x) on all test
-images, ``vaelab.clusters``), and three measures of its latent space on
+images, ``vaelab.evaluation.clusters``), and three measures of its latent space
+on
 the test posterior means: the purity of k-means with k = classes (best
 of ``--starts`` k-means++ starts), that of spectral clustering of their
-10-nearest-neighbour graph (``vaelab.clusters.spectral_labels`` with K
+10-nearest-neighbour graph (``vaelab.evaluation.clusters.spectral_labels`` with
+K
 eigenvectors, as the columns of docs/benchmarks.md were measured; the
 fit ``--mixture-fit spectral`` uses 2K, ``benchmarks/spectral_fit.py``)
 and the accuracy of a 5-nearest-neighbour vote against the first
@@ -23,9 +25,13 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from vaelab.clusters import cluster_stats, evaluate_clusters, spectral_labels
 from vaelab.data import load_data
-from vaelab.runfolder import load_model
+from vaelab.evaluation.clusters import (
+    cluster_stats,
+    evaluate_clusters,
+    spectral_labels,
+)
+from vaelab.training.runfolder import load_model
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 The measurement behind `vaelab run --jobs auto`. In one run, on MNIST:
 
 1. one epoch of the spec's model (784-512-2, batch 100, Adam) with all
-   T threads, alone (``vaelab.train.time_epoch``);
+   T threads, alone (``vaelab.training.loop.time_epoch``);
 2. the same epoch with 1 thread, alone;
 3. J such epochs at once, in J processes of T // J threads each.
 
@@ -25,7 +25,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data import load_data
-from vaelab.train import time_epoch
+from vaelab.training.loop import time_epoch
 
 
 def one_epoch(threads: int, data_dir: str | None) -> float:

@@ -24,9 +24,13 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2
 
-from vaelab.clusters import SPECTRAL_POINTS, cluster_stats, spectral_embedding
 from vaelab.data import load_data
-from vaelab.runfolder import load_model
+from vaelab.evaluation.clusters import (
+    SPECTRAL_POINTS,
+    cluster_stats,
+    spectral_embedding,
+)
+from vaelab.training.runfolder import load_model
 
 
 def main() -> None:

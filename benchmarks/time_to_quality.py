@@ -2,13 +2,13 @@
 new default and the zoo's recipe, for the spec's model and its Bernoulli
 and Laplace variants.
 
-For each model, trains (with ``vaelab.train.train``) the old default --
+For each model, trains (with ``vaelab.training.loop.train``) the old default --
 constant Adam rate, Sigma = 0.1 and zero decoder output bias at the start
 (``--lr-schedule constant --var-init constant --bias-init constant``) --
 for ``--baseline-epochs`` epochs; the new default of ``vaelab train``
 (Sigma and the output bias from the training images, the rate 3e-3
 halved every 8 epochs after a 1-epoch linear warm-up) for ``--epochs``
-epochs; and the recipe the zoo (src/vaelab/zoo.toml) trains it with, to
+epochs; and the recipe the zoo (src/vaelab/runs/zoo.toml) trains it with, to
 its epoch cap. Prints the validation ELBO (nats per image) of the three
 per epoch side by side, their median seconds per epoch, and the first
 epoch at which each new curve reaches the baseline's final value.
@@ -29,11 +29,11 @@ import torch
 from vaelab.config import Config
 from vaelab.data import load_data
 from vaelab.errors import TrainingDiverged
-from vaelab.runfolder import read_metrics
-from vaelab.train import train
-from vaelab.zoo import load_zoo
+from vaelab.runs.zoo import load_zoo
+from vaelab.training.loop import train
+from vaelab.training.runfolder import read_metrics
 
-# The options of each model (the zoo's, src/vaelab/zoo.toml).
+# The options of each model (the zoo's, src/vaelab/runs/zoo.toml).
 MODELS: dict[str, dict[str, Any]] = {
     "gaussian": {"likelihood": "gaussian"},
     "bernoulli": {"likelihood": "bernoulli"},
@@ -80,7 +80,7 @@ def first_reaching(curve: list[float], target: float) -> int | None:
 
 
 def zoo_recipe(name: str) -> dict[str, Any]:
-    """The options the zoo (src/vaelab/zoo.toml) trains model ``name``
+    """The options the zoo (src/vaelab/runs/zoo.toml) trains model ``name``
     with, its epoch cap included."""
     zoo = load_zoo()
     model = next(m for m in zoo.models if m.name == ZOO_NAMES[name])

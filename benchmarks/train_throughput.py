@@ -1,7 +1,8 @@
 """Training throughput of the spec's model against the matrix-product bound.
 
 Trains the spec's VAE (784-512-2, Gaussian likelihood, Adam, batch 100) on
-MNIST with ``vaelab.train.train`` and prints seconds per epoch and images
+MNIST with ``vaelab.training.loop.train`` and prints seconds per epoch and
+images
 per second. In the same run it times the same matrix products alone (the
 forward and backward products of every training step, on tensors of the
 same shapes, nothing else): that is the bound no training loop of this model
@@ -21,7 +22,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data import load_data
-from vaelab.train import train
+from vaelab.training.loop import train
 
 
 def matmul_bound(
@@ -85,7 +86,7 @@ def main() -> None:
         bound_before = matmul_bound(n, config.batch_size)
         train(config, out, dataset=data, progress=False, log=lambda s: None)
         bound_after = matmul_bound(n, config.batch_size)
-        from vaelab.runfolder import read_metrics
+        from vaelab.training.runfolder import read_metrics
 
         seconds = [m["seconds"] for m in read_metrics(out)]
     bound = min(bound_before, bound_after)

@@ -12,9 +12,10 @@ few points along the way measures on the first ``--n-test`` test images
 
 - the test ELBO: with the encoder (VAE), or with q from the run's E-step
   from the prior for e_steps * epochs iterations, at least 50 Adam or 5
-  Newton steps (vEM; ``vaelab.inference.vem_test_steps``), averaged
+  Newton steps (vEM; ``vaelab.inference.e_steps.vem_test_steps``), averaged
   over 100 draws of q;
-- log p(x) by quadrature (``vaelab.quadrature``), which does not depend
+- log p(x) by quadrature (``vaelab.evaluation.quadrature``), which does not
+  depend
   on the inference at all: it scores the generative model alone.
 
 Training time is the sum of metrics.jsonl's ``seconds`` (training steps
@@ -39,9 +40,9 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data import Split, load_data
-from vaelab.evaluate import evaluate_model
-from vaelab.runfolder import load_model, read_metrics
-from vaelab.train import train
+from vaelab.evaluation.evaluate import evaluate_model
+from vaelab.training.loop import train
+from vaelab.training.runfolder import load_model, read_metrics
 
 
 def measure(run_dir: Path, images: torch.Tensor, preprocess: str,

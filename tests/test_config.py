@@ -16,7 +16,7 @@ from vaelab.config import (
     preset_names,
 )
 from vaelab.errors import ConfigError
-from vaelab.model import build_model
+from vaelab.models.model import build_model
 
 
 def test_defaults_are_the_spec_model() -> None:
@@ -205,7 +205,7 @@ def test_bad_budget_is_a_one_line_error(budget) -> None:
 
 
 def test_a_zoo_entrys_budget_scales_it_too() -> None:
-    from vaelab.zoo import Zoo, ZooModel, model_config
+    from vaelab.runs.zoo import Zoo, ZooModel, model_config
 
     entry = ZooModel("m", "m", {"epochs": 30, "budget": 0.1}, {})
     c = model_config(entry, Zoo(models=[entry], source="zoo.toml"))

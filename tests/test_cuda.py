@@ -12,13 +12,13 @@ import pytest
 import torch
 from helpers import STEP_MODELS, synthetic_dataset
 
-from vaelab import runfolder
-from vaelab import step as step_module
 from vaelab.config import Config
-from vaelab.evaluate import evaluate_run
-from vaelab.plots import make_figures
-from vaelab.runfolder import read_metrics
-from vaelab.train import train
+from vaelab.evaluation.evaluate import evaluate_run
+from vaelab.figures.plots import make_figures
+from vaelab.training import runfolder
+from vaelab.training import step as step_module
+from vaelab.training.loop import train
+from vaelab.training.runfolder import read_metrics
 
 pytestmark = pytest.mark.cuda
 

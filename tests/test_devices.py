@@ -26,17 +26,14 @@ import torch
 from helpers import synthetic_dataset
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from vaelab import (
-    discrete_figures,
-    estimators,
-    explorer,
-    inference,
-    plots,
-    quadrature,
-    runfolder,
-)
 from vaelab.config import Config
-from vaelab.distributions import (
+from vaelab.evaluation import quadrature
+from vaelab.figures import discrete as discrete_figures
+from vaelab.figures import explorer, plots
+from vaelab.inference import e_steps as inference
+from vaelab.models.model import build_model
+from vaelab.prob import estimators
+from vaelab.prob.distributions import (
     Categorical,
     DiagGaussian,
     GaussianMixture,
@@ -45,8 +42,8 @@ from vaelab.distributions import (
     kl_divergence,
     kl_laplace,
 )
-from vaelab.model import build_model
-from vaelab.train import train
+from vaelab.training import runfolder
+from vaelab.training.loop import train
 
 # One config per kind of prior / latent.
 PRIORS = {

@@ -18,11 +18,12 @@ import pytest
 import torch
 from helpers import edit_checkpoint
 
-from vaelab import cli, runfolder
+from vaelab import cli
 from vaelab.cli import main
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.explorer import render
+from vaelab.figures.explorer import render
+from vaelab.training import runfolder
 
 PRECIOUS = b"not yours to overwrite\n"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -365,7 +366,7 @@ def test_a_model_that_cannot_fit_is_refused_before_any_allocation(
 ) -> None:
     def no_data(*args: object, **kwargs: object) -> None:
         raise AssertionError("the data was loaded before the check")
-    monkeypatch.setattr("vaelab.train.load_data", no_data)
+    monkeypatch.setattr("vaelab.training.loop.load_data", no_data)
     out = tmp_path / "r"
     _one_line_exit_2(["train", "--out", str(out), "--quiet", *flags],
                      capsys, *words)
@@ -373,7 +374,7 @@ def test_a_model_that_cannot_fit_is_refused_before_any_allocation(
 
 
 def test_the_spec_model_fits() -> None:
-    from vaelab.resources import available_memory, training_step_bytes
+    from vaelab.training.resources import available_memory, training_step_bytes
     weights, acts = training_step_bytes(Config().resolved())
     assert 0 < weights + acts < min(available_memory(), 10**9)
 
@@ -390,7 +391,7 @@ def test_an_evaluation_of_days_is_refused_unless_forced(
 ) -> None:
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("evaluated before the check")
-    monkeypatch.setattr("vaelab.evaluate.evaluate_model", no_work)
+    monkeypatch.setattr("vaelab.evaluation.evaluate.evaluate_model", no_work)
     _one_line_exit_2(["evaluate", str(run), "--quiet", *flags], capsys,
                      *words)
     assert not (run / runfolder.EVALUATION).exists()
@@ -401,7 +402,7 @@ def test_an_evaluation_of_days_is_refused_unless_forced(
 
 def test_the_time_limit_is_arithmetic() -> None:
     from vaelab.errors import ConfigError
-    from vaelab.resources import check_evaluation_time
+    from vaelab.training.resources import check_evaluation_time
     check_evaluation_time(10_000, 5000, 1e-3)  # 14 hours: runs
     with pytest.raises(ConfigError, match=r"^--n 10000 \(with --k 5000\)"
                        ": about 139 hours"):

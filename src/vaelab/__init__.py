@@ -1,9 +1,9 @@
 """vaelab: variational autoencoders on MNIST-style images.
 
 Built from PyTorch autodiff primitives following the STATS271 homework
-(``docs/derivations.md`` has the math). The layers, bottom up:
-``data``/``distributions`` -> ``model``/``objectives`` -> ``train``/
-``evaluate`` -> ``run``/``report``/``plots`` -> ``cli``.
+(``docs/derivations.md`` has the math). The packages, bottom up:
+``prob`` -> ``models`` -> ``inference`` -> ``training`` ->
+``evaluation`` -> ``figures`` -> ``runs`` -> ``cli`` (docs/design.md).
 """
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from vaelab import __version__, runfolder, sweep
+from vaelab import __version__
 from vaelab.config import (
     CHOICES,
     GROUPS,
@@ -31,10 +31,12 @@ from vaelab.config import (
 )
 from vaelab.data import find_data
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.evaluate import evaluate_run, format_table
-from vaelab.plots import make_figures
-from vaelab.run import RunOptions, default_jobs, run_zoo
-from vaelab.train import train
+from vaelab.evaluation.evaluate import evaluate_run, format_table
+from vaelab.figures.plots import make_figures
+from vaelab.runs import sweep
+from vaelab.runs.run import RunOptions, default_jobs, run_zoo
+from vaelab.training import runfolder
+from vaelab.training.loop import train
 
 
 class _Parser(argparse.ArgumentParser):

@@ -39,16 +39,16 @@ Objective = Literal["elbo", "iwae"]
 MixtureFit = Literal["kmeans", "spectral"]
 # The two axes along which vaelab grows, by name: where each kind of
 # latent and each inference method is implemented ("module:attribute",
-# resolved by ``vaelab.registry``). A new one is its module and one line
+# resolved by ``vaelab.models.kinds``). A new one is its module and one line
 # here, with its options below (docs/design.md, "Where things plug in").
 LATENT_KINDS = {
-    "gaussian": "vaelab.latents:CONTINUOUS",
-    "categorical": "vaelab.latents:CATEGORICAL",
-    "mixture": "vaelab.latents:MIXTURE",
+    "gaussian": "vaelab.models.latents:CONTINUOUS",
+    "categorical": "vaelab.models.latents:CATEGORICAL",
+    "mixture": "vaelab.models.latents:MIXTURE",
 }
 INFERENCE_METHODS = {
-    "amortized": "vaelab.amortized:Amortized",
-    "vem": "vaelab.vem:VariationalEM",
+    "amortized": "vaelab.inference.amortized:Amortized",
+    "vem": "vaelab.inference.vem:VariationalEM",
 }
 # Peak rates (--lr-schedule decays them). Adam: 3e-3 with a cosine decay
 # beat 1e-3 on the spec's model, 10 epochs: validation ELBO 1180 vs 1157

@@ -1,0 +1,1 @@
+"""Evaluation: evaluate a run, quadrature, cluster scores."""

@@ -1,0 +1,1 @@
+"""Figures: plots, discrete figures, the explorer, HTML templates."""

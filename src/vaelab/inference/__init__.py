@@ -1,0 +1,2 @@
+"""Inference methods: the Method base, amortized, variational EM, the
+E-steps."""

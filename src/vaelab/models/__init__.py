@@ -1,0 +1,2 @@
+"""Models: the VAE, its networks and likelihoods, the latent kinds and
+their registry."""

@@ -1,0 +1,2 @@
+"""Probability: distributions, the ELBO and IWAE objectives, held-out
+estimators."""

@@ -1,0 +1,1 @@
+"""Runs: run, zoo, clock, workers, report, sweep, aggregate, tracking."""
