@@ -313,13 +313,15 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 
 def _local(runs: Sequence[SweepRun], options: SweepOptions,
-           load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
-    """(run, outcome) as each run finishes: here, one at a time, or in
-    ``jobs`` spawned processes, each run with cpus_per_run threads."""
+           load: Load | None, data: _Data | None = None
+           ) -> Iterator[tuple[SweepRun, dict]]:
+    """(run, outcome) as each run finishes: here, one at a time (with
+    ``data``, the driver's datasets, when given), or in ``jobs`` spawned
+    processes, each run with cpus_per_run threads."""
     ev = options.evaluate
     threads = _threads(options)
     if options.jobs == 1:
-        data, before = _Data(load), torch.get_num_threads()
+        data, before = data or _Data(load), torch.get_num_threads()
         try:
             for run in runs:
                 yield run, run_one(run, ev, data(run.config), threads)
@@ -367,7 +369,8 @@ def _ray_task(run: SweepRun, ev: Evaluate, full: Dataset,
 
 
 def _ray(runs: Sequence[SweepRun], options: SweepOptions,
-         load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
+         load: Load | None, data: _Data | None = None
+         ) -> Iterator[tuple[SweepRun, dict]]:
     """(run, outcome) as each Ray task finishes. Joins ``ray_address``
     or starts a local instance of jobs * cpus_per_run CPUs (stopped at
     the end); each dataset is loaded here once and put in the object
@@ -392,7 +395,7 @@ def _ray(runs: Sequence[SweepRun], options: SweepOptions,
             # A worker that died (node lost, OOM kill) runs the task
             # again; run_one resumes from the run's last checkpoint.
             max_retries=options.retries)
-        data = _Data(load)
+        data = data or _Data(load)
         refs: dict[tuple[Any, ...], Any] = {}
         by_ref = {}
         threads = _threads(options)
@@ -508,7 +511,7 @@ def cap_jobs(options: SweepOptions, todo: Sequence[SweepRun],
 
 
 def estimate_seconds(todo: Sequence[SweepRun], options: SweepOptions,
-                     load: Load | None) -> float:
+                     data: _Data) -> float:
     """Seconds to train the runs of ``todo``, ``options.jobs`` at a
     time: an epoch of the first run timed here on a few hundred images
     (``train.time_epoch``), every run's epochs scaled by its cost
@@ -516,7 +519,7 @@ def estimate_seconds(todo: Sequence[SweepRun], options: SweepOptions,
     if not todo:
         return 0.0
     first = todo[0].config
-    data = _Data(load)(first)
+    data = data(first)
     subset = first_training_images(data, first.train_images)
     per_epoch = time_epoch(first, subset, images=min(len(subset.train),
                                                      500), warmup=100)
@@ -616,7 +619,10 @@ def run_sweep(
     tracker = (None if options.mlflow is None else tracking.open_tracker(
         options.mlflow or tracking.default_uri(out), out))
     options = cap_jobs(options, todo, log)
-    eta = estimate_seconds(todo, options, load)
+    # The driver's datasets: the estimate's, then the runs' when they
+    # run here (loaded once).
+    data = _Data(load)
+    eta = estimate_seconds(todo, options, data)
     log(f"sweep: {len(runs)} runs ({len(settings)} setting(s) x "
         f"{len(runs) // max(1, len(settings))} seed(s)), {len(todo)} to "
         f"train, {options.jobs} at a time: about {_duration(eta)} of "
@@ -627,7 +633,7 @@ def run_sweep(
             f"machine ({len(todo)} runs, {options.jobs} at a time); fewer "
             "seeds or settings, or pass --force to run it anyway")
     with runfolder.lock(out), contextlib.closing(
-            backend(runs, options, load)) as finished:
+            backend(runs, options, load, data)) as finished:
         runfolder.claim(out, "sweep")
         trained: list[float] = []  # seconds of the runs trained here
         for i, (run, outcome) in enumerate(finished, 1):
