@@ -69,3 +69,32 @@ STEP_MODELS = {
                    "e_steps": 1},
     "adagrad": {"optimizer": "adagrad"},
 }
+
+
+def sweep_load(config):
+    """Synthetic data in place of MNIST for a sweep's runs (module-level:
+    a spawned worker imports it)."""
+    return synthetic_dataset(n_train=300, n_val=50, n_test=50,
+                             preprocess=config.preprocess)
+
+
+def dying_load(config):
+    """``sweep_load``, but a worker loading data scaled to [0, 1] (the
+    preprocess "scale") is killed (SIGKILL), as by the OOM killer."""
+    import os
+    import signal
+    if config.preprocess == "scale":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return sweep_load(config)
+
+
+def md5(path: Path) -> str:
+    """The md5 of a file, or of every file below a folder (sorted)."""
+    import hashlib
+    h = hashlib.md5()
+    paths = sorted(p for p in Path(path).rglob("*") if p.is_file()) \
+        if Path(path).is_dir() else [Path(path)]
+    for p in paths:
+        h.update(str(p.relative_to(path) if p != Path(path) else "").encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()

@@ -20,7 +20,7 @@ from strict_device import NAME, DeviceError, capturing, stick, strict_device
 
 from vaelab.config import INFERENCE_METHODS, LATENT_KINDS, Config
 from vaelab.evaluation.evaluate import evaluate_run
-from vaelab.figures.plots import make_figures
+from vaelab.figures.make import make_figures
 from vaelab.training import loop as train_module
 from vaelab.training import runfolder
 from vaelab.training import step as step_module

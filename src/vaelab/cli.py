@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -220,6 +221,8 @@ def _add_threads(parser: argparse.ArgumentParser, what: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = Path(args.out)
+    if out.is_dir():
+        runfolder.claim(out, "train")  # not a zoo's or a sweep's folder
     base = None
     if args.resume and (out / runfolder.CONFIG).exists():
         base = runfolder.read_json(out / runfolder.CONFIG)
@@ -258,6 +261,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     # Checked, so a typo says so; the figures use a CPU copy anyway.
     torch_device(args.device)
+    # A kill mid-write leaves a temporary: the next command removes it.
+    runfolder.remove_stale_temps(args.out or args.run_dir)
     paths = make_figures(
         args.run_dir, args.out, title=args.title, device=args.device,
         noise=args.noise, manifold=args.manifold, seed=args.seed,
@@ -303,6 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--gap-n must be >= 0 (0: no gaps), got {args.gap_n}")
     torch_device(args.device)  # one line, before the model is loaded
+    runfolder.remove_stale_temps(args.run_dir)
     result = evaluate_run(
         args.run_dir, n=args.n, k=args.k, device=args.device,
         progress=not args.quiet, quick=args.quick, gap_n=args.gap_n,
@@ -325,7 +331,7 @@ def cmd_sweep(args: argparse.Namespace, **hooks: Any) -> int:
         backend=args.backend, jobs=_jobs(args.jobs, args.device),
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         ray_address=args.ray_address, progress=not args.quiet,
-        mlflow=args.mlflow, stack=args.stack,
+        mlflow=args.mlflow, stack=args.stack, force=args.force,
         evaluate=sweep.Evaluate(args.eval_n, args.eval_k, args.eval_gap_n),
         command=shlex.join(["vaelab", *sys.argv[1:]]))
     sweep.check_options(options)  # Ray missing: before any config
@@ -483,11 +489,36 @@ def add_sweep_parser(sub: Any) -> None:
                    "Gaussian-latent amortized VAE only; local backend)")
     p.add_argument("--quiet", action="store_true",
                    help="no line per finished run")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the sweep's training is estimated "
+                   "at more than a day on this machine")
     add_config_flags(p)
     add_help_all(p, ("--out", "--seeds", "--grid", "--config", "--epochs",
                      "--jobs", "--backend", "--cpus-per-run", "--eval-n",
-                     "--eval-k", "--mlflow", "--device", "--quiet"))
+                     "--eval-k", "--mlflow", "--stack", "--device",
+                     "--quiet"))
     p.set_defaults(func=cmd_sweep)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is: the same ways
+    out end a pool's workers and release the folders' locks."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+# What an interrupt leaves, per command: true of each.
+INTERRUPTED = {
+    "train": "finished epochs are saved (continue with --resume)",
+    "run": "finished epochs are saved (run the same command again)",
+    "sweep": "finished runs and epochs are saved (run the same command "
+             "again)",
+    "evaluate": "nothing was written (evaluation.json is as it was)",
+    "plot": "the figures drawn so far are written (run plot again for "
+            "the rest)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,6 +529,18 @@ def main(argv: list[str] | None = None) -> int:
                    if isinstance(a, argparse._SubParsersAction))
         print(START.format(commands=", ".join(sub.choices)), end="")
         return 0
+    try:
+        before = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: no handler of ours
+        before = None
+    try:
+        return _main(args)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except VaelabError as e:
@@ -516,13 +559,12 @@ def main(argv: list[str] | None = None) -> int:
               " try smaller sizes (--n, --k, --batch-size)",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        again = ("run the same command again"
-                 if args.func in (cmd_run, cmd_sweep)
-                 else "continue with --resume")
-        print(f"vaelab: interrupted; finished epochs are saved ({again})",
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        left = INTERRUPTED.get(args.command)
+        print(f"vaelab: {what}" + (f"; {left}" if left else ""),
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -489,6 +489,13 @@ def _positive(
         raise ConfigError(f"{name} must be {what} {bound}, got {value!r}")
 
 
+def check_number(name: str, value: Any, *, real: bool = False,
+                 allow_zero: bool = False) -> None:
+    """The rule of every numeric option: an integer (``real``: a finite
+    number) > 0 (``allow_zero``: >= 0), else one line naming it."""
+    _positive(name, value, real=real, allow_zero=allow_zero)
+
+
 def _check_budget(budget: Any) -> None:
     if (not isinstance(budget, (int, float)) or isinstance(budget, bool)
             or not 0.0 < budget <= 1.0):

@@ -39,7 +39,7 @@ if kind == "quadrature":
     model = model.float()
     model.prior = type(model.prior)(torch.zeros(2), torch.ones(2))
 else:
-    from vaelab.models.model import build_model
+    from vaelab.models.kinds import build_model
     config = Config(latent="categorical", groups=2, classes=8, hidden=32,
                     likelihood="bernoulli", preprocess="binarize")
     model = build_model(config)

@@ -95,7 +95,10 @@ def test_rerun_reuses_and_writes_outputs(local, tmp_path, capsys) -> None:
         ["sweep", "--out", str(out), *FLAGS[:-1]])  # not --quiet
     capsys.readouterr()
     assert cmd_sweep(args, load=load) == 0
-    lines = capsys.readouterr().out.splitlines()
+    size, *lines = capsys.readouterr().out.splitlines()
+    # Its size and time first: every run is trained already.
+    assert size == ("sweep: 4 runs (2 setting(s) x 2 seed(s)), 0 to "
+                    "train, 1 at a time: about 0 s of training")
     assert [line.split(":")[1].split(",")[0] for line in lines[:4]] == [
         " reused"] * 4
     assert lines[0].startswith("[1/4] hidden=8 seed 0: reused, test ELBO")

@@ -24,8 +24,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
+from vaelab.evaluation.evaluate import Evaluation
 from vaelab.figures.drawing import save_figure
-from vaelab.training import runfolder
+from vaelab.training import readers, runfolder
 
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
@@ -50,21 +51,22 @@ def run_row(run_dir: Path) -> dict[str, float | None]:
     """One finished run's metrics (``METRICS``' keys; None where the run
     has no such number) from its results.json and evaluation.json, and
     its evaluation's images and k (``eval_images``, ``eval_k``)."""
-    results = runfolder.read_json(run_dir / runfolder.RESULTS)
+    results = readers.read_results(run_dir)
     ev_path = run_dir / runfolder.EVALUATION
-    ev = runfolder.read_json(ev_path) if ev_path.exists() else {}
-    clusters = ev.get("clusters") or {}
-    log_px = ev.get("log_px") or {}
+    ev = (Evaluation.read(run_dir)
+          if ev_path.exists() or ev_path.is_symlink() else None)
+    clusters = ev.clusters if ev is not None else None
+    log_px = ev.log_px if ev is not None else None
     return {
         "test_elbo": (results.get("test") or {}).get("elbo"),
-        "iwae": (ev.get("iwae") or {}).get("value"),
-        "log_px": log_px.get("value"),
-        "purity": clusters.get("purity"),
-        "accuracy": clusters.get("accuracy"),
+        "iwae": ev.iwae.value if ev is not None else None,
+        "log_px": log_px.value if log_px is not None else None,
+        "purity": clusters.purity if clusters is not None else None,
+        "accuracy": clusters.accuracy if clusters is not None else None,
         "train_seconds": results.get("train_seconds"),
         # What the evaluation's numbers are over: n test images, k draws.
-        "eval_images": ev.get("n_images"),
-        "eval_k": ev.get("k"),
+        "eval_images": ev.n_images if ev is not None else None,
+        "eval_k": ev.k if ev is not None else None,
     }
 
 

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup
 
+from vaelab import folders
 from vaelab.data import class_names, label_kind
 from vaelab.errors import VaelabError
 from vaelab.evaluation.evaluate import Estimate, Evaluation, IwaeEstimate, LogPx
 from vaelab.figures.explorer import EXPLORER
 from vaelab.figures.plots import CAPTIONS, SCATTER_STATS
 from vaelab.inference.methods import method_for
-from vaelab.training import runfolder
+from vaelab.training import readers, runfolder
 
 if TYPE_CHECKING:
     from vaelab.runs.clock import RunCost
@@ -47,10 +48,6 @@ DATA_NAMES = {
 }
 
 
-def _read_optional(path: Path) -> Any:
-    return runfolder.read_json(path) if path.exists() else None
-
-
 def _data_key(record: dict[str, Any]) -> str:
     config = record["config"]
     ds = "MNIST" if config["dataset"] == "mnist" else config["dataset"]
@@ -60,22 +57,26 @@ def _data_key(record: dict[str, Any]) -> str:
 def collect(out_dir: Path, name: str, title: str) -> dict[str, Any]:
     """Everything known about one model of the run, as plain data but
     for ``evaluation`` (an ``Evaluation`` or None)."""
-    run_dir = out_dir / name
-    results = runfolder.read_json(run_dir / runfolder.RESULTS)
-    listed = _read_optional(run_dir / runfolder.FIGURE_LIST) or []
+    # Every folder on the way a real one, every file read a regular one
+    # (docs/design.md, "Folders and links"): a link planted at a
+    # figure's name must not put another file into the page.
+    run_dir = folders.real_folder(out_dir, out_dir / name, create=False)
+    results = readers.read_results(run_dir)
+    listed = readers.read_figure_list(run_dir)
     return {
         "name": name,
         "title": title,
         "run_dir": name,
-        "config": runfolder.read_json(run_dir / runfolder.CONFIG),
+        "config": runfolder.load_config(run_dir).to_dict(),
         "epochs": results.get("epochs", len(runfolder.read_metrics(run_dir))),
         "train_seconds": results.get("train_seconds"),
         "results": {s: results[s] for s in SPLITS if s in results},
         "evaluation": Evaluation.read(run_dir)
         if (run_dir / runfolder.EVALUATION).exists() else None,
-        "figures": [f for f in listed if (run_dir / f).is_file()],
-        "scatter": _read_optional(run_dir / SCATTER_STATS),
-        "explorer": EXPLORER if (run_dir / EXPLORER).is_file() else None,
+        "figures": [f for f in listed if folders.is_regular(run_dir / f)],
+        "scatter": readers.read_scatter(run_dir / SCATTER_STATS),
+        "explorer": EXPLORER if folders.is_regular(run_dir / EXPLORER)
+        else None,
     }
 
 
@@ -149,8 +150,9 @@ def comparison(records: Sequence[dict[str, Any]]) -> list[str]:
 _e = html.escape
 
 def _png(path: Path) -> str:
-    """A PNG file as base64 text, for a data URI."""
-    return base64.b64encode(path.read_bytes()).decode("ascii")
+    """A PNG file as base64 text, for a data URI: a regular file, never
+    what a link points to (``folders.read_regular``)."""
+    return base64.b64encode(folders.read_regular(path)).decode("ascii")
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -440,7 +442,7 @@ def _real_digit_figures(
     the first of its models."""
     out = []
     seen: set[str] = set()
-    if real_digits is not None and real_digits.is_file():
+    if real_digits is not None and folders.is_regular(real_digits):
         out.append(_figure(real_digits, "Real test images",
                            "100 random test images", "real_digits"))
         seen = {"dequantize", "scale"}

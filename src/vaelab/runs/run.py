@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from vaelab import folders
 from vaelab.config import Config, torch_device
 from vaelab.data import BINARY, Dataset, load_data
 from vaelab.errors import ConfigError, VaelabError
@@ -42,7 +43,7 @@ from vaelab.runs.report import (
 )
 from vaelab.runs.workers import Load, Task, data_key, run_parallel
 from vaelab.runs.zoo import Zoo, ZooModel, load_zoo, model_config, run_finished
-from vaelab.training import runfolder
+from vaelab.training import readers, runfolder
 from vaelab.training.loop import train
 from vaelab.training.resources import check_training_fits
 
@@ -89,6 +90,17 @@ class _Datasets:
 
 def _newer(path: Path, than: Path) -> bool:
     return path.exists() and path.stat().st_mtime >= than.stat().st_mtime
+
+
+def _figures_real(run_dir: Path) -> bool:
+    """Whether figures.json and every figure it lists are regular files
+    (a link planted at a figure's name is redrawn, never embedded)."""
+    try:
+        names = readers.read_figure_list(run_dir)
+    except VaelabError:
+        return False
+    return all(folders.is_regular(run_dir / n)
+               for n in [runfolder.FIGURE_LIST, *names])
 
 
 def chromium() -> str | None:
@@ -147,6 +159,10 @@ def run_zoo(
         config = run.configs[m.name]
         check_training_fits(config, torch_device(config.device))
     with runfolder.lock(run.out):
+        runfolder.claim(run.out, "run")
+        for m in run.todo:
+            # Real folders only below --out (docs/design.md).
+            folders.real_folder(run.out, run.out / m.name)
         clock = RunClock({
             m.name: model_plan(run.configs[m.name], run.out / m.name,
                                run.data(run.configs[m.name]))
@@ -295,7 +311,7 @@ def _run_model(
     t0 = time.perf_counter()
     weights = run_dir / runfolder.CHECKPOINT
     figures = run_dir / runfolder.FIGURE_LIST
-    if replot or not _newer(figures, weights):
+    if replot or not _newer(figures, weights) or not _figures_real(run_dir):
         log(f"{head}: drawing figures")
         paths = make_figures(run_dir, run_dir, full, title=m.title,
                              device=config.device, log=log)

@@ -23,10 +23,15 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
+import os
 import signal
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +39,22 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vaelab.config import Config
-from vaelab.data import Dataset, load_data
+from vaelab import folders
+from vaelab.config import Config, check_number
+from vaelab.data import Dataset, first_training_images, load_data
 from vaelab.errors import ConfigError, TrainingDiverged, VaelabError
-from vaelab.evaluation.evaluate import evaluate_run
+from vaelab.evaluation.evaluate import Evaluation, evaluate_run
 from vaelab.runs import aggregate, tracking
-from vaelab.runs.workers import Load, data_key
+from vaelab.runs.clock import epoch_cost
+from vaelab.runs.workers import Load, data_key, watch_parent
 from vaelab.runs.zoo import run_finished
 from vaelab.training import runfolder
-from vaelab.training.loop import train
+from vaelab.training.loop import time_epoch, train
+from vaelab.training.resources import (
+    available_memory,
+    human_bytes,
+    training_step_bytes,
+)
 from vaelab.training.stack import check_stackable, train_stack
 
 BACKENDS = ("local", "ray")
@@ -93,6 +105,7 @@ class SweepOptions:
     command: str = ""
     mlflow: str | None = None
     stack: bool = False
+    force: bool = False
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -157,11 +170,26 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+# Characters of a grid value kept in its setting's folder name: not the
+# name's own "," and "=", so two settings never share a folder.
+VALUE_CHARS = "-_.+:@~"
+
+
 def setting_name(values: dict[str, Any]) -> str:
     """A setting's name and folder: "hidden=16,lr=0.001" ("base" when
-    the grid is empty)."""
-    return ",".join(f"{k.replace('_', '-')}={_text(v)}"
-                    for k, v in values.items()) or "base"
+    the grid is empty). One safe path component whatever the values: a
+    value's "/", NUL, "%", "," or "=" (and every character outside
+    ``VALUE_CHARS``) percent-encoded, a leading dot too; a ConfigError
+    when the name is too long for a folder."""
+    name = ",".join(
+        f"{k.replace('_', '-')}="
+        + urllib.parse.quote(_text(v), safe=VALUE_CHARS)
+        for k, v in values.items()) or "base"
+    try:
+        return folders.check_component(name)
+    except VaelabError as e:
+        raise ConfigError(f"--grid: a setting's folder name: {e}; use "
+                          "fewer or shorter values") from None
 
 
 def plan(
@@ -179,6 +207,8 @@ def plan(
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
         name = setting_name(values)
+        if any(s["name"] == name for s in settings):
+            raise ConfigError(f"--grid: two settings are both {name}")
         settings.append({"name": name, "values": values})
         for seed in seeds:
             try:
@@ -198,10 +228,13 @@ def _evaluation_current(run_dir: Path, ev: Evaluate, n_test: int) -> bool:
     if not path.exists() or (path.stat().st_mtime
                              < weights.stat().st_mtime):
         return False
-    data = runfolder.read_json(path)
+    try:
+        data = Evaluation.read(run_dir)
+    except VaelabError:
+        return False  # not what evaluate writes: evaluated again
     n = min(ev.n or n_test, n_test)
-    return (data.get("k") == ev.k and data.get("n_images") == n
-            and (data.get("gaps") is not None) == (ev.gap_n > 0))
+    return (data.k == ev.k and data.n_images == n
+            and (data.gaps is not None) == (ev.gap_n > 0))
 
 
 def run_one(run: SweepRun, ev: Evaluate, full: Dataset,
@@ -214,6 +247,9 @@ def run_one(run: SweepRun, ev: Evaluate, full: Dataset,
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     config, run_dir = run.config, run.run_dir
+    # OUT/<setting>/seed-<s>: made here, each a real folder, never a link
+    # (docs/design.md, "Folders and links").
+    folders.real_folder(run_dir.parents[1], run_dir)
     if run_finished(run_dir, config):
         status = "reused"
     else:
@@ -293,10 +329,13 @@ class _Data:
 _POOL: dict[str, Any] = {}
 
 
-def _pool_init(load: Load | None, threads: int) -> None:
+def _pool_init(load: Load | None, threads: int, parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles
     # it (and ends the pool), as vaelab.runs.workers does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL) cannot end its workers: they
+    # end themselves, rather than train on and write into a dead pipe.
+    watch_parent(parent)
     # tqdm's default lock is a semaphore a terminated worker would leak.
     tqdm.set_lock(threading.RLock())
     _POOL["data"] = _Data(load)
@@ -316,63 +355,64 @@ def _pool_stack(args: tuple[list[SweepRun], Evaluate]
                      _POOL["threads"])
 
 
-def _local_stacks(runs: Sequence[SweepRun], options: SweepOptions,
-                  load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
-    """``_local`` with one stacked model per setting (``run_stack``)."""
-    ev, threads = options.evaluate, _threads(options)
-    groups = _by_setting(runs)
-    if options.jobs == 1:
-        data, before = _Data(load), torch.get_num_threads()
-        try:
-            for group in groups:
-                yield from run_stack(group, ev, data(group[0].config),
-                                     threads)
-        finally:
-            torch.set_num_threads(before)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(options.jobs, initializer=_pool_init,
-                    initargs=(load, threads))
-    try:
-        for done in pool.imap_unordered(_pool_stack,
-                                        [(g, ev) for g in groups]):
-            yield from done
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+WORKER_DIED = ("a worker process of the sweep died (killed, or out of "
+               "memory?); finished epochs are saved: run the same "
+               "command again to resume")
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End ``pool``'s workers now (SIGTERM; their locks die with them).
+    ProcessPoolExecutor has no public way before Python 3.14."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _local(runs: Sequence[SweepRun], options: SweepOptions,
-           load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
-    """(run, outcome) as each run finishes: here, one at a time, or in
-    ``jobs`` spawned processes, each run with cpus_per_run threads."""
-    if options.stack:
-        yield from _local_stacks(runs, options, load)
-        return
+           load: Load | None, data: _Data | None = None
+           ) -> Iterator[tuple[SweepRun, dict]]:
+    """(run, outcome) as each run finishes: here, one at a time (with
+    ``data``, the driver's datasets, when given), or in ``jobs`` spawned
+    processes, each run with cpus_per_run threads. With ``stack``, a
+    task is one setting's runs trained as one stacked model."""
     ev = options.evaluate
     threads = _threads(options)
     if options.jobs == 1:
-        data, before = _Data(load), torch.get_num_threads()
+        data, before = data or _Data(load), torch.get_num_threads()
         try:
+            if options.stack:
+                for group in _by_setting(runs):
+                    yield from run_stack(group, ev, data(group[0].config),
+                                         threads)
+                return
             for run in runs:
                 yield run, run_one(run, ev, data(run.config), threads)
         finally:
             torch.set_num_threads(before)
         return
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(options.jobs, initializer=_pool_init,
-                    initargs=(load, threads))
+    # An executor, not multiprocessing.Pool: a worker that dies (killed,
+    # OOM) breaks it, where a Pool would wait for its task for ever.
+    pool = ProcessPoolExecutor(
+        options.jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_pool_init, initargs=(load, threads, os.getpid()))
     try:
-        yield from pool.imap_unordered(_pool_run, [(r, ev) for r in runs])
-        pool.close()
+        if options.stack:
+            futures = [pool.submit(_pool_stack, (g, ev))
+                       for g in _by_setting(runs)]
+            for future in as_completed(futures):
+                yield from future.result()
+        else:
+            futures = [pool.submit(_pool_run, (r, ev)) for r in runs]
+            for future in as_completed(futures):
+                yield future.result()
+    except BrokenProcessPool:
+        _stop(pool)
+        raise VaelabError(WORKER_DIED) from None
     except BaseException:
-        pool.terminate()  # Ctrl-C or an error: finished epochs are saved
+        _stop(pool)  # Ctrl-C, SIGTERM or an error: finished epochs saved
         raise
-    finally:
-        pool.join()
+    pool.shutdown(wait=True)
 
 
 def _threads(options: SweepOptions) -> int:
@@ -398,28 +438,33 @@ def _ray_task(run: SweepRun, ev: Evaluate, full: Dataset,
 
 
 def _ray(runs: Sequence[SweepRun], options: SweepOptions,
-         load: Load | None) -> Iterator[tuple[SweepRun, dict]]:
+         load: Load | None, data: _Data | None = None
+         ) -> Iterator[tuple[SweepRun, dict]]:
     """(run, outcome) as each Ray task finishes. Joins ``ray_address``
     or starts a local instance of jobs * cpus_per_run CPUs (stopped at
     the end); each dataset is loaded here once and put in the object
     store."""
     ray = _import_ray()
     started = not ray.is_initialized()
-    if started:
-        if options.ray_address:
-            ray.init(address=options.ray_address)
-        else:
-            ray.init(num_cpus=max(1, round(options.jobs
-                                           * options.cpus_per_run)),
-                     include_dashboard=False)
+    if started and options.ray_address:
+        probe_address(options.ray_address)
     pending: list[Any] = []
     try:
+        if started:
+            if options.ray_address:
+                ray.init(address=options.ray_address)
+            else:
+                ray.init(num_cpus=max(1, round(options.jobs
+                                               * options.cpus_per_run)),
+                         include_dashboard=False)
+        # A task asking more than the cluster has would wait for ever.
+        check_cluster(ray.cluster_resources(), options)
         task = ray.remote(_ray_task).options(
             num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run,
             # A worker that died (node lost, OOM kill) runs the task
             # again; run_one resumes from the run's last checkpoint.
             max_retries=options.retries)
-        data = _Data(load)
+        data = data or _Data(load)
         refs: dict[tuple[Any, ...], Any] = {}
         by_ref = {}
         threads = _threads(options)
@@ -448,11 +493,59 @@ def _ray(runs: Sequence[SweepRun], options: SweepOptions,
             ray.shutdown()
 
 
+RAY_CONNECT_SECONDS = 5.0
+
+
+def probe_address(address: str) -> None:
+    """A ConfigError, within ``RAY_CONNECT_SECONDS``, when nothing
+    accepts a connection at ``address`` (HOST:PORT or ray://HOST:PORT):
+    Ray itself would retry for ever."""
+    where = address.removeprefix("ray://")
+    host, colon, port = where.rpartition(":")
+    if not colon:
+        return  # "auto", or a name Ray resolves itself
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray-address {address}: expected HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)),
+                                 timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as e:
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there "
+            f"({e.strerror or e}); start the cluster (ray start --head) "
+            "or leave --ray-address out for a local instance") from None
+
+
+def check_cluster(resources: dict[str, float],
+                  options: SweepOptions) -> None:
+    """A ConfigError when one run needs more CPUs or GPUs than the Ray
+    cluster has (``ray.cluster_resources()``): no task could start."""
+    for flag, need, key in (("--cpus-per-run", options.cpus_per_run, "CPU"),
+                            ("--gpus-per-run", options.gpus_per_run, "GPU")):
+        have = float(resources.get(key, 0.0))
+        if need > have:
+            raise ConfigError(
+                f"{flag} {need:g}: the Ray cluster has {have:g} {key}(s) "
+                "in all, so no run could start")
+
+
 def check_options(options: SweepOptions) -> None:
-    """A ConfigError for a bad option (before anything runs)."""
+    """A ConfigError for a bad option (before anything runs): every
+    number by the rule of train's options (``config.check_number``:
+    finite, in range), one line each."""
     if options.backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}"
                           f", got {options.backend!r}")
+    check_number("--jobs", options.jobs)
+    check_number("--cpus-per-run", options.cpus_per_run, real=True)
+    check_number("--gpus-per-run", options.gpus_per_run, real=True,
+                 allow_zero=True)
+    check_number("retries", options.retries, allow_zero=True)
+    ev = options.evaluate
+    if ev.n is not None:
+        check_number("--eval-n", ev.n)
+    check_number("--eval-k", ev.k)
+    check_number("--eval-gap-n", ev.gap_n, allow_zero=True)
     if options.backend == "ray":
         if options.stack:
             raise ConfigError("--stack trains on the local backend only "
@@ -461,15 +554,60 @@ def check_options(options: SweepOptions) -> None:
         _import_ray()
     if options.mlflow is not None:
         tracking.import_mlflow()
-    if options.jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {options.jobs}")
-    if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
-        raise ConfigError("--cpus-per-run must be > 0 and --gpus-per-run "
-                          ">= 0")
-    ev = options.evaluate
-    if (ev.n is not None and ev.n < 1) or ev.k < 1 or ev.gap_n < 0:
-        raise ConfigError("--eval-n and --eval-k must be >= 1, "
-                          "--eval-gap-n >= 0")
+
+
+# Memory of one local worker process: torch, a dataset, a small model
+# (measured ~210 MB on MNIST); the model's step comes on top.
+WORKER_BYTES = 256 * 2**20
+DAY_SECONDS = 86400.0
+
+
+def cap_jobs(options: SweepOptions, todo: Sequence[SweepRun],
+             log: Callable[[str], None]) -> SweepOptions:
+    """``options`` with jobs at most the runs to train and the worker
+    processes the machine's memory holds (as ``vaelab run`` caps its
+    models at a time), saying so when it lowers them."""
+    jobs = min(options.jobs, max(1, len(todo)))
+    why = f"{len(todo)} run(s) to train"
+    if options.backend == "local" and jobs > 1:
+        step = max(sum(training_step_bytes(r.config)) for r in todo)
+        free = available_memory()
+        fit = max(1, int(free // (WORKER_BYTES + step)))
+        if fit < jobs:
+            jobs = fit
+            why = (f"the {human_bytes(free)} of free memory holds {fit} "
+                   "worker(s)")
+    if jobs < options.jobs:
+        log(f"sweep: --jobs {options.jobs} lowered to {jobs} ({why})")
+        options = dataclasses.replace(options, jobs=jobs)
+    return options
+
+
+def estimate_seconds(todo: Sequence[SweepRun], options: SweepOptions,
+                     data: _Data) -> float:
+    """Seconds to train the runs of ``todo``, ``options.jobs`` at a
+    time: an epoch of the first run timed here on a few hundred images
+    (``train.time_epoch``), every run's epochs scaled by its cost
+    (``clock.epoch_cost``). Evaluation comes on top."""
+    if not todo:
+        return 0.0
+    first = todo[0].config
+    data = data(first)
+    subset = first_training_images(data, first.train_images)
+    per_epoch = time_epoch(first, subset, images=min(len(subset.train),
+                                                     500), warmup=100)
+    unit = per_epoch / epoch_cost(first) / max(1, len(subset.train))
+    seconds = [r.config.epochs * epoch_cost(r.config) * unit
+               * min(r.config.train_images or len(data.train),
+                     len(data.train)) for r in todo]
+    return max(sum(seconds) / options.jobs, max(seconds))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:,.0f} hours"
+    return (f"{seconds / 60:.0f} min" if seconds >= 90
+            else f"{seconds:.0f} s")
 
 
 def _eta(seconds: Sequence[float], left: int, jobs: int) -> str:
@@ -498,6 +636,21 @@ def _line(i: int, total: int, run: SweepRun, outcome: dict[str, Any]
             f"IWAE {num('iwae')} nats/image ({outcome['seconds']:.1f} s)")
 
 
+def _track(tracker: tracking.Tracker, run: SweepRun,
+           log: Callable[[str], None]) -> tracking.Tracker | None:
+    """Log ``run`` to MLflow; on a failure, warn and stop tracking (the
+    sweep goes on and keeps its results; a rerun logs what is missing,
+    as it skips what is logged). Returns the tracker, or None."""
+    try:
+        tracker.log(run.run_dir, f"{run.setting} seed {run.seed}")
+    except Exception as e:  # noqa: BLE001 (MLflow's, SQLAlchemy's, HTTP)
+        log(f"vaelab: warning: MLflow: {run.setting} seed {run.seed} not "
+            f"logged ({tracking.cause(e)}); the sweep goes on without "
+            "MLflow, and running it again logs the runs missing")
+        return None
+    return tracker
+
+
 def run_sweep(
     out: str | Path,
     settings: Sequence[dict[str, Any]],
@@ -519,22 +672,47 @@ def run_sweep(
     options = options or SweepOptions()
     check_options(options)
     out = Path(out).resolve()
+    owner = runfolder.folder_owner(out) if out.is_dir() else None
+    if owner not in (None, "sweep"):
+        runfolder.claim(out, "sweep")  # one line naming the owner
     backend = _ray if options.backend == "ray" else _local
     outcomes: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
     for run in runs:
         if options.stack:
             try:
                 check_stackable(run.config)
             except ConfigError as e:
                 raise ConfigError(f"setting {run.setting}: {e}") from None
-        # A folder of another config stops the sweep before it starts,
-        # not when a worker reaches it.
-        runfolder.trained_epoch(run.run_dir, run.config, "delete that "
-                                "folder or choose another --out")
+        # A link on the way, or a folder of another config, stops the
+        # sweep before it starts, not when a worker reaches it.
+        folders.real_folder(out, run.run_dir, create=False)
+        epoch = runfolder.trained_epoch(
+            run.run_dir, run.config,
+            "delete that folder or choose another --out")
+        if epoch is None or epoch < run.config.epochs:
+            todo.append(run)
+    # Before any run: a bad tracking URI after an hour of training would
+    # be an hour lost.
+    tracker = (None if options.mlflow is None else tracking.open_tracker(
+        options.mlflow or tracking.default_uri(out), out))
+    options = cap_jobs(options, todo, log)
+    # The driver's datasets: the estimate's, then the runs' when they
+    # run here (loaded once).
+    data = _Data(load)
+    eta = estimate_seconds(todo, options, data)
+    log(f"sweep: {len(runs)} runs ({len(settings)} setting(s) x "
+        f"{len(runs) // max(1, len(settings))} seed(s)), {len(todo)} to "
+        f"train, {options.jobs} at a time: about {_duration(eta)} of "
+        "training")
+    if eta > DAY_SECONDS and not options.force:
+        raise ConfigError(
+            f"this sweep would train for about {_duration(eta)} on this "
+            f"machine ({len(todo)} runs, {options.jobs} at a time); fewer "
+            "seeds or settings, or pass --force to run it anyway")
     with runfolder.lock(out), contextlib.closing(
-            backend(runs, options, load)) as finished:
-        tracker = (None if options.mlflow is None else tracking.Tracker(
-            options.mlflow or tracking.default_uri(out), out))
+            backend(runs, options, load, data)) as finished:
+        runfolder.claim(out, "sweep")
         trained: list[float] = []  # seconds of the runs trained here
         for i, (run, outcome) in enumerate(finished, 1):
             outcomes[run.setting, run.seed] = outcome
@@ -544,7 +722,7 @@ def run_sweep(
                 log(_line(i, len(runs), run, outcome)
                     + _eta(trained, len(runs) - i, options.jobs))
             if tracker is not None and outcome["status"] != "diverged":
-                tracker.log(run.run_dir, f"{run.setting} seed {run.seed}")
+                tracker = _track(tracker, run, log)
             if on_run is not None:
                 on_run(run, outcome)
         rows = []

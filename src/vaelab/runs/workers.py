@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,11 +45,30 @@ _EVENTS: Any = None
 _DATA: dict[tuple[Any, ...], Dataset] = {}
 
 
-def _worker_init(events: Any, threads: int) -> None:
+# How often a worker checks that its parent lives (seconds).
+PARENT_POLL = 0.5
+
+
+def watch_parent(parent: int) -> None:
+    """End this worker process when ``parent`` (its parent's pid) dies:
+    a parent killed outright (SIGKILL) cannot end its pool, whose
+    workers would train on and write into a dead pipe. A daemon thread
+    polls ``os.getppid``; the kernel frees the worker's folder locks."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vaelab-parent-watch",
+                     daemon=True).start()
+
+
+def _worker_init(events: Any, threads: int, parent: int) -> None:
     global _EVENTS
     # Ctrl-C goes to the whole process group: the parent alone handles it
     # (and ends the workers), so a worker prints no traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch_parent(parent)
     # tqdm's default lock is a multiprocessing semaphore, which a worker
     # ended mid-run would leave behind (a warning at exit); a thread's
     # lock serves a process that draws no bars.
@@ -147,7 +168,7 @@ def run_parallel(
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
     pool = ctx.Pool(jobs, initializer=_worker_init,
-                    initargs=(events, threads))
+                    initargs=(events, threads, os.getpid()))
     seconds = None
     try:
         _follow(pool, events, tasks, step, progress=progress, log=log,

@@ -25,7 +25,7 @@ import dacite
 from vaelab.config import Config, apply_budget
 from vaelab.errors import ConfigError
 from vaelab.inference.methods import check_config
-from vaelab.training import runfolder
+from vaelab.training import readers, runfolder
 
 _T = TypeVar("_T")
 
@@ -266,4 +266,4 @@ def run_finished(run_dir: Path, config: Config) -> bool:
     # More epochs than asked (the zoo was shortened) is finished too, and
     # so is a run that stopped when it converged.
     return (epoch >= config.epochs
-            or bool(runfolder.read_json(results).get("converged")))
+            or bool(readers.read_results(run_dir).get("converged")))

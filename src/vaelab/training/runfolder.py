@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import stat
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from vaelab import __version__
+from vaelab import __version__, folders
 from vaelab.config import Config
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.inference.methods import check_config
@@ -50,6 +49,9 @@ RESULTS = "results.json"
 EVALUATION = "evaluation.json"
 FIGURE_LIST = "figures.json"  # the figures made, written after them
 LOCK = ".lock"
+# What a top-level command's folder is: "run" (a zoo) or "sweep"; a run
+# folder of `vaelab train` is told by its config.json (``claim``).
+OWNER = ".vaelab-folder"
 # Files of a zoo's output folder (beside the run folders).
 REPORT = "report.html"
 REPORT_PDF = "report.pdf"
@@ -81,6 +83,11 @@ def lock(folder: Path) -> Iterator[None]:
                 else f"cannot be opened ({e.strerror or e})")
         raise VaelabError(f"{path} {what}") from None
     try:
+        if os.fstat(fd).st_nlink > 1:
+            # A hard link: the PID written below would change the file
+            # it shares an inode with.
+            raise VaelabError(f"{path} has more than one hard link; "
+                              "remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,9 +99,78 @@ def lock(folder: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        remove_stale_temps(folder)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+# A temporary file of ``atomic_write``: .NAME.PID.RANDOM.tmp.
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # another user's process, or no such pid
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[str]:
+    """Remove ``atomic_write``'s temporary files in ``folder`` left by
+    processes that are dead (a kill mid-write); returns their names."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP.fullmatch(name)
+        if m is None or int(m["pid"]) == os.getpid() or _alive(
+                int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(Path(folder) / name)  # a link: itself, not its file
+            removed.append(name)
+    return removed
+
+
+def claim(folder: Path, command: str) -> None:
+    """Record that ``command`` ("run": a zoo, "sweep") owns ``folder``,
+    or raise one line when another command's folder it is: a sweep's
+    (its .vaelab-folder, or sweep.json), a zoo run's (report.html,
+    summary.json) or a run folder of `vaelab train` (config.json)."""
+    owner = folder_owner(folder)
+    if owner is not None and owner != command:
+        what = {"run": "a `vaelab run` output folder",
+                "sweep": "a `vaelab sweep` folder",
+                "train": "a run folder of `vaelab train`"}[owner]
+        raise VaelabError(f"{folder} is {what}; `vaelab {command}` "
+                          "does not write there: choose another --out")
+    if command != "train" and owner is None:
+        atomic_write_bytes(Path(folder) / OWNER, f"{command}\n".encode())
+
+
+def folder_owner(folder: Path) -> str | None:
+    """"run", "sweep", "train" or None: what ``claim`` records or the
+    files of a folder from before it tell."""
+    folder = Path(folder)
+    marker = folder / OWNER
+    if marker.exists() or marker.is_symlink():
+        text = folders.read_regular(marker).decode(errors="replace")
+        if text.strip() not in ("run", "sweep"):
+            raise VaelabError(f"{marker}: not a vaelab folder record")
+        return text.strip()
+    if (folder / "sweep.json").exists():
+        return "sweep"
+    if (folder / SUMMARY).exists() or (folder / REPORT).exists():
+        return "run"
+    if (folder / CONFIG).exists() or (folder / CHECKPOINT).exists():
+        return "train"
+    return None
 
 
 def make_folder(folder: Path) -> None:
@@ -160,15 +236,28 @@ def trained_epoch(run_dir: Path, config: Config, advice: str) -> int | None:
     return checkpoint_epoch(run_dir)
 
 
-def _record(line: bytes) -> dict[str, Any] | None:
-    """One metrics line's record, or None when it is not one."""
+# The numbers of a metrics record (``train.epoch_record``): each a
+# number or null when present.
+METRIC_NUMBERS = ("train_elbo", "train_log_lik", "train_kl", "val_elbo",
+                  "val_log_lik", "val_kl", "val_iwae", "images", "seconds",
+                  "images_per_second")
+
+
+def _record(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """One metrics line's record, or None and what is wrong with it."""
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    ok = (isinstance(record, dict) and isinstance(record.get("epoch"), int)
-          and not isinstance(record["epoch"], bool))
-    return record if ok else None
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+            and not isinstance(record["epoch"], bool)):
+        return None, "not an epoch record (JSON with an integer epoch)"
+    for key in METRIC_NUMBERS:
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, int | float)):
+            return None, f"its {key} is {value!r}, not a number"
+    return record, ""
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -176,8 +265,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
     A cut-off or garbage last line (a crash mid-append, a full disk) is
     dropped with a warning on stderr, so the run can resume; one in the
-    middle is an error naming the line, since records after it would
-    silently lose their predecessor.
+    middle is an error naming the line (and the field of a wrong type),
+    since records after it would silently lose their predecessor.
     """
     path = Path(run_dir) / METRICS
     if not path.exists() and not path.is_symlink():
@@ -186,16 +275,15 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
              enumerate(read_file(path).split(b"\n"), 1) if line.strip()]
     records = []
     for i, (n, line) in enumerate(lines):
-        record = _record(line)
+        record, wrong = _record(line)
         if record is not None:
             records.append(record)
         elif i == len(lines) - 1:
-            print(f"vaelab: warning: {path}, line {n}: cut off or not an "
-                  "epoch record; ignored", file=sys.stderr)
+            print(f"vaelab: warning: {path}, line {n}: cut off or "
+                  f"{wrong}; ignored", file=sys.stderr)
         else:
             raise VaelabError(
-                f"{path}, line {n}: not an epoch record (JSON with an "
-                "integer epoch); repair or delete that line")
+                f"{path}, line {n}: {wrong}; repair or delete that line")
     return records
 
 
@@ -250,8 +338,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     itself, never the file it points to."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent,
-                                   prefix=f".{path.name}.", suffix=".tmp")
+        # The pid: the next command removes the files of dead ones.
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+            suffix=".tmp")
     except OSError as e:
         raise VaelabError(f"cannot write {path}: {e.strerror or e}") from None
     try:
@@ -280,18 +370,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_file(path: Path) -> bytes:
-    """A run folder file's bytes; one line when it is missing or not a
-    regular file (a FIFO would block the read for ever)."""
-    try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-            raise VaelabError(f"{path}: {what}")
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise VaelabError(f"{path}: not found") from None
-    except OSError as e:
-        raise VaelabError(f"{path}: cannot read ({e.strerror or e})") from None
+    """A run folder file's bytes; one line when it is missing, a link
+    or not a regular file (a FIFO would block the read for ever):
+    ``folders.read_regular``."""
+    return folders.read_regular(path)
 
 
 def read_json(path: Path) -> Any:
