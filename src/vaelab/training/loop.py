@@ -5,8 +5,8 @@ loop, for every kind of inference.
 resume), epochs, the permutation, dequantization noise, the optimizer
 step, the progress bar, the NaN guard, checkpoints and metrics.jsonl.
 What differs between kinds of inference lives in a
-``vaelab.inference.method.Method`` (``methods.method_for(config)``): its training
-step (the ELBO terms of a minibatch, which the loop ascends), its
+``vaelab.inference.method.Method`` (``methods.method_for(config)``): its
+training step (the ELBO terms of a minibatch, which the loop ascends), its
 held-out ELBO, its extra state to checkpoint and its final results;
 what differs between kinds of latent (the Gumbel anneal, the mixture's
 fit) is the latent kind's schedule, which the method runs.
