@@ -15,6 +15,7 @@ from helpers import synthetic_dataset
 from vaelab.config import Config
 from vaelab.data import dequantize
 from vaelab.inference.e_steps import prior_matched
+from vaelab.inference.methods import check_config
 from vaelab.models.clustering import (
     cluster_labels,
     kmeans_labels,
@@ -265,7 +266,7 @@ def test_mixture_components_fit_by_kmeans() -> None:
     var = model.mixture_log_var.detach().exp()[order]
     torch.testing.assert_close(var, sds.square(), rtol=0.1, atol=0)
     with pytest.raises(Exception, match="mixture"):
-        Config(mixture_fit_epoch=2).resolved()
+        check_config(Config(mixture_fit_epoch=2).resolved())
 
 
 # -- the likelihood's variance Sigma -----------------------------------------

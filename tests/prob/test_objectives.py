@@ -15,6 +15,7 @@ from torch import Tensor
 
 from vaelab.config import Config
 from vaelab.errors import ConfigError
+from vaelab.inference.methods import check_config
 from vaelab.models.kinds import build_model
 from vaelab.prob.distributions import DiagGaussian, Laplace
 from vaelab.prob.objectives import (
@@ -488,12 +489,13 @@ def test_reinforce_baseline_tracks_the_log_likelihood() -> None:
 
 
 def test_enumeration_refuses_too_many_codes() -> None:
-    # Config.validate refuses them, before anything is built or written.
+    # The categorical kind's rules refuse them (check_config), before
+    # anything is built or written.
     with pytest.raises(ConfigError, match="1024"):
-        Config(latent="categorical", groups=4, classes=10,
-               estimator="enumerate").validate()
+        check_config(Config(latent="categorical", groups=4, classes=10,
+                            estimator="enumerate"))
     with pytest.raises(ConfigError, match="prior"):
-        Config(latent="categorical", prior="laplace").validate()
+        check_config(Config(latent="categorical", prior="laplace"))
     # sampling estimators accept any size
     build_model(Config(latent="categorical", groups=4, classes=10,
                        hidden=8))

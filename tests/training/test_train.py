@@ -257,7 +257,8 @@ def test_mixture_hard_epochs_train_on_the_fit_labels_and_resume(
                        .bincount(minlength=3), counts)
     assert _resume_matches(opts, ds, tmp_path, cut=2, epochs=4)
     with pytest.raises(ConfigError, match="--mixture-fit-epoch"):
-        Config(latent="mixture", mixture_hard_epochs=2).resolved()
+        check_config(Config(latent="mixture", mixture_hard_epochs=2)
+                     .resolved())
 
 
 # Where each inference method's training step computes its ELBO.
