@@ -194,10 +194,12 @@ def load(config: Config):
                              preprocess=config.preprocess)
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
 def test_sweep_stack_writes_the_sweep_of_separate_runs(
-    tmp_path: Path,
+    tmp_path: Path, jobs: str,
 ) -> None:
-    flags = ["--seeds", "0-2", "--jobs", "1", "--grid", "hidden=8,12",
+    # jobs 2: each setting's stack a task of the sweep's process pool.
+    flags = ["--seeds", "0-2", "--jobs", jobs, "--grid", "hidden=8,12",
              "--epochs", "2", "--eval-n", "20", "--eval-k", "5",
              "--quiet"]
     out = {}
