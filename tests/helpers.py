@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import make_digits
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -98,3 +101,17 @@ def md5(path: Path) -> str:
         h.update(str(p.relative_to(path) if p != Path(path) else "").encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def chromium() -> Iterator[Any]:
+    """A headless Chromium for a module-scoped fixture (Debian's package,
+    driven by Playwright for Python; never a browser Playwright
+    downloads): the test is skipped where either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True)
+        yield browser
+        browser.close()

@@ -16,7 +16,6 @@ import functools
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urldefrag, urlparse
 
 import pytest
+from helpers import chromium
 
 REPO = Path(__file__).resolve().parent.parent
 pytest.importorskip("mkdocs")
@@ -31,14 +31,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 # Raw TeX that MathJax failed to typeset, outside code: $x$, $$, \begin.
 RAW_MATH = re.compile(r"\$[^$\s\n][^$\n]*\$|\$\$|\\begin\{|\\\(|\\\[")
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no chromium installed (apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +62,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def browser():
-    path = _chromium()
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 _CHECK_PAGE = """() => {

@@ -4,12 +4,10 @@ is missing; .ci/run installs both."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
-from helpers import synthetic_dataset
+from helpers import chromium, synthetic_dataset
 
 from vaelab.config import Config
 from vaelab.figures import explorer, plots
@@ -19,21 +17,9 @@ from vaelab.training.runfolder import load_model
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no chromium installed (apt-get install chromium)")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    path = _chromium()
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")

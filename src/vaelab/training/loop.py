@@ -418,7 +418,7 @@ def _fit(
             hooks.on_epoch(record)
         if hooks.progress:
             hooks.log(epoch_line(record, config.epochs))
-    return _finish(run_dir, config, dataset, method, history,
+    return finish(run_dir, config, dataset, method, history,
                    best.epoch(history), stop, elapsed)
 
 
@@ -444,12 +444,13 @@ def _epoch(step: TrainStep, method: Method, config: Config, epoch: int,
     return record, seconds, state
 
 
-def _finish(run_dir: Path, config: Config, dataset: Dataset,
+def finish(run_dir: Path, config: Config, dataset: Dataset,
             method: Method, history: list[dict[str, Any]],
             best: int | None, stop: str | None, elapsed: float,
             ) -> dict[str, Any]:
-    """The model to keep (early stopping's best epoch's, or the last) and
-    results.json."""
+    """The model to keep (early stopping's ``best`` epoch's, or the last)
+    and results.json (nats per image), written and returned; every run's
+    end, a separate one's or a stacked seed's."""
     method.model.eval()
     if best is not None:
         _, tensors, _ = runfolder.read_checkpoint(run_dir, best=True)

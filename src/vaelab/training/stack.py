@@ -68,6 +68,7 @@ from vaelab.training.loop import (
     _start_epoch,
     check_epoch,
     epoch_record,
+    finish,
     learning_rate,
     make_optimizer,
     stop_reason,
@@ -336,32 +337,14 @@ def _open(config: Config, run_dir: Path, dataset: Dataset,
 
 
 def _finish(seed: _Seed, dataset: Dataset) -> None:
-    """results.json of a seed that trained its last epoch (as
-    ``loop._fit`` ends)."""
-    config, run_dir, model, method = (seed.config, seed.run_dir,
-                                      seed.model, seed.method)
-    history = seed.history
+    """results.json of a seed that trained its last epoch, as a
+    separate run's (``loop.finish``)."""
+    config = seed.config
     first = kind_for(config).first_epoch(config)
-    model.eval()
-    best = (_best_epoch(history, first) if config.patience is not None
+    best = (_best_epoch(seed.history, first) if config.patience is not None
             else None)
-    if best is not None:
-        _, tensors, _ = runfolder.read_checkpoint(run_dir, best=True)
-        runfolder.restore(tensors, model, state=method.state(),
-                          source=runfolder.checkpoint_path(run_dir, True))
-        method.load_state(tensors)
-    seed.results = {
-        "epochs": len(history),
-        "stop": seed.stop or f"reached --epochs {config.epochs}",
-        "converged": seed.stop is not None,
-        "model_epoch": best or len(history),
-        "train_seconds": seed.elapsed,
-        "preprocess": dataset.preprocess,
-        "dataset": dataset.name,
-        "units": "nats per image",
-        **method.results(dataset),
-    }
-    runfolder.write_json(run_dir / runfolder.RESULTS, seed.results)
+    seed.results = finish(seed.run_dir, config, dataset, seed.method,
+                          seed.history, best, seed.stop, seed.elapsed)
 
 
 def _stack_epoch(stack: StackedVAE, seeds: list[_Seed], x_train: Tensor,
