@@ -6,17 +6,11 @@ check, and ``plot_*`` functions that draw those arrays with matplotlib's
 Agg backend (no display) and save a PNG. ``make_figures`` makes every
 figure of a run under fixed file names.
 
-Figures are matplotlib ``Figure`` objects saved through the Agg canvas,
-never pyplot: no display, no global backend switch (a notebook importing
-this keeps its inline backend), no figure registry to leak.
-
-Tile grids are drawn pixel-exact: the figure is laid out in whole screen
-pixels and each image pixel covers ``scale x scale`` of them, so digits
-show no gaps or resampling artefacts.
-
-Figures depend on the kind of latent variable: ``make_figures`` asks the
-run's latent kind (``vaelab.models.latents``) for them: ``continuous_figures``
-here, the discrete kinds' in ``vaelab.figures.discrete``.
+They draw with ``vaelab.figures.drawing``'s primitives (Agg, never
+pyplot; pixel-exact tile grids). ``continuous_figures`` is the continuous
+kind's figure maker; ``vaelab.figures.make`` holds the ``{kind: maker}``
+table and ``make_figures``, the discrete kinds' makers are in
+``vaelab.figures.discrete``.
 """
 
 from __future__ import annotations
